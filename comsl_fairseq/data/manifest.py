@@ -1,0 +1,97 @@
+"""Reading fairseq speech-to-text TSV manifests (SPEC §3).
+
+Columns: ``id audio n_frames src_text tgt_text src_lang tgt_lang`` (``speaker``
+optional). ``n_frames`` counts audio samples at 16 kHz (fairseq's raw-audio
+convention); it is used for batching and length filtering before any audio is read.
+Rows that cannot be used are skipped, each named with its reason, and counted.
+"""
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from comsl_fairseq.data.languages import mbart_tag
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read at all (missing file, missing columns)."""
+
+
+@dataclass
+class ManifestRow:
+    id: str
+    audio: str
+    n_samples: int
+    src_text: str
+    tgt_text: str
+    src_tag: str  # mBART-50 tag, e.g. fr_XX
+    tgt_tag: str
+
+
+class SkipLog:
+    """Counts skipped rows by reason and names each one in the log."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.counts = Counter()
+
+    def skip(self, row_id: str, reason: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        logger.warning("%s: skipping %s: %s%s", self.where, row_id, reason, f" ({detail})" if detail else "")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self, kept: int) -> str:
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
+        return f"{self.where}: kept {kept} rows, skipped {self.total}" + (f" ({parts})" if parts else "")
+
+
+def read_manifest(path: Path, skips: SkipLog) -> list:
+    """Parse a manifest into :class:`ManifestRow`s; malformed rows are skipped and counted."""
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} not found")
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            raise ManifestError(f"manifest {path} is empty (no header line)")
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(f"manifest {path} lacks column(s) {missing}; header is {header}")
+        col = {name: i for i, name in enumerate(header)}
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields or fields == [""]:
+                continue  # blank line
+            row_id = fields[col["id"]] if len(fields) > col["id"] else f"line {line_no}"
+            if len(fields) != len(header):
+                skips.skip(f"{row_id} (line {line_no})", "malformed row",
+                           f"{len(fields)} fields, header has {len(header)}")
+                continue
+            get = {name: fields[i] for name, i in col.items()}
+            try:
+                n_samples = int(get["n_frames"])
+            except ValueError:
+                skips.skip(row_id, "malformed row", f"n_frames={get['n_frames']!r}")
+                continue
+            try:
+                src_tag, tgt_tag = mbart_tag(get["src_lang"]), mbart_tag(get["tgt_lang"])
+            except KeyError as e:
+                skips.skip(row_id, "unknown language code", str(e.args[0]).split(";")[0])
+                continue
+            src_text, tgt_text = get["src_text"].strip(), get["tgt_text"].strip()
+            if not src_text:
+                skips.skip(row_id, "empty source text")
+                continue
+            if not tgt_text:
+                skips.skip(row_id, "empty target text")
+                continue
+            rows.append(ManifestRow(row_id, get["audio"], n_samples, src_text, tgt_text, src_tag, tgt_tag))
+    return rows

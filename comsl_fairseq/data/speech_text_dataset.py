@@ -1,0 +1,175 @@
+"""Dataset of (audio, transcript, translation) triples for ComSL training and decoding.
+
+Every batch carries all three (SPEC §3, needed by the multi-task objective):
+
+    net_input.src_tokens            B x S  float  waveform at 16 kHz, zero-padded
+    net_input.src_lengths           B      long   samples per clip
+    net_input.src_lang_tags         B      long   [src_tag] id (prepended to speech)
+    net_input.src_text_tokens       B x Tx long   [src_tag] x1..xn </s>   (MT encoder input)
+    net_input.src_text_lengths      B
+    net_input.prev_output_tokens    B x Ty long   </s> [tgt_tag] y1..ym   (ST / MT decoder input)
+    net_input.prev_transcript_tokens B x Tx long  </s> [src_tag] x1..xn   (ASR decoder input)
+    target                          B x Ty long   [tgt_tag] y1..ym </s>
+    transcript                      B x Tx long   [src_tag] x1..xn </s>
+
+The waveform (not features) is batched: the model computes Whisper's log-mel itself,
+per clip, on the training device. It is keyed ``src_tokens`` because fairseq's
+sequence generator takes batch size and source length from that key.
+"""
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset, data_utils
+
+from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio, resolve_audio_path
+from comsl_fairseq.data.languages import tag_symbol
+from comsl_fairseq.data.manifest import SkipLog, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class SpeechTextDataset(FairseqDataset):
+    """Rows of one or more manifests, tokenized up front, audio read on access."""
+
+    def __init__(self, split, rows, audio_root: Path, dictionary, src_text, tgt_text, shuffle=True):
+        """``rows``: :class:`ManifestRow` list; ``src_text``/``tgt_text``: their token tensors."""
+        self.split = split
+        self.rows = rows
+        self.audio_root = audio_root
+        self.dictionary = dictionary
+        self.shuffle = shuffle
+        self.src_text = src_text
+        self.tgt_text = tgt_text
+        self.src_lang = [dictionary.index(tag_symbol(r.src_tag)) for r in rows]
+        self.n_samples = np.array([r.n_samples for r in rows], dtype=np.int64)
+        self.tgt_sizes = np.array([len(t) for t in tgt_text], dtype=np.int64)
+        self.skipped = {}
+
+    @classmethod
+    def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle):
+        """Read and tokenize manifests; rows that cannot be used are skipped, named and counted."""
+        skips = SkipLog(split)
+        rows = []
+        for path in manifest_paths:
+            rows += read_manifest(path, skips)
+        max_samples = int(data_cfg.max_audio_seconds * SAMPLE_RATE)
+        min_samples = int(data_cfg.min_audio_seconds * SAMPLE_RATE)
+        existing = {}
+        kept, src_text, tgt_text = [], [], []
+        for r in rows:
+            if r.n_samples > max_samples:
+                skips.skip(r.id, "audio too long", f"{r.n_samples / SAMPLE_RATE:.1f} s > max_audio_seconds "
+                           f"{data_cfg.max_audio_seconds:g} of {data_cfg.path.name}")
+                continue
+            if r.n_samples < min_samples:
+                skips.skip(r.id, "audio too short", f"{r.n_samples} samples")
+                continue
+            path = resolve_audio_path(r.audio, data_cfg.audio_root)[0]
+            if path not in existing:
+                existing[path] = path.is_file()
+            if not existing[path]:
+                skips.skip(r.id, "audio file missing", str(path))
+                continue
+            src, tgt = tokenizer.encode(r.src_text, r.src_tag), tokenizer.encode(r.tgt_text, r.tgt_tag)
+            if max(len(src), len(tgt)) > data_cfg.max_text_tokens:
+                skips.skip(r.id, "text too long", f"{len(src)}/{len(tgt)} tokens > max_text_tokens "
+                           f"{data_cfg.max_text_tokens}")
+                continue
+            kept.append(r)
+            src_text.append(src)
+            tgt_text.append(tgt)
+        logger.info(skips.summary(len(kept)))
+        if not kept:
+            raise ValueError(f"split {split!r}: no usable rows in {[str(p) for p in manifest_paths]}"
+                             f" ({skips.summary(0)})")
+        ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle)
+        ds.skipped = dict(skips.counts)
+        return ds
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        row = self.rows[index]
+        try:
+            wav, _notes = read_audio(row.audio, self.audio_root)
+        except AudioError as e:
+            raise AudioError(f"utterance {row.id} of split {self.split}: {e}") from None
+        return {
+            "index": index,
+            "audio": torch.from_numpy(wav),
+            "src_text": self.src_text[index],
+            "tgt_text": self.tgt_text[index],
+            "src_lang": self.src_lang[index],
+        }
+
+    def collater(self, samples):
+        if len(samples) == 0:
+            return {}
+        pad, eos = self.dictionary.pad(), self.dictionary.eos()
+        lengths = torch.tensor([s["audio"].numel() for s in samples], dtype=torch.long)
+        audio = torch.zeros(len(samples), int(lengths.max()))  # B x S
+        for i, s in enumerate(samples):
+            audio[i, : lengths[i]] = s["audio"]
+        src_text = [s["src_text"] for s in samples]
+        tgt_text = [s["tgt_text"] for s in samples]
+        target = data_utils.collate_tokens(tgt_text, pad, eos)
+        transcript = data_utils.collate_tokens(src_text, pad, eos)
+        tgt_lengths = torch.tensor([len(t) for t in tgt_text], dtype=torch.long)
+        src_text_lengths = torch.tensor([len(t) for t in src_text], dtype=torch.long)
+        return {
+            "id": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "nsentences": len(samples),
+            "ntokens": int(tgt_lengths.sum()),
+            "net_input": {
+                "src_tokens": audio,
+                "src_lengths": lengths,
+                "src_lang_tags": torch.tensor([s["src_lang"] for s in samples], dtype=torch.long),
+                "src_text_tokens": transcript,
+                "src_text_lengths": src_text_lengths,
+                "prev_output_tokens": data_utils.collate_tokens(tgt_text, pad, eos, move_eos_to_beginning=True),
+                "prev_transcript_tokens": data_utils.collate_tokens(src_text, pad, eos, move_eos_to_beginning=True),
+            },
+            "target": target,
+            "target_lengths": tgt_lengths,
+            "transcript": transcript,
+            "transcript_lengths": src_text_lengths,
+        }
+
+    def num_tokens(self, index):
+        return int(self.n_samples[index])
+
+    def num_tokens_vec(self, indices):
+        return self.n_samples[indices]
+
+    def size(self, index):
+        return int(self.n_samples[index]), int(self.tgt_sizes[index])
+
+    @property
+    def sizes(self):
+        return self.n_samples
+
+    def ordered_indices(self):
+        """Sort by audio length (so batches hold similar lengths), random ties when shuffling."""
+        order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        return order[np.argsort(self.n_samples[order], kind="stable")]
+
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """fairseq's length-based batching, without losing utterances.
+
+        The fairseq fork we install drops the last batch whenever its size is not a
+        multiple of ``--required-batch-size-multiple`` (default 8), so validation and
+        ``fairseq-generate`` would silently skip up to 7 utterances. Batches are
+        consecutive runs of ``indices``; whatever is left over becomes one more batch.
+        """
+        batches = list(super().batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple))
+        covered = sum(len(b) for b in batches)
+        if covered < len(indices):
+            batches.append(np.asarray(indices[covered:], dtype=np.int64))
+        return batches
+
+    @property
+    def supports_prefetch(self):
+        return False

@@ -1,0 +1,312 @@
+"""The ComSL composite model: Whisper encoder -> conv adapter -> mBART-50 (SPEC §2).
+
+    wav --log-mel (per clip, on device)--> Whisper encoder (masked)     B x T/2 x Cw
+        --adapter (2 strided GLU convs)-->                              B x T/8 x Cm
+        --[src tag embedding ; adapter output]--> mBART-50 encoder      T x B x Cm (fairseq layout)
+        --> mBART-50 decoder, output projection tied to the shared token embedding
+
+The same mBART encoder also reads text (the MT branch), and the same decoder serves
+ST, ASR and MT. One ``forward`` computes every branch the criterion asks for, so that
+distributed data parallel sees a single forward per step.
+"""
+import logging
+from argparse import Namespace
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
+from fairseq.models.bart.model import mbart_large_architecture
+from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
+from omegaconf import open_dict
+from torch import nn
+
+from comsl_fairseq.checkpoints import CheckpointError, load_mbart_checkpoint, load_strict, load_whisper_checkpoint
+from comsl_fairseq.data.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
+from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
+from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
+
+logger = logging.getLogger(__name__)
+
+WHISPER_DIMS = ("whisper_n_mels", "whisper_n_ctx", "whisper_dim", "whisper_heads", "whisper_layers")
+MBART_DIMS = ("mbart_dim", "mbart_ffn_dim", "mbart_heads", "mbart_encoder_layers", "mbart_decoder_layers",
+              "mbart_max_positions", "mbart_activation_fn")
+DIMS_HELP = "read from the checkpoint (or the tiny preset) and saved with the model; do not set by hand"
+
+
+@dataclass
+class WhisperMbartCompositeConfig(FairseqDataclass):
+    whisper_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "openai-whisper .pt; its dims (n_mels 80 or 128) size the encoder"})
+    mbart_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "fairseq mBART-50 model.pt; omitted = random init (tiny arch only)"})
+    whisper_pad_seconds: float = field(
+        default=0.0, metadata={"help": "0: pad to the longest clip in the batch and mask the padding; "
+                                       "11: the paper's fixed 11 s; 30: Whisper's fixed window"})
+    dropout: float = field(default=0.1, metadata={"help": "mBART dropout"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
+    adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter FFNs"})
+    whisper_n_mels: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    whisper_n_ctx: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    whisper_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    whisper_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    whisper_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_ffn_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_encoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_decoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_max_positions: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
+    mbart_activation_fn: Optional[str] = field(default=None, metadata={"help": DIMS_HELP})
+
+
+def mbart_namespace(cfg) -> Namespace:
+    """fairseq's ``mbart_large`` hyper-parameters with our dims: pre-norm, learned positions,
+    ``layernorm_embedding``, scaled embeddings, shared input/output embedding."""
+    args = Namespace(
+        encoder_embed_dim=cfg.mbart_dim, decoder_embed_dim=cfg.mbart_dim,
+        encoder_ffn_embed_dim=cfg.mbart_ffn_dim, decoder_ffn_embed_dim=cfg.mbart_ffn_dim,
+        encoder_attention_heads=cfg.mbart_heads, decoder_attention_heads=cfg.mbart_heads,
+        encoder_layers=cfg.mbart_encoder_layers, decoder_layers=cfg.mbart_decoder_layers,
+        max_source_positions=cfg.mbart_max_positions, max_target_positions=cfg.mbart_max_positions,
+        activation_fn=cfg.mbart_activation_fn,
+        encoder_normalize_before=True, decoder_normalize_before=True,
+        dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+    )
+    mbart_large_architecture(args)
+    return args
+
+
+class CompositeEncoder(FairseqEncoder):
+    """Speech path (Whisper -> adapter -> tag + mBART encoder) and text path (mBART encoder)."""
+
+    def __init__(self, cfg, dictionary, whisper: MaskedWhisperEncoder, adapter: Adapter,
+                 mbart: TransformerEncoder):
+        super().__init__(dictionary)
+        self.whisper = whisper
+        self.adapter = adapter
+        self.mbart = mbart
+        self.pad_seconds = float(cfg.whisper_pad_seconds)
+        self.padding_idx = dictionary.pad()
+        self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
+
+    def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
+        """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
+
+        The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
+        output enters unscaled (SPEC §2)."""
+        if self.pad_seconds > 0:
+            audio, audio_lengths, n_cut = pad_or_cut(audio, audio_lengths, self.pad_seconds)
+            if n_cut:
+                self.n_cut += n_cut
+                logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
+                               n_cut, self.pad_seconds, self.n_cut)
+        mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
+        h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
+        speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/8 x Cm
+        tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
+        x = torch.cat([tag.to(speech.dtype), speech], dim=1)
+        mask = torch.cat([speech_mask.new_zeros(speech_mask.size(0), 1), speech_mask], dim=1)
+        return x, mask
+
+    def text_embeddings(self, tokens) -> tuple:
+        """tokens B x T -> (scaled token embeddings B x T x C, padding mask B x T)."""
+        return self.mbart.embed_scale * self.mbart.embed_tokens(tokens), tokens.eq(self.padding_idx)
+
+    def encode(self, embeddings, padding_mask, return_all_hiddens: bool = False) -> dict:
+        """Run the mBART encoder on input embeddings (token scale already applied).
+
+        Mirrors ``TransformerEncoderBase.forward_scriptable`` from the embedding sum on,
+        so any mix of token and speech embeddings can enter: learned positions are
+        computed from the padding mask, then layernorm_embedding, dropout and the layers.
+        embeddings: B x T x C  ->  fairseq encoder-out dict with T x B x C tensors.
+        """
+        m = self.mbart
+        # Learned positions are looked up from token ids; only pad vs non-pad matters to them.
+        pseudo_tokens = torch.full(padding_mask.shape, self.padding_idx + 1, dtype=torch.long,
+                                   device=padding_mask.device).masked_fill(padding_mask, self.padding_idx)
+        x = embeddings + m.embed_positions(pseudo_tokens)
+        x = m.dropout_module(m.layernorm_embedding(x))
+        has_pads = bool(padding_mask.any())
+        if has_pads:
+            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        x = x.transpose(0, 1)  # B x T x C -> T x B x C (fairseq layout from here on)
+        states = [x] if return_all_hiddens else []
+        for layer in m.layers:
+            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None)
+            if return_all_hiddens:
+                states.append(x)
+        if m.layer_norm is not None:
+            x = m.layer_norm(x)
+        return {
+            "encoder_out": [x],  # T x B x C
+            "encoder_padding_mask": [padding_mask],  # B x T
+            "encoder_embedding": [embeddings],  # B x T x C
+            "encoder_states": states,  # [T x B x C] per layer input/output
+            "src_tokens": [],
+            "src_lengths": [(~padding_mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)],
+        }
+
+    def forward(self, src_tokens, src_lengths, src_lang_tags, return_all_hiddens: bool = False, **unused):
+        """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset)."""
+        x, mask = self.speech_embeddings(src_tokens, src_lengths, src_lang_tags)
+        return self.encode(x, mask, return_all_hiddens)
+
+    def forward_text(self, src_text_tokens, return_all_hiddens: bool = False):
+        """The text path: ``[src_tag] x1..xn </s>`` -> mBART encoder output."""
+        x, mask = self.text_embeddings(src_text_tokens)
+        return self.encode(x, mask, return_all_hiddens)
+
+    def reorder_encoder_out(self, encoder_out, new_order):
+        return self.mbart.reorder_encoder_out(encoder_out, new_order)
+
+    def max_positions(self):
+        """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s)."""
+        return self.whisper.n_ctx * 2 * HOP_LENGTH
+
+
+@register_model("whisper_mbart_composite", dataclass=WhisperMbartCompositeConfig)
+class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
+    """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
+
+    BRANCHES = ("st", "asr", "mt")
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        # When fairseq rebuilds a trained model (fairseq-generate --path, the MT teacher),
+        # its weights come from that checkpoint: the pretrained files are not read again.
+        from_checkpoint = getattr(task, "building_from_checkpoint", False)
+        whisper_state = mbart_state = None
+        if cfg.whisper_checkpoint and not from_checkpoint:
+            dims, whisper_state = load_whisper_checkpoint(cfg.whisper_checkpoint)
+            with open_dict(cfg):
+                cfg.whisper_n_mels, cfg.whisper_n_ctx = dims["n_mels"], dims["n_audio_ctx"]
+                cfg.whisper_dim, cfg.whisper_heads = dims["n_audio_state"], dims["n_audio_head"]
+                cfg.whisper_layers = dims["n_audio_layer"]
+        if cfg.mbart_checkpoint and not from_checkpoint:
+            hp, mbart_state = load_mbart_checkpoint(cfg.mbart_checkpoint)
+            if hp["encoder_ffn_embed_dim"] != hp["decoder_ffn_embed_dim"] or \
+                    hp["encoder_attention_heads"] != hp["decoder_attention_heads"]:
+                raise CheckpointError(f"{cfg.mbart_checkpoint}: encoder and decoder FFN widths or heads differ")
+            with open_dict(cfg):
+                cfg.mbart_dim, cfg.mbart_ffn_dim = hp["encoder_embed_dim"], hp["encoder_ffn_embed_dim"]
+                cfg.mbart_heads = hp["encoder_attention_heads"]
+                cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = hp["encoder_layers"], hp["decoder_layers"]
+                cfg.mbart_max_positions = min(hp["max_source_positions"], hp["max_target_positions"])
+                cfg.mbart_activation_fn = hp["activation_fn"]
+        for names, flag in ((WHISPER_DIMS, "--whisper-checkpoint"), (MBART_DIMS, "--mbart-checkpoint")):
+            unset = [n for n in names if getattr(cfg, n) is None]
+            if unset:
+                raise ValueError(f"--arch {cfg._name}: {flag} is required (only "
+                                 "whisper_mbart_composite_tiny has random-init shapes)")
+        _check_arch_size(cfg)
+
+        dictionary = task.target_dictionary
+        whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
+                                       cfg.whisper_heads, cfg.whisper_layers)
+        adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout)
+        args = mbart_namespace(cfg)
+        embed_tokens = nn.Embedding(len(dictionary), cfg.mbart_dim, padding_idx=dictionary.pad())
+        nn.init.normal_(embed_tokens.weight, mean=0, std=cfg.mbart_dim ** -0.5)
+        nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
+        mbart_encoder = TransformerEncoder(args, dictionary, embed_tokens)
+        decoder = TransformerDecoder(args, dictionary, embed_tokens)
+        encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
+        model = cls(encoder, decoder)
+        if whisper_state is not None:
+            load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
+            logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
+                        cfg.whisper_layers, cfg.whisper_dim, cfg.whisper_n_mels)
+        if mbart_state is not None:
+            model.load_mbart(mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
+                             getattr(task, "dictionary_path", "dict.txt"))
+        return model
+
+    def load_mbart(self, state: dict, source: str, n_pretrained_rows: int, dict_path: str) -> None:
+        """Load mBART-50 weights; the tag rows ComSL adds get the mean of the ML50 tag rows."""
+        emb_key = "encoder.embed_tokens.weight"
+        rows = state[emb_key].size(0)
+        if rows != n_pretrained_rows:
+            raise CheckpointError(
+                f"{source} has {rows} embedding rows but {dict_path} + 52 ML50 tags + <mask> give "
+                f"{n_pretrained_rows}: the dictionary and the checkpoint do not belong together")
+        d = self.decoder.dictionary
+        tag_rows = state[emb_key][[d.index(tag_symbol(t)) for t in ML50_TAGS]]
+        new_rows = tag_rows.mean(dim=0, keepdim=True).expand(len(d) - rows, -1)
+        grown = torch.cat([state[emb_key], new_rows], dim=0)
+        state = dict(state)
+        for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+            state[key] = grown
+        holder = nn.Module()  # a view with the checkpoint's key layout: encoder.*, decoder.*
+        holder.encoder, holder.decoder = self.encoder.mbart, self.decoder
+        load_strict(holder, state, source, "mBART-50 encoder-decoder")
+        logger.info("loaded mBART from %s: %d embedding rows + %d new (%s) from the mean tag embedding",
+                    source, rows, len(d) - rows, " ".join(tag_symbol(t) for t in EXTRA_TAGS))
+
+    def forward(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
+                src_text_tokens=None, prev_transcript_tokens=None, branches=("st",), **unused):
+        """Every requested branch in one call: {"st" | "asr" | "mt": (logits B x T x V, extra)}.
+
+        st: speech -> translation; asr: speech -> transcript; mt: transcript -> translation.
+        """
+        unknown = set(branches) - set(self.BRANCHES)
+        if unknown:
+            raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
+        out = {}
+        if "st" in branches or "asr" in branches:
+            speech = self.encoder(src_tokens, src_lengths, src_lang_tags)
+            if "st" in branches:
+                out["st"] = self.decoder(prev_output_tokens, encoder_out=speech)
+            if "asr" in branches:
+                out["asr"] = self.decoder(prev_transcript_tokens, encoder_out=speech)
+        if "mt" in branches:
+            text = self.encoder.forward_text(src_text_tokens)
+            out["mt"] = self.decoder(prev_output_tokens, encoder_out=text)
+        return out
+
+    def max_positions(self):
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+# Whisper width expected of each named size; a mismatching checkpoint is a user error.
+_ARCH_WHISPER_DIM = {"whisper_mbart_composite_medium": 1024, "whisper_mbart_composite_large": 1280}
+
+
+def _check_arch_size(cfg) -> None:
+    expected = _ARCH_WHISPER_DIM.get(cfg._name)
+    if expected is not None and cfg.whisper_dim != expected:
+        raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
+                              f"{cfg.whisper_checkpoint} has {cfg.whisper_dim}")
+
+
+def _default(cfg, name, value) -> None:
+    if getattr(cfg, name, None) is None:
+        setattr(cfg, name, value)
+
+
+@register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_medium")
+def whisper_mbart_composite_medium(cfg):
+    """Whisper medium encoder + mBART-50 large (~0.95 B); dims come from the checkpoints."""
+
+
+@register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_large")
+def whisper_mbart_composite_large(cfg):
+    """Whisper large-v2 encoder + mBART-50 large (~1.28 B); dims come from the checkpoints."""
+
+
+@register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_tiny")
+def whisper_mbart_composite_tiny(cfg):
+    """For tests and the demo. Shapes below apply only to a part without a checkpoint
+    (random init); a given checkpoint's dims always win."""
+    if not getattr(cfg, "whisper_checkpoint", None):
+        for name, value in (("whisper_n_mels", 80), ("whisper_n_ctx", 1500), ("whisper_dim", 128),
+                            ("whisper_heads", 2), ("whisper_layers", 3)):
+            _default(cfg, name, value)
+    if not getattr(cfg, "mbart_checkpoint", None):
+        for name, value in (("mbart_dim", 128), ("mbart_ffn_dim", 512), ("mbart_heads", 2),
+                            ("mbart_encoder_layers", 2), ("mbart_decoder_layers", 2),
+                            ("mbart_max_positions", 1024), ("mbart_activation_fn", "gelu")):
+            _default(cfg, name, value)

@@ -1,0 +1,1 @@
+"""Unregistered building blocks of the composite model."""

@@ -1,0 +1,25 @@
+"""comsl_fairseq: ComSL (Le et al., NeurIPS 2023) as a fairseq plugin.
+
+torch and the fairseq fork are installed by the Makefile (see README): torch must
+come first and fairseq's declared torchaudio requirement must be skipped, which pip
+cannot express through install_requires.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="comsl_fairseq",
+    version="0.1.0",
+    description="ComSL: Whisper + adapter + mBART-50 speech translation as a fairseq plugin",
+    packages=find_packages(include=["comsl_fairseq", "comsl_fairseq.*"]),
+    package_data={"comsl_fairseq": ["data/*.tsv"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "torch>=2.6",
+        "numpy",
+        "soundfile>=0.12",
+        "soxr",
+        "sentencepiece",
+        "sacrebleu>=2",
+        "pyyaml",
+    ],
+)

@@ -1,0 +1,155 @@
+"""Tiny checkpoints and data in the real formats, built by the tests themselves.
+
+- an openai-whisper ``.pt`` ({"dims", "model_state_dict"}, fp16 tensors as released);
+- an mBART-50-style folder: ``sentence.bpe.model``, ``dict.txt`` (pieces, no tags) and a
+  fairseq ``model.pt`` of a ``BARTModel`` (mbart_large layout, pre-norm) with
+  dict + 52 ML50 tags + ``<mask>`` embedding rows, saved with its ``args`` Namespace;
+- a speech data folder: wav/flac clips, SPEC §3 manifests and ``config.yaml``.
+"""
+import random
+from argparse import Namespace
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import soundfile as sf
+import torch
+import yaml
+
+WORDS = {
+    "fr": "le chat noir mange une pomme rouge dans la maison bleue avec mon ami petit grand".split(),
+    "de": "der hund sieht einen roten apfel im blauen haus mit meinem freund klein gross".split(),
+    "en": "the black cat eats a red apple in blue house with my friend small big dog sees".split(),
+}
+
+
+def sentences(lang: str, n: int, rng: random.Random) -> list:
+    return [" ".join(rng.choice(WORDS[lang]) for _ in range(rng.randint(2, 7))) for _ in range(n)]
+
+
+def write_sentencepiece(folder: Path, vocab_size: int = 120) -> None:
+    """``sentence.bpe.model`` and a fairseq ``dict.txt`` of its pieces (no tags)."""
+    rng = random.Random(0)
+    corpus = [s for lang in WORDS for s in sentences(lang, 300, rng)]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(folder / "sentence.bpe"), vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    (folder / "sentence.bpe.vocab").unlink()
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "sentence.bpe.model"))
+    with open(folder / "dict.txt", "w", encoding="utf-8") as f:
+        for i in range(sp.get_piece_size()):
+            if not (sp.is_control(i) or sp.is_unknown(i)):
+                f.write(f"{sp.id_to_piece(i)} 1\n")
+
+
+def mbart_args(dim=32, ffn=64, heads=2, layers=2) -> Namespace:
+    from fairseq.models.bart.model import mbart_large_architecture
+
+    args = Namespace(
+        arch="mbart_large", task="translation_multi_simple_epoch", criterion="label_smoothed_cross_entropy",
+        encoder_embed_dim=dim, decoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=ffn,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_layers=layers,
+        decoder_layers=layers, encoder_normalize_before=True, decoder_normalize_before=True,
+        dropout=0.1, attention_dropout=0.1, share_all_embeddings=True,
+    )
+    mbart_large_architecture(args)
+    return args
+
+
+def build_bart(folder: Path, args: Namespace):
+    """A fairseq BARTModel on the folder's dict.txt + tags + <mask> (mBART-50 rows)."""
+    from fairseq.models.bart import BARTModel
+
+    from comsl_fairseq.data.vocabulary import build_dictionary
+
+    full, n_pretrained = build_dictionary(folder / "dict.txt")
+    d = type(full)()  # the pretrained part only: what an mBART-50 checkpoint was trained with
+    for i in range(full.nspecial, n_pretrained):
+        d.add_symbol(full[i])
+    assert len(d) == n_pretrained
+    task = Namespace(source_dictionary=d, target_dictionary=d)
+    return BARTModel.build_model(args, task)
+
+
+def write_mbart_archive(folder: Path, seed: int = 0, **dims) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_sentencepiece(folder)
+    torch.manual_seed(seed)
+    args = mbart_args(**dims)
+    model = build_bart(folder, args)
+    history = [{"criterion_name": "LabelSmoothedCrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": 2.5}, "num_updates": 1000}]
+    torch.save({"args": args, "model": model.state_dict(), "optimizer_history": history,
+                "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}}, "last_optimizer_state": None},
+               folder / "model.pt")
+    return folder
+
+
+def write_whisper_checkpoint(path: Path, n_mels=80, dim=64, heads=2, layers=2, seed=0) -> Path:
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(seed)
+    dims = ModelDimensions(n_mels=n_mels, n_audio_ctx=1500, n_audio_state=dim, n_audio_head=heads,
+                           n_audio_layer=layers, n_vocab=512, n_text_ctx=64, n_text_state=dim,
+                           n_text_head=heads, n_text_layer=1)
+    model = Whisper(dims)
+    with torch.no_grad():  # random weights of speech-model scale, so that activations are not tiny
+        for p in model.encoder.parameters():
+            if p.dim() > 1:
+                p.normal_(0, p.size(-1) ** -0.5)
+    state = {k: v.half() for k, v in model.state_dict().items()}  # released checkpoints are fp16
+    torch.save({"dims": asdict(dims), "model_state_dict": state}, path)
+    return path
+
+
+def synth_clip(seconds: float, rng: np.random.Generator, sr: int = 16000) -> np.ndarray:
+    """A speech-like test signal: a few harmonic glides with an amplitude envelope and noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = rng.uniform(90, 220) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 6))
+    env = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+    return (0.1 * env * x + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+MANIFEST_HEADER = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
+
+
+def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("dev", 6), ("test", 6)),
+                      seed: int = 0) -> Path:
+    """Clips (mostly 16 kHz wav; some flac; one 44.1 kHz stereo wav) with fr/de transcripts
+    and English translations; manifests ``{split}.tsv`` and ``config.yaml``."""
+    rng = np.random.default_rng(seed)
+    trng = random.Random(seed)
+    clips = folder / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for split, count in splits:
+        rows = ["\t".join(MANIFEST_HEADER)]
+        for i in range(count):
+            lang = "fr" if i % 2 == 0 else "de"
+            seconds = float(rng.uniform(0.6, 2.5))
+            wav = synth_clip(seconds, rng)
+            uid = f"{split}_{i:03d}"
+            if n % 7 == 3:
+                name, sr = f"{uid}.wav", 44100  # resampled and down-mixed on reading
+                up = np.interp(np.arange(int(seconds * sr)) / sr, np.arange(wav.size) / 16000, wav)
+                sf.write(clips / name, np.stack([up, 0.5 * up], axis=1).astype(np.float32), sr)
+            elif n % 3 == 1:
+                name = f"{uid}.flac"
+                sf.write(clips / name, wav, 16000)
+            else:
+                name = f"{uid}.wav"
+                sf.write(clips / name, wav, 16000)
+            n += 1
+            src = sentences(lang, 1, trng)[0]
+            tgt = sentences("en", 1, trng)[0]
+            rows.append("\t".join([uid, name, str(wav.size), src, tgt, lang, "en", "spk0"]))
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = {"vocab_filename": str(mbart_dir / "dict.txt"),
+           "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": str(mbart_dir / "sentence.bpe.model")},
+           "audio_root": "clips"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return folder
