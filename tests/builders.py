@@ -153,3 +153,24 @@ def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("de
            "audio_root": "clips"}
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return folder
+
+
+def fairseq_cfg(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny"):
+    """Parse a fairseq-train command line for our task, exactly as the CLI would."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [str(data_dir), "--user-dir", str(Path(__file__).resolve().parents[1] / "comsl_fairseq"),
+            "--task", "comsl_speech_to_text", "--arch", arch, "--criterion", "comsl_multitask",
+            "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "8", "--cpu", *extra]
+    parser = options.get_training_parser()
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
+
+
+def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny"):
+    from fairseq import tasks
+
+    cfg = fairseq_cfg(data_dir, *extra, arch=arch)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    return cfg, task, model

@@ -42,6 +42,8 @@ def read_audio(field: str, audio_root: Path) -> tuple:
     so that callers can count them. Raises :class:`AudioError` naming the file.
     """
     path, offset, length = resolve_audio_path(field, audio_root)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
     try:
         if offset is None:
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -52,8 +54,6 @@ def read_audio(field: str, audio_root: Path) -> tuple:
             if len(blob) != length:
                 raise AudioError(f"{field}: zip entry truncated ({len(blob)} of {length} bytes)")
             data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"audio file not found: {path}") from None
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot decode audio {path}: {e}") from None
     notes = []

@@ -186,6 +186,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                 cfg.whisper_n_mels, cfg.whisper_n_ctx = dims["n_mels"], dims["n_audio_ctx"]
                 cfg.whisper_dim, cfg.whisper_heads = dims["n_audio_state"], dims["n_audio_head"]
                 cfg.whisper_layers = dims["n_audio_layer"]
+            _check_arch_size(cfg)  # before reading a large mBART file
         if cfg.mbart_checkpoint and not from_checkpoint:
             hp, mbart_state = load_mbart_checkpoint(cfg.mbart_checkpoint)
             if hp["encoder_ffn_embed_dim"] != hp["decoder_ffn_embed_dim"] or \
@@ -202,7 +203,6 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             if unset:
                 raise ValueError(f"--arch {cfg._name}: {flag} is required (only "
                                  "whisper_mbart_composite_tiny has random-init shapes)")
-        _check_arch_size(cfg)
 
         dictionary = task.target_dictionary
         whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,

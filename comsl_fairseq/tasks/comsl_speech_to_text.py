@@ -157,8 +157,6 @@ class ComslSpeechToTextTask(FairseqTask):
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
-        if total("_bleu_totals_0") == 0:
-            return
         metrics.log_scalar("_bleu_sys_len", total("_bleu_sys_len"))
         metrics.log_scalar("_bleu_ref_len", total("_bleu_ref_len"))
         for i in range(BLEU_ORDER):
@@ -168,6 +166,8 @@ class ComslSpeechToTextTask(FairseqTask):
 
 
 def _bleu_from_meters(meters) -> float:
+    if meters["_bleu_totals_0"].sum == 0:
+        return 0.0  # no hypothesis word at all (e.g. an untrained model emitting only </s>)
     score = sacrebleu.BLEU.compute_bleu(
         correct=[int(meters[f"_bleu_counts_{i}"].sum) for i in range(BLEU_ORDER)],
         total=[int(meters[f"_bleu_totals_{i}"].sum) for i in range(BLEU_ORDER)],

@@ -1,0 +1,131 @@
+"""The composite model: batch invariance, strict loading, padding modes, presets."""
+from argparse import Namespace
+
+import pytest
+import torch
+
+from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.modules.adapter import speech_lengths
+from tests.builders import build_task_and_model
+
+
+@pytest.fixture(scope="module")
+def loaded(data_dir, mbart_dir, whisper_pt):
+    cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
+                                            "--mbart-checkpoint", str(mbart_dir / "model.pt"))
+    task.load_dataset("test")
+    return cfg, task, model.eval()
+
+
+def short_and_long(task):
+    ds = task.dataset("test")
+    order = ds.n_samples.argsort()
+    return ds[int(order[0])], ds[int(order[-1])], ds
+
+
+def test_translation_does_not_depend_on_the_batch(loaded):
+    _, task, model = loaded
+    short, long_, ds = short_and_long(task)
+    alone, both = ds.collater([short]), ds.collater([short, long_])
+    assert both["net_input"]["src_tokens"].size(1) > alone["net_input"]["src_tokens"].size(1)
+    with torch.no_grad():
+        enc1 = model.encoder(**{k: v for k, v in alone["net_input"].items() if k != "prev_output_tokens"})
+        enc2 = model.encoder(**{k: v for k, v in both["net_input"].items() if k != "prev_output_tokens"})
+    t = enc1["encoder_out"][0].size(0)
+    assert not enc2["encoder_padding_mask"][0][0, :t].any() and enc2["encoder_padding_mask"][0][0, t:].all()
+    diff = (enc2["encoder_out"][0][:t, 0] - enc1["encoder_out"][0][:, 0]).abs().max().item()
+    print(f"composite encoder batch invariance: max abs diff {diff:.2e}")
+    assert diff <= 1e-5
+
+    generator = task.build_generator([model], Namespace(beam=5, prefix_size=1, max_len_b=12))
+    hyp1 = task.inference_step(generator, [model], alone, prefix_tokens=alone["target"][:, :1])[0][0]
+    hyp2 = task.inference_step(generator, [model], both, prefix_tokens=both["target"][:, :1])[0][0]
+    assert torch.equal(hyp1["tokens"], hyp2["tokens"])
+    assert abs(float(hyp1["score"]) - float(hyp2["score"])) < 1e-4
+
+
+def test_generation_requires_forced_tag(loaded):
+    _, task, model = loaded
+    with pytest.raises(ValueError, match="--prefix-size 1"):
+        task.build_generator([model], Namespace(beam=5, prefix_size=0))
+
+
+def test_all_branches_in_one_forward(loaded):
+    _, task, model = loaded
+    short, long_, ds = short_and_long(task)
+    batch = ds.collater([short, long_])
+    out = model(**batch["net_input"], branches=("st", "asr", "mt"))
+    V = len(task.target_dictionary)
+    assert out["st"][0].shape == (*batch["target"].shape, V)
+    assert out["mt"][0].shape == (*batch["target"].shape, V)
+    assert out["asr"][0].shape == (*batch["transcript"].shape, V)
+
+
+def test_dims_are_saved_in_the_config(loaded):
+    cfg, _, model = loaded
+    assert cfg.model.whisper_dim == 64 and cfg.model.mbart_dim == 32 and cfg.model.whisper_n_mels == 80
+    assert model.encoder.mbart.embed_tokens is model.decoder.embed_tokens
+    assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+
+
+def test_new_tags_start_from_the_mean_tag_embedding(loaded):
+    _, task, model = loaded
+    d = task.target_dictionary
+    emb = model.decoder.embed_tokens.weight
+    assert len(d) == task.n_pretrained_rows + 2
+    ml50 = emb[task.n_pretrained_rows - 53: task.n_pretrained_rows - 1].mean(0)
+    assert torch.allclose(emb[d.index("[cy_GB]")], ml50) and torch.allclose(emb[d.index("[ca_ES]")], ml50)
+
+
+@pytest.mark.parametrize("seconds", ["11", "30"])
+def test_fixed_padding_modes_run(data_dir, whisper_pt, seconds):
+    _, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
+                                          "--whisper-pad-seconds", seconds)
+    task.load_dataset("test")
+    short, long_, ds = short_and_long(task)
+    with torch.no_grad():
+        enc = model.eval().encoder(**{k: v for k, v in ds.collater([short, long_])["net_input"].items()
+                                      if k != "prev_output_tokens"})
+    frames = int(speech_lengths(torch.tensor(int(seconds) * 16000))["adapter"]) + 1  # + the tag
+    assert enc["encoder_out"][0].shape[:2] == (frames, 2)
+    assert not enc["encoder_padding_mask"][0].any()
+
+
+def test_random_init_tiny_and_128_mels(data_dir, whisper128_pt):
+    _, _, model = build_task_and_model(data_dir)
+    assert model.encoder.whisper.n_mels == 80 and model.encoder.mbart.embed_tokens.embedding_dim == 128
+    _, _, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper128_pt))
+    assert model.encoder.whisper.n_mels == 128
+
+
+def test_medium_needs_checkpoints(data_dir, whisper_pt):
+    with pytest.raises(ValueError, match="--whisper-checkpoint is required"):
+        build_task_and_model(data_dir, arch="whisper_mbart_composite_medium")
+    with pytest.raises(CheckpointError, match="expects a Whisper encoder of width 1024"):
+        build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--mbart-checkpoint", "x",
+                             arch="whisper_mbart_composite_medium")
+
+
+def test_mismatched_mbart_checkpoint_is_named(data_dir, whisper_pt, mbart_dir, tmp_path):
+    state = torch.load(mbart_dir / "model.pt", weights_only=True)
+    for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+        state["model"][key] = state["model"][key][:-3]  # as if built on another dict.txt
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="124 embedding rows") as e:
+        build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
+                             "--mbart-checkpoint", str(tmp_path / "model.pt"))
+    assert "model.pt" in str(e.value) and "dict.txt" in str(e.value)
+
+
+def test_strict_loading_names_every_mismatch(data_dir, whisper_pt, mbart_dir, tmp_path):
+    state = torch.load(mbart_dir / "model.pt", weights_only=True)
+    del state["model"]["decoder.layers.1.fc1.weight"]
+    state["model"]["decoder.layers.9.fc1.weight"] = torch.zeros(1)
+    state["model"]["encoder.layers.0.fc2.bias"] = torch.zeros(7)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError) as e:
+        build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--mbart-checkpoint", str(bad))
+    msg = str(e.value)
+    assert "bad.pt" in msg and "decoder.layers.1.fc1.weight" in msg and "decoder.layers.9.fc1.weight" in msg
+    assert "encoder.layers.0.fc2.bias: checkpoint (7,)" in msg
