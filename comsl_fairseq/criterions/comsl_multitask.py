@@ -1,64 +1,168 @@
-"""Criterion ``comsl_multitask``: the weighted sum of ComSL's loss terms (SPEC §4).
+"""Criterion ``comsl_multitask``: the ComSL objective (paper §3; SPEC §4).
 
-total = st_weight * ST + asr_weight * ASR + mt_weight * MT (+ the cross-modality terms,
-added with the full objective). A term whose weight is zero is not computed at all:
-its branch is not requested from the model, so none of its passes run.
+    ST   = (1-a) CE(p(y|H_s), y) + a softCE(p(y|H_x) || p(y|H_s))          a = --ddm-alpha
+    ASR  = CE(p(x|H_s), x)
+    MT   = (1-a_t) CE(p(y|H_x), y) + a_t softCE(p_teacher || p(y|H_x))     a_t = --mt-reg-alpha
+    CML  = (STM-ASR + STM-ST + MTP) / 3 + erm_weight ERM
+    loss = st_weight ST + asr_weight ASR + mt_weight MT + cml_weight CML
+
+with STM-ASR = CE(p(x|H_c^s), x), STM-ST the DDM-guided ST loss on p(y|H_c^s), MTP =
+CE(p(x|H_c^x), x) at masked positions only, and ERM the normalised-representation
+distance at mBART encoder layer --erm-layer (criterions/terms.py has each formula).
+
+A zero weight (or alpha) means the passes that only that term needs are not run: the
+criterion asks the model for exactly the branches it uses, in one forward call. The
+original's seventh decoder pass (translation from H_c^x) feeds no loss and is not run.
 
 ``sample_size`` is the number of target (translation) tokens in the batch. Every term
 is a sum over its own tokens, so fairseq's division by ``sample_size`` turns the total
-into a per-translation-token loss, whatever mix of terms is active; the gradient scale
+into a per-translation-token loss whatever mix of terms is active; the gradient scale
 then does not depend on batch size, as in fairseq's translation criteria.
 """
+import logging
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
+import torch
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from comsl_fairseq.criterions.terms import token_cross_entropy
+from comsl_fairseq.criterions import terms as T
+from comsl_fairseq.data.languages import MASK_SYMBOL
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ComslMultitaskConfig(FairseqDataclass):
-    st_weight: float = field(default=0.35, metadata={"help": "weight of the speech translation term"})
-    asr_weight: float = field(default=0.35, metadata={"help": "weight of the speech recognition term"})
-    mt_weight: float = field(default=0.2, metadata={"help": "weight of the text translation term"})
-
-
-# branch name -> (sample key of its target, config weight name)
-TERMS = {"st": ("target", "st_weight"), "asr": ("transcript", "asr_weight"), "mt": ("target", "mt_weight")}
+    st_weight: float = field(default=0.35, metadata={"help": "weight of the speech translation term (ST)"})
+    asr_weight: float = field(default=0.35, metadata={"help": "weight of the speech recognition term (ASR)"})
+    mt_weight: float = field(default=0.2, metadata={"help": "weight of the text translation term (MT)"})
+    cml_weight: float = field(default=0.1, metadata={"help": "weight of cross-modality learning (CML)"})
+    erm_weight: float = field(default=0.2, metadata={"help": "weight of ERM inside the CML term"})
+    ddm_alpha: float = field(default=0.8, metadata={
+        "help": "decoder distribution matching: share of softCE(p(y|H_x) || p(y|H_s)) in ST and STM-ST; 0 = off"})
+    mt_reg_alpha: float = field(default=0.2, metadata={
+        "help": "share of softCE(p_teacher || p(y|H_x)) in MT; used only with --mt-teacher"})
+    mt_teacher: Optional[str] = field(default=None, metadata={
+        "help": "frozen fine-tuned mBART (fairseq model.pt, or a comsl_fairseq checkpoint) for MT regularization"})
+    mask_prob: float = field(default=0.15, metadata={
+        "help": "share of transcript tokens replaced by <mask> in the CML input (never tags, </s>, padding)"})
+    erm_layer: int = field(default=4, metadata={
+        "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
 
 
 @register_criterion("comsl_multitask", dataclass=ComslMultitaskConfig)
 class ComslMultitaskCriterion(FairseqCriterion):
-    """Weighted multi-task loss; each term logged under its own key."""
+    """Weighted ComSL terms; each logged with its loss and token accuracy under its own key."""
 
-    def __init__(self, task, st_weight, asr_weight, mt_weight):
+    def __init__(self, task, st_weight, asr_weight, mt_weight, cml_weight, erm_weight, ddm_alpha,
+                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer):
         super().__init__(task)
-        self.weights = {"st": st_weight, "asr": asr_weight, "mt": mt_weight}
-        bad = {k: w for k, w in self.weights.items() if w < 0}
+        self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight}
+        bad = {k: v for k, v in self.w.items() if v < 0}
+        for name, alpha in (("ddm_alpha", ddm_alpha), ("mt_reg_alpha", mt_reg_alpha), ("mask_prob", mask_prob)):
+            if not 0 <= alpha <= 1:
+                bad[name] = alpha
         if bad:
-            raise ValueError(f"loss weights must be >= 0, got {bad}")
-        self.active = tuple(k for k, w in self.weights.items() if w > 0)
-        if not self.active:
+            raise ValueError(f"loss weights must be >= 0 and alphas / mask_prob in [0, 1], got {bad}")
+        if not any(self.w[k] > 0 for k in ("st", "asr", "mt", "cml")):
             raise ValueError("every loss weight is zero: nothing to train")
+        self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
+        self.erm_layer = erm_layer
+        self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
+        self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
+        # Held outside the module tree: never trained, never saved, never put in train mode.
+        self._frozen = {}
+        if mt_teacher and mt_weight > 0 and mt_reg_alpha > 0:
+            from comsl_fairseq.modules.mbart import load_mt_teacher
+
+            self._frozen["teacher"] = load_mt_teacher(mt_teacher, task.target_dictionary, task.n_pretrained_rows,
+                                                      task.dictionary_path)
+        elif mt_teacher:
+            logger.warning("--mt-teacher is given but MT regularization is off (mt_weight=%g, mt_reg_alpha=%g)",
+                           mt_weight, mt_reg_alpha)
+
+    @property
+    def teacher(self):
+        return self._frozen.get("teacher")
+
+    def branches(self) -> tuple:
+        """The decoder passes the active terms need, and nothing else."""
+        ddm = self.ddm_alpha > 0
+        b = []
+        if self.w["st"] > 0:
+            b.append("st")
+        if self.w["asr"] > 0:
+            b.append("asr")
+        if self.w["cml"] > 0:
+            b += ["stm_asr", "stm_st", "mtp"]
+        if self.w["mt"] > 0 or (ddm and ("st" in b or "stm_st" in b)):
+            b.append("mt")  # also the DDM teacher
+        return tuple(b)
+
+    def mask_transcript(self, transcript: torch.Tensor) -> tuple:
+        """x~: the transcript with --mask-prob of its maskable tokens replaced by <mask>."""
+        special = self.special_ids.to(transcript.device)
+        maskable = ~torch.isin(transcript, special)
+        return T.mask_tokens(transcript, maskable, self.mask_prob, self.mask_idx)
 
     def forward(self, model, sample, reduce=True):
-        outputs = model(**sample["net_input"], branches=self.active)
-        loss = 0.0
-        logging_output = {"ntokens": sample["ntokens"], "nsentences": sample["nsentences"],
-                          "sample_size": sample["ntokens"]}
-        for name in self.active:
-            target_key, _ = TERMS[name]
-            logits = outputs[name][0]
-            term = token_cross_entropy(logits, sample[target_key], self.padding_idx)
-            loss = loss + self.weights[name] * term.loss
-            logging_output[f"{name}_loss"] = term.loss.detach().item()
-            logging_output[f"{name}_ntokens"] = term.n_tokens
-            logging_output[f"{name}_correct"] = term.n_correct
-        logging_output["loss"] = loss.detach().item()
-        return loss, sample["ntokens"], logging_output
+        branches = self.branches()
+        net_input = sample["net_input"]
+        kwargs = {}
+        cml = self.w["cml"] > 0
+        if cml:
+            kwargs["cml_text_tokens"], masked = self.mask_transcript(sample["transcript"])
+            if self.w["erm"] > 0:
+                kwargs["erm_layer"] = self.erm_layer_for(model)
+        out = model(**net_input, branches=branches, **kwargs)
+        logits = {name: out[name][0] for name in branches}
+        y, x, pad = sample["target"], sample["transcript"], self.padding_idx
+        mt_teacher = logits.get("mt") if self.ddm_alpha > 0 else None  # DDM: the model's own MT pass
+
+        results = {}
+        if "st" in branches:
+            results["st"] = T.distilled_cross_entropy(logits["st"], y, pad, mt_teacher, self.ddm_alpha)
+        if "asr" in branches:
+            results["asr"] = T.token_cross_entropy(logits["asr"], x, pad)
+        if self.w["mt"] > 0:
+            teacher = None
+            if self.teacher is not None:
+                self.teacher.to(y.device)
+                teacher = self.teacher(net_input["src_text_tokens"], net_input["prev_output_tokens"])
+            results["mt"] = T.distilled_cross_entropy(logits["mt"], y, pad, teacher, self.mt_reg_alpha)
+        if cml:
+            results["stm_asr"] = T.token_cross_entropy(logits["stm_asr"], x, pad)
+            results["stm_st"] = T.distilled_cross_entropy(logits["stm_st"], y, pad, mt_teacher, self.ddm_alpha)
+            results["mtp"] = T.token_cross_entropy(logits["mtp"], x, pad, count=masked)
+            if "erm" in out:
+                results["erm"] = T.embedding_representation_matching(*out["erm"])
+
+        loss = sum(self.w[k] * results[k].loss for k in ("st", "asr", "mt") if k in results)
+        if cml:
+            cml_loss = (results["stm_asr"].loss + results["stm_st"].loss + results["mtp"].loss) / 3
+            if "erm" in results:
+                cml_loss = cml_loss + self.w["erm"] * results["erm"].loss
+            loss = loss + self.w["cml"] * cml_loss
+
+        log = {"ntokens": sample["ntokens"], "nsentences": sample["nsentences"], "sample_size": sample["ntokens"],
+               "loss": loss.detach().item()}
+        for name, r in results.items():
+            log[f"{name}_loss"] = r.loss.detach().item()
+            log[f"{name}_ntokens"] = r.n_tokens
+            log[f"{name}_correct"] = r.n_correct
+        return loss, sample["ntokens"], log
+
+    def erm_layer_for(self, model) -> int:
+        n_layers = len(model.encoder.mbart.layers)
+        if self.erm_layer > n_layers:
+            logger.warning("--erm-layer %d > %d mBART encoder layers: using layer %d", self.erm_layer, n_layers,
+                           n_layers)
+            self.erm_layer = n_layers
+        return self.erm_layer
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
@@ -68,11 +172,14 @@ class ComslMultitaskCriterion(FairseqCriterion):
         sample_size = total("sample_size")
         if sample_size > 0:
             metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        for name in TERMS:
+        for name in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm"):
             n = total(f"{name}_ntokens")
             if n > 0:
-                metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n / math.log(2), n, round=3)
-                metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_correct") / n, n, round=2)
+                # token losses in bits per token, as fairseq logs; ERM as mean distance per frame
+                scale = 1.0 if name == "erm" else 1 / math.log(2)
+                metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n * scale, n, round=3)
+                if name != "erm":
+                    metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_correct") / n, n, round=2)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

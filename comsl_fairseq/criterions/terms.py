@@ -1,7 +1,11 @@
-"""The loss terms of ComSL (paper §3, SPEC §4), one function each.
+"""The loss terms of ComSL (Le et al., 2023, §3; SPEC §4), one function each.
 
-Every term returns sums over tokens (as the original code does) together with the
-counts needed to log it: a :class:`TermResult`. The criterion weights and adds them.
+Notation: H_s = mBART-encoder output on the speech path, H_x = on the transcript,
+H_c = on the concatenation [emb(x~) ; speech embeddings], x~ being the transcript with
+some tokens replaced by <mask>; H_c^x and H_c^s are its text and speech parts.
+p(. | H) is the shared decoder's distribution; softCE(q || p) = -sum_v q_v log p_v with q
+detached. Every term is a sum over the tokens (or frames) it counts, as in the original
+code, returned as a :class:`TermResult` with the counts needed to log it.
 """
 from dataclasses import dataclass
 
@@ -11,21 +15,85 @@ import torch.nn.functional as F
 
 @dataclass
 class TermResult:
-    loss: torch.Tensor  # summed over counted tokens
-    n_tokens: int  # tokens the loss is summed over
-    n_correct: int  # of those, tokens whose argmax equals the target
+    loss: torch.Tensor  # summed over counted tokens / frames
+    n_tokens: int  # tokens (frames for ERM) the loss is summed over
+    n_correct: int  # of those, tokens whose argmax equals the target (0 for ERM)
 
 
-def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int) -> TermResult:
-    """CE(p(target | ...), target) summed over non-pad target tokens.
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.float(), dim=-1)  # fp32 for a stable softmax under fp16/bf16
 
-    Used by the ST (CE(p(y|H_s), y)), ASR (CE(p(x|H_s), x)) and MT (CE(p(y|H_x), y))
-    terms. logits: B x T x V, target: B x T. Computed in fp32 for stability.
+
+def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int,
+                        count: torch.Tensor | None = None) -> TermResult:
+    """CE(p(target | H), target) summed over non-pad target tokens.
+
+    The ST, ASR and MT cross-entropies, STM-ASR = CE(p(x | H_c^s), x), and MTP =
+    CE(p(x | H_c^x), x) with ``count`` (B x T bool) restricting it to masked positions.
+    logits: B x T x V, target: B x T.
     """
-    lprobs = F.log_softmax(logits.float(), dim=-1)  # B x T x V
-    keep = target.ne(pad)
+    lprobs = _log_probs(logits)
+    keep = target.ne(pad) if count is None else target.ne(pad) & count
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # B x T
     loss = nll.masked_fill(~keep, 0.0).sum()
     with torch.no_grad():
         correct = (lprobs.argmax(-1).eq(target) & keep).sum()
     return TermResult(loss, int(keep.sum()), int(correct))
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                       pad: int) -> torch.Tensor:
+    """softCE(q || p) = -sum_v q_v log p_v, q = softmax(teacher) detached, summed over
+    the non-pad positions of ``target`` (B x T)."""
+    q = F.softmax(teacher_logits.detach().float(), dim=-1)
+    per_token = -(q * _log_probs(student_logits)).sum(-1)  # B x T
+    return per_token.masked_fill(target.eq(pad), 0.0).sum()
+
+
+def distilled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int,
+                            teacher_logits: torch.Tensor | None, alpha: float) -> TermResult:
+    """(1 - alpha) CE(p, y) + alpha softCE(p_teacher || p); plain CE without a teacher.
+
+    - ST with decoder distribution matching (DDM): p = p(y | H_s), teacher = the same
+      model's MT pass p(y | H_x), alpha = --ddm-alpha (0.8);
+    - STM-ST (CML): the same with p = p(y | H_c^s);
+    - MT with regularization: p = p(y | H_x), teacher = the frozen fine-tuned mBART,
+      alpha = --mt-reg-alpha (0.2).
+    Accuracy is that of p against the reference.
+    """
+    ce = token_cross_entropy(logits, target, pad)
+    if teacher_logits is None or alpha == 0:
+        return ce
+    loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(logits, teacher_logits, target, pad)
+    return TermResult(loss, ce.n_tokens, ce.n_correct)
+
+
+def embedding_representation_matching(h_speech: torch.Tensor, h_concat: torch.Tensor,
+                                      padding_mask: torch.Tensor) -> TermResult:
+    """ERM: sum over speech frames of || h_s/|h_s| - h_c^s/|h_c^s| ||_2.
+
+    h_speech: T x B x C, mBART-encoder layer-k output of the speech-only pass;
+    h_concat: T x B x C, the speech part of the concatenated pass at the same layer;
+    padding_mask: B x T, True at padding (excluded).
+    """
+    a = F.normalize(h_speech.float(), dim=-1)
+    b = F.normalize(h_concat.float(), dim=-1)
+    dist = (a - b).norm(dim=-1).transpose(0, 1)  # B x T
+    keep = ~padding_mask
+    return TermResult(dist.masked_fill(padding_mask, 0.0).sum(), int(keep.sum()), 0)
+
+
+def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, prob: float, mask_idx: int) -> tuple:
+    """Replace round(prob * n) of each sentence's maskable tokens by ``mask_idx`` (at
+    least one where a sentence has any), chosen uniformly without replacement.
+
+    tokens, maskable: B x T (maskable excludes tags, </s> and padding). Returns
+    (masked tokens, B x T bool of masked positions). One vectorised draw, no retry loop:
+    a batch with nothing maskable comes back unchanged.
+    """
+    n = maskable.sum(dim=1)  # B
+    k = torch.where(n > 0, torch.clamp((n.float() * prob).round().long(), min=1), torch.zeros_like(n))
+    scores = torch.rand(tokens.shape, device=tokens.device).masked_fill(~maskable, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position among its row
+    masked = (rank < k.unsqueeze(1)) & maskable
+    return tokens.masked_fill(masked, mask_idx), masked

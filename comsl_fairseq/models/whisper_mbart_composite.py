@@ -5,26 +5,27 @@
         --[src tag embedding ; adapter output]--> mBART-50 encoder      T x B x Cm (fairseq layout)
         --> mBART-50 decoder, output projection tied to the shared token embedding
 
-The same mBART encoder also reads text (the MT branch), and the same decoder serves
-ST, ASR and MT. One ``forward`` computes every branch the criterion asks for, so that
-distributed data parallel sees a single forward per step.
+The same mBART encoder also reads text (H_x) and the concatenation [masked transcript ;
+speech] (H_c, cross-modality learning), and the same decoder serves every branch. One
+``forward`` computes every branch the criterion asks for, so that distributed data
+parallel sees a single forward per step; the speech embeddings (Whisper + adapter) are
+computed once and shared by the speech-only and concatenated passes.
 """
 import logging
-from argparse import Namespace
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
-from fairseq.models.bart.model import mbart_large_architecture
-from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
+from fairseq.models.transformer import TransformerEncoder
+from fairseq.modules import GradMultiply
 from omegaconf import open_dict
-from torch import nn
 
 from comsl_fairseq.checkpoints import CheckpointError, load_mbart_checkpoint, load_strict, load_whisper_checkpoint
-from comsl_fairseq.data.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
 from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
+from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     whisper_pad_seconds: float = field(
         default=0.0, metadata={"help": "0: pad to the longest clip in the batch and mask the padding; "
                                        "11: the paper's fixed 11 s; 30: Whisper's fixed window"})
+    freeze_whisper_updates: int = field(
+        default=0, metadata={"help": "run the Whisper encoder without gradients for the first N updates "
+                                     "(paper: 5 of 15 epochs); its weights do not change meanwhile"})
+    enc_grad_mult: float = field(
+        default=1.0, metadata={"help": "multiply gradients flowing into the speech-only (H_s) and text-only "
+                                       "(H_x) mBART encoder outputs (paper: 2.0)"})
     dropout: float = field(default=0.1, metadata={"help": "mBART dropout"})
     attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
     activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
@@ -62,24 +69,6 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     mbart_activation_fn: Optional[str] = field(default=None, metadata={"help": DIMS_HELP})
 
 
-def mbart_namespace(cfg) -> Namespace:
-    """fairseq's ``mbart_large`` hyper-parameters with our dims: pre-norm, learned positions,
-    ``layernorm_embedding``, scaled embeddings, shared input/output embedding."""
-    args = Namespace(
-        encoder_embed_dim=cfg.mbart_dim, decoder_embed_dim=cfg.mbart_dim,
-        encoder_ffn_embed_dim=cfg.mbart_ffn_dim, decoder_ffn_embed_dim=cfg.mbart_ffn_dim,
-        encoder_attention_heads=cfg.mbart_heads, decoder_attention_heads=cfg.mbart_heads,
-        encoder_layers=cfg.mbart_encoder_layers, decoder_layers=cfg.mbart_decoder_layers,
-        max_source_positions=cfg.mbart_max_positions, max_target_positions=cfg.mbart_max_positions,
-        activation_fn=cfg.mbart_activation_fn,
-        encoder_normalize_before=True, decoder_normalize_before=True,
-        dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout,
-    )
-    mbart_large_architecture(args)
-    return args
-
-
 class CompositeEncoder(FairseqEncoder):
     """Speech path (Whisper -> adapter -> tag + mBART encoder) and text path (mBART encoder)."""
 
@@ -92,6 +81,19 @@ class CompositeEncoder(FairseqEncoder):
         self.pad_seconds = float(cfg.whisper_pad_seconds)
         self.padding_idx = dictionary.pad()
         self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
+        self.freeze_whisper_updates = cfg.freeze_whisper_updates
+        self.num_updates = 0
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    @property
+    def whisper_frozen(self) -> bool:
+        """The one place that decides the freezing policy: no gradients reach Whisper while
+        fewer than --freeze-whisper-updates updates are done, so neither the optimizer step
+        nor weight decay touches its weights (their .grad stays None)."""
+        return self.num_updates < self.freeze_whisper_updates
 
     def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
         """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
@@ -104,8 +106,9 @@ class CompositeEncoder(FairseqEncoder):
                 self.n_cut += n_cut
                 logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
                                n_cut, self.pad_seconds, self.n_cut)
-        mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
-        h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
+        with torch.no_grad() if self.whisper_frozen else nullcontext():
+            mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
+            h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
         speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/8 x Cm
         tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
         x = torch.cat([tag.to(speech.dtype), speech], dim=1)
@@ -150,6 +153,14 @@ class CompositeEncoder(FairseqEncoder):
             "src_lengths": [(~padding_mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)],
         }
 
+    @staticmethod
+    def part(encoder_out: dict, start: int, end: int | None = None) -> dict:
+        """Frames [start, end) of an encoder output, for the decoder to attend to (H_c^x, H_c^s)."""
+        x, mask = encoder_out["encoder_out"][0][start:end], encoder_out["encoder_padding_mask"][0][:, start:end]
+        return {"encoder_out": [x], "encoder_padding_mask": [mask], "encoder_embedding": [],
+                "encoder_states": [s[start:end] for s in encoder_out["encoder_states"]], "src_tokens": [],
+                "src_lengths": [(~mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)]}
+
     def forward(self, src_tokens, src_lengths, src_lang_tags, return_all_hiddens: bool = False, **unused):
         """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset)."""
         x, mask = self.speech_embeddings(src_tokens, src_lengths, src_lang_tags)
@@ -172,7 +183,11 @@ class CompositeEncoder(FairseqEncoder):
 class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
 
-    BRANCHES = ("st", "asr", "mt")
+    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp")
+
+    def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0):
+        super().__init__(encoder, decoder)
+        self.enc_grad_mult = enc_grad_mult
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -189,15 +204,11 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             _check_arch_size(cfg)  # before reading a large mBART file
         if cfg.mbart_checkpoint and not from_checkpoint:
             hp, mbart_state = load_mbart_checkpoint(cfg.mbart_checkpoint)
-            if hp["encoder_ffn_embed_dim"] != hp["decoder_ffn_embed_dim"] or \
-                    hp["encoder_attention_heads"] != hp["decoder_attention_heads"]:
-                raise CheckpointError(f"{cfg.mbart_checkpoint}: encoder and decoder FFN widths or heads differ")
+            dims = MbartDims.from_hparams(hp, cfg.mbart_checkpoint)
             with open_dict(cfg):
-                cfg.mbart_dim, cfg.mbart_ffn_dim = hp["encoder_embed_dim"], hp["encoder_ffn_embed_dim"]
-                cfg.mbart_heads = hp["encoder_attention_heads"]
-                cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = hp["encoder_layers"], hp["decoder_layers"]
-                cfg.mbart_max_positions = min(hp["max_source_positions"], hp["max_target_positions"])
-                cfg.mbart_activation_fn = hp["activation_fn"]
+                cfg.mbart_dim, cfg.mbart_ffn_dim, cfg.mbart_heads = dims.dim, dims.ffn_dim, dims.heads
+                cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = dims.encoder_layers, dims.decoder_layers
+                cfg.mbart_max_positions, cfg.mbart_activation_fn = dims.max_positions, dims.activation_fn
         for names, flag in ((WHISPER_DIMS, "--whisper-checkpoint"), (MBART_DIMS, "--mbart-checkpoint")):
             unset = [n for n in names if getattr(cfg, n) is None]
             if unset:
@@ -208,64 +219,75 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
                                        cfg.whisper_heads, cfg.whisper_layers)
         adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout)
-        args = mbart_namespace(cfg)
-        embed_tokens = nn.Embedding(len(dictionary), cfg.mbart_dim, padding_idx=dictionary.pad())
-        nn.init.normal_(embed_tokens.weight, mean=0, std=cfg.mbart_dim ** -0.5)
-        nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
-        mbart_encoder = TransformerEncoder(args, dictionary, embed_tokens)
-        decoder = TransformerDecoder(args, dictionary, embed_tokens)
+        mbart_encoder, decoder = build_mbart(MbartDims.from_model_cfg(cfg), dictionary, dropout=cfg.dropout,
+                                             attention_dropout=cfg.attention_dropout,
+                                             activation_dropout=cfg.activation_dropout)
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
-        model = cls(encoder, decoder)
+        model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult)
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
                         cfg.whisper_layers, cfg.whisper_dim, cfg.whisper_n_mels)
         if mbart_state is not None:
-            model.load_mbart(mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
-                             getattr(task, "dictionary_path", "dict.txt"))
+            load_mbart_weights(mbart_encoder, decoder, mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
+                               task.dictionary_path)
         return model
 
-    def load_mbart(self, state: dict, source: str, n_pretrained_rows: int, dict_path: str) -> None:
-        """Load mBART-50 weights; the tag rows ComSL adds get the mean of the ML50 tag rows."""
-        emb_key = "encoder.embed_tokens.weight"
-        rows = state[emb_key].size(0)
-        if rows != n_pretrained_rows:
-            raise CheckpointError(
-                f"{source} has {rows} embedding rows but {dict_path} + 52 ML50 tags + <mask> give "
-                f"{n_pretrained_rows}: the dictionary and the checkpoint do not belong together")
-        d = self.decoder.dictionary
-        tag_rows = state[emb_key][[d.index(tag_symbol(t)) for t in ML50_TAGS]]
-        new_rows = tag_rows.mean(dim=0, keepdim=True).expand(len(d) - rows, -1)
-        grown = torch.cat([state[emb_key], new_rows], dim=0)
-        state = dict(state)
-        for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"):
-            state[key] = grown
-        holder = nn.Module()  # a view with the checkpoint's key layout: encoder.*, decoder.*
-        holder.encoder, holder.decoder = self.encoder.mbart, self.decoder
-        load_strict(holder, state, source, "mBART-50 encoder-decoder")
-        logger.info("loaded mBART from %s: %d embedding rows + %d new (%s) from the mean tag embedding",
-                    source, rows, len(d) - rows, " ".join(tag_symbol(t) for t in EXTRA_TAGS))
-
     def forward(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
-                src_text_tokens=None, prev_transcript_tokens=None, branches=("st",), **unused):
-        """Every requested branch in one call: {"st" | "asr" | "mt": (logits B x T x V, extra)}.
+                src_text_tokens=None, prev_transcript_tokens=None, cml_text_tokens=None,
+                branches=("st",), erm_layer: int = 0, **unused):
+        """Every requested branch in one call.
 
-        st: speech -> translation; asr: speech -> transcript; mt: transcript -> translation.
+        Branches (encoder output -> decoder input):
+            st      H_s   -> translation      asr     H_s   -> transcript
+            mt      H_x   -> translation      stm_st  H_c^s -> translation
+            stm_asr H_c^s -> transcript       mtp     H_c^x -> transcript
+        ``cml_text_tokens`` is the masked transcript x~ of the concatenated pass. With
+        ``erm_layer`` k > 0 the result also holds "erm": (layer-k output of the speech-only
+        pass, of the speech part of the concatenated pass, speech padding mask B x T).
+        Returns {branch: (logits B x T x V, extra)}.
         """
         unknown = set(branches) - set(self.BRANCHES)
         if unknown:
             raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
-        out = {}
-        if "st" in branches or "asr" in branches:
-            speech = self.encoder(src_tokens, src_lengths, src_lang_tags)
-            if "st" in branches:
-                out["st"] = self.decoder(prev_output_tokens, encoder_out=speech)
-            if "asr" in branches:
-                out["asr"] = self.decoder(prev_transcript_tokens, encoder_out=speech)
+        enc = self.encoder
+        speech_only = bool({"st", "asr"} & set(branches)) or erm_layer > 0
+        concat = bool({"stm_st", "stm_asr", "mtp"} & set(branches)) or erm_layer > 0
+        encoder_outs = {}
+        if speech_only or concat:
+            speech, speech_mask = enc.speech_embeddings(src_tokens, src_lengths, src_lang_tags)  # shared
+        if speech_only:
+            encoder_outs["speech"] = self._grad_mult(enc.encode(speech, speech_mask, erm_layer > 0))
         if "mt" in branches:
-            text = self.encoder.forward_text(src_text_tokens)
-            out["mt"] = self.decoder(prev_output_tokens, encoder_out=text)
+            encoder_outs["text"] = self._grad_mult(enc.forward_text(src_text_tokens))
+        if concat:
+            if cml_text_tokens is None:
+                raise ValueError("the cross-modality branches need cml_text_tokens (the masked transcript)")
+            text, text_mask = enc.text_embeddings(cml_text_tokens)  # B x Tx x C
+            both = enc.encode(torch.cat([text, speech.to(text.dtype)], dim=1),
+                              torch.cat([text_mask, speech_mask], dim=1), erm_layer > 0)
+            encoder_outs["concat_text"] = enc.part(both, 0, text.size(1))
+            encoder_outs["concat_speech"] = enc.part(both, text.size(1))
+        source = {"st": "speech", "asr": "speech", "mt": "text", "stm_st": "concat_speech",
+                  "stm_asr": "concat_speech", "mtp": "concat_text"}
+        transcript_input = {"asr", "stm_asr", "mtp"}
+        out = {}
+        for name in branches:
+            prev = prev_transcript_tokens if name in transcript_input else prev_output_tokens
+            out[name] = self.decoder(prev, encoder_out=encoder_outs[source[name]])
+        if erm_layer > 0:
+            n_layers = len(enc.mbart.layers)
+            if erm_layer > n_layers:
+                raise ValueError(f"--erm-layer {erm_layer} exceeds the mBART encoder's {n_layers} layers")
+            out["erm"] = (encoder_outs["speech"]["encoder_states"][erm_layer],
+                          encoder_outs["concat_speech"]["encoder_states"][erm_layer], speech_mask)
         return out
+
+    def _grad_mult(self, encoder_out: dict) -> dict:
+        """Scale the gradient flowing into H_s / H_x by --enc-grad-mult (identity forward)."""
+        if self.enc_grad_mult != 1.0 and torch.is_grad_enabled():
+            encoder_out["encoder_out"] = [GradMultiply.apply(encoder_out["encoder_out"][0], self.enc_grad_mult)]
+        return encoder_out
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
