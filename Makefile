@@ -38,6 +38,9 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS) tests
 
+demo: install
+	PY=$(PY) bash scripts/run_demo.sh
+
 lint: install
 	$(VENV)/bin/ruff check comsl_fairseq tests scripts examples
 

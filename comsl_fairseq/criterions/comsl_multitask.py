@@ -52,6 +52,9 @@ class ComslMultitaskConfig(FairseqDataclass):
         "help": "share of transcript tokens replaced by <mask> in the CML input (never tags, </s>, padding)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
+    ctc_weight: float = field(default=0.0, metadata={
+        "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
+                "helps models trained from scratch align speech early)"})
 
 
 @register_criterion("comsl_multitask", dataclass=ComslMultitaskConfig)
@@ -59,21 +62,23 @@ class ComslMultitaskCriterion(FairseqCriterion):
     """Weighted ComSL terms; each logged with its loss and token accuracy under its own key."""
 
     def __init__(self, task, st_weight, asr_weight, mt_weight, cml_weight, erm_weight, ddm_alpha,
-                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer):
+                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, ctc_weight=0.0):
         super().__init__(task)
-        self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight}
+        self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight,
+                  "ctc": ctc_weight}
         bad = {k: v for k, v in self.w.items() if v < 0}
         for name, alpha in (("ddm_alpha", ddm_alpha), ("mt_reg_alpha", mt_reg_alpha), ("mask_prob", mask_prob)):
             if not 0 <= alpha <= 1:
                 bad[name] = alpha
         if bad:
             raise ValueError(f"loss weights must be >= 0 and alphas / mask_prob in [0, 1], got {bad}")
-        if not any(self.w[k] > 0 for k in ("st", "asr", "mt", "cml")):
+        if not any(self.w[k] > 0 for k in ("st", "asr", "mt", "cml", "ctc")):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
+        self.blank_idx = task.target_dictionary.bos()  # <s> never occurs in targets: the CTC blank
         # Held outside the module tree: never trained, never saved, never put in train mode.
         self._frozen = {}
         if mt_teacher and mt_weight > 0 and mt_reg_alpha > 0:
@@ -101,6 +106,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
             b += ["stm_asr", "stm_st", "mtp"]
         if self.w["mt"] > 0 or (ddm and ("st" in b or "stm_st" in b)):
             b.append("mt")  # also the DDM teacher
+        if self.w["ctc"] > 0:
+            b.append("ctc")
         return tuple(b)
 
     def mask_transcript(self, transcript: torch.Tensor) -> tuple:
@@ -119,7 +126,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
         out = model(**net_input, branches=branches, **kwargs)
-        logits = {name: out[name][0] for name in branches}
+        logits = {name: out[name][0] for name in branches if name != "ctc"}
         y, x, pad = sample["target"], sample["transcript"], self.padding_idx
         mt_teacher = logits.get("mt") if self.ddm_alpha > 0 else None  # DDM: the model's own MT pass
 
@@ -141,7 +148,9 @@ class ComslMultitaskCriterion(FairseqCriterion):
             if "erm" in out:
                 results["erm"] = T.embedding_representation_matching(*out["erm"])
 
-        loss = sum(self.w[k] * results[k].loss for k in ("st", "asr", "mt") if k in results)
+        if "ctc" in branches:
+            results["ctc"] = T.ctc_on_speech(*out["ctc"], x, self.special_ids.to(x.device), self.blank_idx)
+        loss = sum(self.w[k] * results[k].loss for k in ("st", "asr", "mt", "ctc") if k in results)
         if cml:
             cml_loss = (results["stm_asr"].loss + results["stm_st"].loss + results["mtp"].loss) / 3
             if "erm" in results:
@@ -172,13 +181,13 @@ class ComslMultitaskCriterion(FairseqCriterion):
         sample_size = total("sample_size")
         if sample_size > 0:
             metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        for name in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm"):
+        for name in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm", "ctc"):
             n = total(f"{name}_ntokens")
             if n > 0:
                 # token losses in bits per token, as fairseq logs; ERM as mean distance per frame
                 scale = 1.0 if name == "erm" else 1 / math.log(2)
                 metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n * scale, n, round=3)
-                if name != "erm":
+                if name not in ("erm", "ctc"):
                     metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_correct") / n, n, round=2)
 
     @staticmethod

@@ -97,3 +97,22 @@ def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, prob: float, mask_
     rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position among its row
     masked = (rank < k.unsqueeze(1)) & maskable
     return tokens.masked_fill(masked, mask_idx), masked
+
+
+def ctc_on_speech(logits: torch.Tensor, padding_mask: torch.Tensor, transcript: torch.Tensor,
+                  drop: torch.Tensor, blank: int) -> TermResult:
+    """CTC(transcript | H_s): an auxiliary alignment loss of ours, not in the paper.
+
+    logits: T x B x V frame-wise outputs of the speech path (frame 0, the language tag,
+    is skipped); padding_mask: B x T; transcript: B x L, from which the ``drop`` ids
+    (tags, </s>, padding) are removed to form the CTC targets. Summed over sentences;
+    impossible alignments (too few frames) count zero rather than infinity.
+    """
+    lprobs = _log_probs(logits[1:])  # (T-1) x B x V
+    input_lengths = (~padding_mask[:, 1:]).sum(dim=1)
+    keep = ~torch.isin(transcript, drop)
+    targets = transcript[keep]
+    target_lengths = keep.sum(dim=1)
+    loss = F.ctc_loss(lprobs, targets, input_lengths, target_lengths, blank=blank, reduction="sum",
+                      zero_infinity=True)
+    return TermResult(loss, int(target_lengths.sum()), 0)

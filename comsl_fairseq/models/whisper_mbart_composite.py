@@ -11,6 +11,7 @@ speech] (H_c, cross-modality learning), and the same decoder serves every branch
 parallel sees a single forward per step; the speech embeddings (Whisper + adapter) are
 computed once and shared by the speech-only and concatenated passes.
 """
+import dataclasses
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ class CompositeEncoder(FairseqEncoder):
 class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
 
-    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp")
+    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc")
 
     def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0):
         super().__init__(encoder, decoder)
@@ -194,6 +195,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         # When fairseq rebuilds a trained model (fairseq-generate --path, the MT teacher),
         # its weights come from that checkpoint: the pretrained files are not read again.
         from_checkpoint = getattr(task, "building_from_checkpoint", False)
+        _fill_missing_defaults(cfg)
         whisper_state = mbart_state = None
         if cfg.whisper_checkpoint and not from_checkpoint:
             dims, whisper_state = load_whisper_checkpoint(cfg.whisper_checkpoint)
@@ -242,6 +244,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             st      H_s   -> translation      asr     H_s   -> transcript
             mt      H_x   -> translation      stm_st  H_c^s -> translation
             stm_asr H_c^s -> transcript       mtp     H_c^x -> transcript
+            ctc     H_s frame-wise through the output projection (our optional auxiliary loss)
         ``cml_text_tokens`` is the masked transcript x~ of the concatenated pass. With
         ``erm_layer`` k > 0 the result also holds "erm": (layer-k output of the speech-only
         pass, of the speech part of the concatenated pass, speech padding mask B x T).
@@ -251,7 +254,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         if unknown:
             raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
         enc = self.encoder
-        speech_only = bool({"st", "asr"} & set(branches)) or erm_layer > 0
+        speech_only = bool({"st", "asr", "ctc"} & set(branches)) or erm_layer > 0
         concat = bool({"stm_st", "stm_asr", "mtp"} & set(branches)) or erm_layer > 0
         encoder_outs = {}
         if speech_only or concat:
@@ -272,7 +275,12 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                   "stm_asr": "concat_speech", "mtp": "concat_text"}
         transcript_input = {"asr", "stm_asr", "mtp"}
         out = {}
+        if "ctc" in branches:  # frame-wise vocabulary logits of H_s (T x B x V), tied output projection
+            h = encoder_outs["speech"]
+            out["ctc"] = (self.decoder.output_layer(h["encoder_out"][0]), h["encoder_padding_mask"][0])
         for name in branches:
+            if name == "ctc":
+                continue
             prev = prev_transcript_tokens if name in transcript_input else prev_output_tokens
             out[name] = self.decoder(prev, encoder_out=encoder_outs[source[name]])
         if erm_layer > 0:
@@ -302,6 +310,15 @@ def _check_arch_size(cfg) -> None:
     if expected is not None and cfg.whisper_dim != expected:
         raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
                               f"{cfg.whisper_checkpoint} has {cfg.whisper_dim}")
+
+
+def _fill_missing_defaults(cfg) -> None:
+    """Give options added since a checkpoint was written their defaults, in place (fairseq
+    merges dataclass defaults only for configs named after the model, not its archs)."""
+    with open_dict(cfg):
+        for f in dataclasses.fields(WhisperMbartCompositeConfig):
+            if f.name not in cfg:
+                setattr(cfg, f.name, f.default)
 
 
 def _default(cfg, name, value) -> None:

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Score a fairseq-generate log on the toy corpus: sacreBLEU, exact match, examples.
+
+    python scripts/score_toy.py --generate-log gen.txt --manifest data/toy/test.tsv
+
+Every utterance of the manifest must have a hypothesis (fairseq can drop a last partial
+batch); a missing one is an error, not a silently smaller test set.
+"""
+import argparse
+import csv
+import re
+import sys
+
+from sacrebleu.metrics import BLEU
+
+
+def read_generate_log(path) -> tuple:
+    hyps, refs = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^(D|T)-(\d+)\t(.*)$", line.rstrip("\n"))
+            if not m:
+                continue
+            kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+            if kind == "D":
+                hyps[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+            else:
+                refs[idx] = rest
+    return hyps, refs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--generate-log", required=True, help="stdout of fairseq-generate")
+    p.add_argument("--manifest", required=True, help="the manifest that was decoded")
+    p.add_argument("--examples", type=int, default=5, help="examples to print")
+    args = p.parse_args(argv)
+
+    with open(args.manifest, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    hyps, refs = read_generate_log(args.generate_log)
+    missing = [i for i in range(len(rows)) if i not in hyps]
+    if missing:
+        print(f"error: {len(missing)} of {len(rows)} utterances have no hypothesis (first: {rows[missing[0]]['id']})",
+              file=sys.stderr)
+        return 1
+    order = range(len(rows))
+    hyp_list = [hyps[i] for i in order]
+    ref_list = [rows[i]["tgt_text"] for i in order]
+    mismatched = [i for i in order if refs.get(i, ref_list[i]) != ref_list[i]]
+    if mismatched:
+        print(f"error: generate log references differ from {args.manifest} (first at id {mismatched[0]})",
+              file=sys.stderr)
+        return 1
+    exact = sum(h == r for h, r in zip(hyp_list, ref_list, strict=True))
+    for i in list(order)[:: max(1, len(rows) // args.examples)][: args.examples]:
+        row = rows[i]
+        mark = "ok " if hyp_list[i] == ref_list[i] else "   "
+        print(f"{mark}{row['id']:<14} {row['src_lang']}: {row['src_text']:<38} "
+              f"ref: {ref_list[i]:<36} hyp: {hyp_list[i]}")
+    metric = BLEU()
+    bleu = metric.corpus_score(hyp_list, [ref_list])
+    print(f"utterances: {len(rows)}")
+    print(f"exact_match: {100.0 * exact / len(rows):.1f}%")
+    print(f"sacreBLEU: {bleu} (signature {metric.get_signature()})")
+    print(f"BLEU = {bleu.score:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The demo's tools: toy corpus generation, single-file translation, toy scoring."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from comsl_fairseq.data.config import DataConfig
+from comsl_fairseq.data.vocabulary import build_dictionary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    cmd = [sys.executable, str(ROOT / "scripts" / "make_toy_corpus.py"), "--out", str(out), "--numbers", "14",
+           "--dev-numbers", "2", "--test-numbers", "3", "--variants", "2", "--langs", "fr,de", "--vocab-size", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, cmd
+
+
+def test_toy_corpus_is_split_by_number_and_in_the_data_contract(toy):
+    out, _ = toy
+    train, dev, test = (rows(out / f"{s}.tsv") for s in ("train", "dev", "test"))
+    assert (len(train), len(dev), len(test)) == (9 * 2 * 2, 2 * 2 * 1, 3 * 2 * 2)
+    number = lambda r: int(r["id"].split("_")[1])  # noqa: E731
+    assert not {number(r) for r in train} & {number(r) for r in test + dev}
+    for r in test:
+        info = sf.info(str(out / "clips" / r["audio"]))
+        assert info.samplerate == 16000 and info.channels == 1 and info.frames == int(r["n_frames"]) > 1600
+    zero = [r for r in train + test if number(r) == 0]
+    assert {(r["src_lang"], r["src_text"], r["tgt_text"]) for r in zero} <= {("fr", "zéro", "zero"),
+                                                                              ("de", "null", "zero")}
+    cfg = DataConfig.load(out / "config.yaml")
+    d, n_pretrained = build_dictionary(cfg.vocab_filename)
+    assert d.index("<mask>") == n_pretrained - 1 and len(d) == n_pretrained + 2
+
+
+def test_toy_corpus_rerun_reuses_clips(toy):
+    out, cmd = toy
+    clip = next((out / "clips").glob("*.flac"))
+    before = clip.stat().st_mtime_ns
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert clip.stat().st_mtime_ns == before
+
+
+def test_translate_script(data_dir, tmp_path):
+    from tests.test_cli import run, train_cmd  # the §7 training command
+
+    ckpt = tmp_path / "ckpt"
+    run(*train_cmd(data_dir, "", "", ckpt, "--max-update", "1", "--disable-validation"))
+    clips = sorted((data_dir / "clips").glob("test_*"))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "translate.py"), "--path",
+                           str(ckpt / "checkpoint_last.pt"), "--src-lang", "fr", "--beam", "5", "--max-len-b", "6",
+                           "--cpu", str(clips[0]), str(data_dir / "clips")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    n_clips = len(list((data_dir / "clips").iterdir()))
+    assert len(lines) == 1 + n_clips and lines[0].startswith(str(clips[0]) + "\t")
+    assert "[" not in proc.stdout  # no language tags in the output
+    assert "real-time factor:" in proc.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "translate.py"), "--path",
+                          str(ckpt / "checkpoint_last.pt"), "--src-lang", "xx", str(clips[0])],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown language code 'xx'" in bad.stderr
+
+
+def test_score_toy_counts_exact_matches_and_refuses_missing_hypotheses(tmp_path):
+    manifest = tmp_path / "test.tsv"
+    manifest.write_text("id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n"
+                        "a\ta.flac\t16000\tun\tone\tfr\ten\nb\tb.flac\t16000\tdeux\ttwo\tfr\ten\n", encoding="utf-8")
+    log = tmp_path / "gen.txt"
+    log.write_text("T-0\tone\nD-0\t-0.1\tone\nT-1\ttwo\nD-1\t-0.3\tthree\n", encoding="utf-8")
+    script = [sys.executable, str(ROOT / "scripts" / "score_toy.py"), "--generate-log", str(log),
+              "--manifest", str(manifest)]
+    proc = subprocess.run(script, capture_output=True, text=True)
+    assert proc.returncode == 0 and "exact_match: 50.0%" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("BLEU = ")
+    log.write_text("T-0\tone\nD-0\t-0.1\tone\n", encoding="utf-8")
+    proc = subprocess.run(script, capture_output=True, text=True)
+    assert proc.returncode == 1 and "1 of 2 utterances have no hypothesis" in proc.stderr
