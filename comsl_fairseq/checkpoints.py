@@ -70,6 +70,8 @@ def load_mbart_checkpoint(path) -> tuple:
         ckpt = checkpoint_utils.load_checkpoint_to_cpu(str(path))
     except Exception as e:
         raise CheckpointError(f"cannot load mBART checkpoint {path}: {type(e).__name__}: {e}") from None
+    if any(k.startswith("encoder.mbart.") for k in ckpt.get("model", {})):
+        return _mbart_part_of_comsl_checkpoint(ckpt)
     model_cfg = ckpt["cfg"]["model"] if ckpt.get("cfg") is not None else None
     if model_cfg is None:
         raise CheckpointError(f"{path} carries neither 'cfg' nor 'args'; not a fairseq checkpoint")
@@ -97,19 +99,39 @@ def load_mbart_checkpoint(path) -> tuple:
     return hparams, state
 
 
-def load_strict(module: nn.Module, state: dict, source: str, what: str) -> None:
-    """Copy ``state`` into ``module``; every missing, unexpected or mis-shaped key is
-    named in one error (``source`` is the file, ``what`` the part being loaded)."""
-    own = module.state_dict()
+def state_mismatch(own: dict, state: dict, limit: int = 20) -> list:
+    """Lines naming every missing, unexpected or mis-shaped key of ``state`` against the
+    module state ``own``; empty when they fit."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        lines = [f"{source} does not fit the {what}:"]
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-            if items:
-                shown = items[:20] + ([f"... {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"  {name} ({len(items)}): " + ", ".join(shown))
-        raise CheckpointError("\n".join(lines))
+    lines = []
+    for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if items:
+            shown = items[:limit] + ([f"... {len(items) - limit} more"] if len(items) > limit else [])
+            lines.append(f"  {name} ({len(items)}): " + ", ".join(shown))
+    return lines
+
+
+def _mbart_part_of_comsl_checkpoint(ckpt: dict) -> tuple:
+    """(hparams, encoder.*/decoder.* state) of a comsl_fairseq checkpoint, e.g. the MT stage's."""
+    cfg = ckpt["cfg"]["model"]
+    hparams = {"encoder_embed_dim": cfg.mbart_dim, "decoder_embed_dim": cfg.mbart_dim,
+               "encoder_ffn_embed_dim": cfg.mbart_ffn_dim, "decoder_ffn_embed_dim": cfg.mbart_ffn_dim,
+               "encoder_layers": cfg.mbart_encoder_layers, "decoder_layers": cfg.mbart_decoder_layers,
+               "encoder_attention_heads": cfg.mbart_heads, "decoder_attention_heads": cfg.mbart_heads,
+               "max_source_positions": cfg.mbart_max_positions, "max_target_positions": cfg.mbart_max_positions,
+               "activation_fn": cfg.mbart_activation_fn}
+    state = {k.replace("encoder.mbart.", "encoder.", 1): v for k, v in ckpt["model"].items()
+             if k.startswith(("encoder.mbart.", "decoder."))}
+    return hparams, state
+
+
+def load_strict(module: nn.Module, state: dict, source: str, what: str) -> None:
+    """Copy ``state`` into ``module``; every missing, unexpected or mis-shaped key is
+    named in one error (``source`` is the file, ``what`` the part being loaded)."""
+    lines = state_mismatch(module.state_dict(), state)
+    if lines:
+        raise CheckpointError("\n".join([f"{source} does not fit the {what}:"] + lines))
     module.load_state_dict(state, strict=True)

@@ -82,10 +82,11 @@ class ComslMultitaskCriterion(FairseqCriterion):
         # Held outside the module tree: never trained, never saved, never put in train mode.
         self._frozen = {}
         if mt_teacher and mt_weight > 0 and mt_reg_alpha > 0:
-            from comsl_fairseq.modules.mbart import load_mt_teacher
+            from comsl_fairseq.modules.mbart import load_mbart_text_model
 
-            self._frozen["teacher"] = load_mt_teacher(mt_teacher, task.target_dictionary, task.n_pretrained_rows,
-                                                      task.dictionary_path)
+            self._frozen["teacher"] = load_mbart_text_model(mt_teacher, task.target_dictionary,
+                                                            task.n_pretrained_rows, task.dictionary_path).freeze()
+            logger.info("MT teacher from %s (frozen, eval mode, not saved)", mt_teacher)
         elif mt_teacher:
             logger.warning("--mt-teacher is given but MT regularization is off (mt_weight=%g, mt_reg_alpha=%g)",
                            mt_weight, mt_reg_alpha)
@@ -139,7 +140,9 @@ class ComslMultitaskCriterion(FairseqCriterion):
             teacher = None
             if self.teacher is not None:
                 self.teacher.to(y.device)
-                teacher = self.teacher(net_input["src_text_tokens"], net_input["prev_output_tokens"])
+                with torch.no_grad():
+                    teacher = self.teacher(net_input["src_text_tokens"],
+                                           prev_output_tokens=net_input["prev_output_tokens"])[0]
             results["mt"] = T.distilled_cross_entropy(logits["mt"], y, pad, teacher, self.mt_reg_alpha)
         if cml:
             results["stm_asr"] = T.token_cross_entropy(logits["stm_asr"], x, pad)
@@ -157,6 +160,9 @@ class ComslMultitaskCriterion(FairseqCriterion):
                 cml_loss = cml_loss + self.w["erm"] * results["erm"].loss
             loss = loss + self.w["cml"] * cml_loss
 
+        if not torch.isfinite(loss):
+            self.report_non_finite(results, sample, model)
+
         log = {"ntokens": sample["ntokens"], "nsentences": sample["nsentences"], "sample_size": sample["ntokens"],
                "loss": loss.detach().item()}
         for name, r in results.items():
@@ -164,6 +170,20 @@ class ComslMultitaskCriterion(FairseqCriterion):
             log[f"{name}_ntokens"] = r.n_tokens
             log[f"{name}_correct"] = r.n_correct
         return loss, sample["ntokens"], log
+
+    def report_non_finite(self, results: dict, sample, model) -> None:
+        """Name the term(s) whose loss is NaN or infinite. Under fp16/AMP an overflow is
+        fairseq's loss scaler's business (it skips the step), so we only warn there; in
+        full precision it is a real fault and stops training with the names."""
+        bad = [name for name, r in results.items() if not torch.isfinite(r.loss)]
+        ids = sample["id"].tolist()[:10]
+        msg = f"non-finite loss in term(s) {bad or ['(weighted sum)']} for batch ids {ids}"
+        low_precision = torch.is_autocast_enabled() or next(model.parameters()).dtype in (torch.float16,
+                                                                                          torch.bfloat16)
+        if low_precision:
+            logger.warning("%s (reduced precision: left to the loss scaler)", msg)
+            return
+        raise FloatingPointError(msg)
 
     def erm_layer_for(self, model) -> int:
         n_layers = len(model.encoder.mbart.layers)

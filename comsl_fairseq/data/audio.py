@@ -21,7 +21,12 @@ _ZIP_ENTRY = re.compile(r"^(?P<path>.+\.zip):(?P<offset>\d+):(?P<length>\d+)$")
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file."""
+    """An audio file that cannot be used; the message names the file, ``reason`` is a
+    short stable category for counting."""
+
+    def __init__(self, message: str, reason: str = "unusable audio"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def resolve_audio_path(field: str, audio_root: Path) -> tuple:
@@ -43,7 +48,7 @@ def read_audio(field: str, audio_root: Path) -> tuple:
     """
     path, offset, length = resolve_audio_path(field, audio_root)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+        raise AudioError(f"audio file not found: {path}", "audio file missing")
     try:
         if offset is None:
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -52,10 +57,10 @@ def read_audio(field: str, audio_root: Path) -> tuple:
                 f.seek(offset)
                 blob = f.read(length)
             if len(blob) != length:
-                raise AudioError(f"{field}: zip entry truncated ({len(blob)} of {length} bytes)")
+                raise AudioError(f"{field}: zip entry truncated ({len(blob)} of {length} bytes)", "unreadable audio")
             data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"cannot decode audio {path}: {e}") from None
+        raise AudioError(f"cannot decode audio {path}: {e}", "unreadable audio") from None
     notes = []
     if data.shape[1] > 1:
         notes.append(f"downmixed {data.shape[1]} channels")
@@ -65,7 +70,7 @@ def read_audio(field: str, audio_root: Path) -> tuple:
         notes.append(f"resampled {sr} Hz -> {SAMPLE_RATE} Hz")
         wav = soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32)
     if wav.size == 0:
-        raise AudioError(f"audio {path} is empty (0 samples)")
+        raise AudioError(f"audio {path} is empty (0 samples)", "empty audio")
     if not np.isfinite(wav).all():
-        raise AudioError(f"audio {path} has NaN or infinite samples")
+        raise AudioError(f"audio {path} has NaN or infinite samples", "non-finite audio samples")
     return np.ascontiguousarray(wav), notes

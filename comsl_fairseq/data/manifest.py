@@ -33,14 +33,23 @@ class ManifestRow:
     tgt_tag: str
 
 
-class SkipLog:
-    """Counts skipped rows by reason and names each one in the log."""
+class BadInputError(ValueError):
+    """A row that cannot be used, under --fail-on-bad-input; the message names it."""
 
-    def __init__(self, where: str):
+
+class SkipLog:
+    """Counts skipped rows by reason and names each one in the log (or, when ``fatal``,
+    raises :class:`BadInputError` for the first)."""
+
+    def __init__(self, where: str, fatal: bool = False):
         self.where = where
+        self.fatal = fatal
         self.counts = Counter()
 
     def skip(self, row_id: str, reason: str, detail: str = "") -> None:
+        if self.fatal:
+            raise BadInputError(f"{self.where}: {row_id}: {reason}{f' ({detail})' if detail else ''} "
+                                "(without --fail-on-bad-input such rows are skipped and counted)")
         self.counts[reason] += 1
         logger.warning("%s: skipping %s: %s%s", self.where, row_id, reason, f" ({detail})" if detail else "")
 

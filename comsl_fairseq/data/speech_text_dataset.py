@@ -33,9 +33,22 @@ logger = logging.getLogger(__name__)
 class SpeechTextDataset(FairseqDataset):
     """Rows of one or more manifests, tokenized up front, audio read on access."""
 
-    def __init__(self, split, rows, audio_root: Path, dictionary, src_text, tgt_text, shuffle=True):
-        """``rows``: :class:`ManifestRow` list; ``src_text``/``tgt_text``: their token tensors."""
+    def __init__(self, split, rows, audio_root: Path, dictionary, src_text, tgt_text, shuffle=True,
+                 max_samples: int | None = None, min_samples: int = 0, fail_on_bad_input: bool = False,
+                 text_only: bool = False, decode_task: str = "st"):
+        """``rows``: :class:`ManifestRow` list; ``src_text``/``tgt_text``: their token tensors.
+
+        A clip that turns out unusable when read (undecodable, empty, NaN samples, longer or
+        shorter than the limits) is skipped -- named in the log and counted -- or, with
+        ``fail_on_bad_input``, raises an error naming the utterance.
+        """
         self.split = split
+        self.max_samples, self.min_samples = max_samples, min_samples
+        self.fail_on_bad_input = fail_on_bad_input
+        self.text_only = text_only  # MT stage / MT decoding: no audio is read
+        self.decode_task = decode_task  # what "target" (and the generator's source) means, see collater
+        self.read_skips = SkipLog(split)  # per process: each data-loader worker counts its own
+        self._noted = set()
         self.rows = rows
         self.audio_root = audio_root
         self.dictionary = dictionary
@@ -48,9 +61,11 @@ class SpeechTextDataset(FairseqDataset):
         self.skipped = {}
 
     @classmethod
-    def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle):
-        """Read and tokenize manifests; rows that cannot be used are skipped, named and counted."""
-        skips = SkipLog(split)
+    def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle,
+                       fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st"):
+        """Read and tokenize manifests; rows that cannot be used are skipped, named and counted
+        (or, with ``fail_on_bad_input``, the first one is an error)."""
+        skips = SkipLog(split, fatal=fail_on_bad_input)
         rows = []
         for path in manifest_paths:
             rows += read_manifest(path, skips)
@@ -59,19 +74,22 @@ class SpeechTextDataset(FairseqDataset):
         existing = {}
         kept, src_text, tgt_text = [], [], []
         for r in rows:
-            if r.n_samples > max_samples:
+            if text_only:
+                pass  # the audio is never read: no length or existence checks
+            elif r.n_samples > max_samples:
                 skips.skip(r.id, "audio too long", f"{r.n_samples / SAMPLE_RATE:.1f} s > max_audio_seconds "
                            f"{data_cfg.max_audio_seconds:g} of {data_cfg.path.name}")
                 continue
-            if r.n_samples < min_samples:
+            elif r.n_samples < min_samples:
                 skips.skip(r.id, "audio too short", f"{r.n_samples} samples")
                 continue
-            path = resolve_audio_path(r.audio, data_cfg.audio_root)[0]
-            if path not in existing:
-                existing[path] = path.is_file()
-            if not existing[path]:
-                skips.skip(r.id, "audio file missing", str(path))
-                continue
+            else:
+                path = resolve_audio_path(r.audio, data_cfg.audio_root)[0]
+                if path not in existing:
+                    existing[path] = path.is_file()
+                if not existing[path]:
+                    skips.skip(r.id, "audio file missing", str(path))
+                    continue
             src, tgt = tokenizer.encode(r.src_text, r.src_tag), tokenizer.encode(r.tgt_text, r.tgt_tag)
             if max(len(src), len(tgt)) > data_cfg.max_text_tokens:
                 skips.skip(r.id, "text too long", f"{len(src)}/{len(tgt)} tokens > max_text_tokens "
@@ -84,7 +102,9 @@ class SpeechTextDataset(FairseqDataset):
         if not kept:
             raise ValueError(f"split {split!r}: no usable rows in {[str(p) for p in manifest_paths]}"
                              f" ({skips.summary(0)})")
-        ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle)
+        ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle,
+                 max_samples=max_samples, min_samples=min_samples, fail_on_bad_input=fail_on_bad_input,
+                 text_only=text_only, decode_task=decode_task)
         ds.skipped = dict(skips.counts)
         return ds
 
@@ -93,10 +113,28 @@ class SpeechTextDataset(FairseqDataset):
 
     def __getitem__(self, index):
         row = self.rows[index]
+        if self.text_only:
+            return {"index": index, "audio": torch.zeros(1), "src_text": self.src_text[index],
+                    "tgt_text": self.tgt_text[index], "src_lang": self.src_lang[index]}
         try:
-            wav, _notes = read_audio(row.audio, self.audio_root)
+            wav, notes = read_audio(row.audio, self.audio_root)
+            if self.max_samples is not None and wav.size > self.max_samples:
+                raise AudioError(f"{wav.size / SAMPLE_RATE:.1f} s read, over the limit of "
+                                 f"{self.max_samples / SAMPLE_RATE:g} s (manifest n_frames={row.n_samples})",
+                                 "audio too long")
+            if wav.size < max(self.min_samples, 1):
+                raise AudioError(f"{wav.size} samples read", "audio too short")
         except AudioError as e:
-            raise AudioError(f"utterance {row.id} of split {self.split}: {e}") from None
+            if self.fail_on_bad_input:
+                raise AudioError(f"utterance {row.id} of split {self.split}: {e}") from None
+            self.read_skips.skip(row.id, e.reason, str(e))
+            return None
+        for note in notes:  # conversions are fine; say so once per kind, not once per clip
+            kind = note.split(" ")[0]
+            if kind not in self._noted:
+                self._noted.add(kind)
+                logger.info("%s: %s %s (first such clip; others are converted the same way silently)",
+                            self.split, row.id, note)
         return {
             "index": index,
             "audio": torch.from_numpy(wav),
@@ -106,6 +144,7 @@ class SpeechTextDataset(FairseqDataset):
         }
 
     def collater(self, samples):
+        samples = [s for s in samples if s is not None]  # clips skipped when read
         if len(samples) == 0:
             return {}
         pad, eos = self.dictionary.pad(), self.dictionary.eos()
@@ -119,7 +158,7 @@ class SpeechTextDataset(FairseqDataset):
         transcript = data_utils.collate_tokens(src_text, pad, eos)
         tgt_lengths = torch.tensor([len(t) for t in tgt_text], dtype=torch.long)
         src_text_lengths = torch.tensor([len(t) for t in src_text], dtype=torch.long)
-        return {
+        batch = {
             "id": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "nsentences": len(samples),
             "ntokens": int(tgt_lengths.sum()),
@@ -137,6 +176,21 @@ class SpeechTextDataset(FairseqDataset):
             "transcript": transcript,
             "transcript_lengths": src_text_lengths,
         }
+        return self._for_decode_task(batch)
+
+    def _for_decode_task(self, batch: dict) -> dict:
+        """fairseq-generate decodes ``net_input`` towards ``target``: for --decode-task asr the
+        target is the transcript (its tag forced by --prefix-size 1); for mt the source is
+        the gold transcript read by the text path."""
+        net = batch["net_input"]
+        if self.decode_task == "asr":
+            batch["target"], batch["target_lengths"] = batch["transcript"], batch["transcript_lengths"]
+            batch["ntokens"] = int(batch["transcript_lengths"].sum())
+            net["prev_output_tokens"] = net["prev_transcript_tokens"]
+        elif self.decode_task == "mt":
+            net["src_tokens"], net["src_lengths"] = net["src_text_tokens"], net["src_text_lengths"]
+            net["text_input"] = True
+        return batch
 
     def num_tokens(self, index):
         return int(self.n_samples[index])

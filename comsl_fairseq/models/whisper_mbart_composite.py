@@ -24,7 +24,13 @@ from fairseq.models.transformer import TransformerEncoder
 from fairseq.modules import GradMultiply
 from omegaconf import open_dict
 
-from comsl_fairseq.checkpoints import CheckpointError, load_mbart_checkpoint, load_strict, load_whisper_checkpoint
+from comsl_fairseq.checkpoints import (
+    CheckpointError,
+    load_mbart_checkpoint,
+    load_strict,
+    load_whisper_checkpoint,
+    state_mismatch,
+)
 from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
 from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
@@ -162,8 +168,12 @@ class CompositeEncoder(FairseqEncoder):
                 "encoder_states": [s[start:end] for s in encoder_out["encoder_states"]], "src_tokens": [],
                 "src_lengths": [(~mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)]}
 
-    def forward(self, src_tokens, src_lengths, src_lang_tags, return_all_hiddens: bool = False, **unused):
-        """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset)."""
+    def forward(self, src_tokens, src_lengths, src_lang_tags=None, return_all_hiddens: bool = False,
+                text_input: bool = False, **unused):
+        """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset). With
+        ``text_input`` (MT decoding) ``src_tokens`` are transcript tokens for the text path."""
+        if text_input:
+            return self.forward_text(src_tokens, return_all_hiddens)
         x, mask = self.speech_embeddings(src_tokens, src_lengths, src_lang_tags)
         return self.encode(x, mask, return_all_hiddens)
 
@@ -184,7 +194,9 @@ class CompositeEncoder(FairseqEncoder):
 class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
 
-    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc")
+    # "mt_from_concat" (H_c^x -> translation) feeds no loss: the original computes it anyway,
+    # and scripts/benchmark.py requests it only to time the original's pass structure.
+    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc", "mt_from_concat")
 
     def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0):
         super().__init__(encoder, decoder)
@@ -255,7 +267,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
         enc = self.encoder
         speech_only = bool({"st", "asr", "ctc"} & set(branches)) or erm_layer > 0
-        concat = bool({"stm_st", "stm_asr", "mtp"} & set(branches)) or erm_layer > 0
+        concat = bool({"stm_st", "stm_asr", "mtp", "mt_from_concat"} & set(branches)) or erm_layer > 0
         encoder_outs = {}
         if speech_only or concat:
             speech, speech_mask = enc.speech_embeddings(src_tokens, src_lengths, src_lang_tags)  # shared
@@ -272,7 +284,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             encoder_outs["concat_text"] = enc.part(both, 0, text.size(1))
             encoder_outs["concat_speech"] = enc.part(both, text.size(1))
         source = {"st": "speech", "asr": "speech", "mt": "text", "stm_st": "concat_speech",
-                  "stm_asr": "concat_speech", "mtp": "concat_text"}
+                  "stm_asr": "concat_speech", "mtp": "concat_text", "mt_from_concat": "concat_text"}
         transcript_input = {"asr", "stm_asr", "mtp"}
         out = {}
         if "ctc" in branches:  # frame-wise vocabulary logits of H_s (T x B x V), tied output projection
@@ -290,6 +302,19 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             out["erm"] = (encoder_outs["speech"]["encoder_states"][erm_layer],
                           encoder_outs["concat_speech"]["encoder_states"][erm_layer], speech_mask)
         return out
+
+    def frozen_parameters(self) -> list:
+        """Parameters that must not change at this update (Whisper while it is frozen)."""
+        return list(self.encoder.whisper.parameters()) if self.encoder.whisper_frozen else []
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's loading (resume, --path), with every missing, unexpected or mis-shaped
+        key named in one error rather than a bare torch size-mismatch traceback."""
+        lines = state_mismatch(self.state_dict(), state_dict) if strict else []
+        if lines:
+            hint = " (trained with another dict.txt?)" if any("embed_tokens" in line for line in lines) else ""
+            raise CheckpointError("\n".join([f"the checkpoint does not fit this model{hint}:"] + lines))
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def _grad_mult(self, encoder_out: dict) -> dict:
         """Scale the gradient flowing into H_s / H_x by --enc-grad-mult (identity forward)."""

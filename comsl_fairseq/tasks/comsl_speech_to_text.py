@@ -16,7 +16,7 @@ import numpy as np
 import sacrebleu
 from fairseq import metrics
 from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
@@ -39,6 +39,14 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     eval_bleu_max_len_b: int = field(default=200, metadata={"help": "maximum hypothesis length for --eval-bleu"})
     eval_bleu_tokenize: str = field(default="13a", metadata={"help": "sacreBLEU tokenizer for --eval-bleu"})
     eval_bleu_print_samples: bool = field(default=False, metadata={"help": "log one hypothesis per batch"})
+    text_only: bool = field(default=False, metadata={
+        "help": "transcript -> translation only (the MT stage): audio is neither checked nor read; use with "
+                "--st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0"})
+    decode_task: ChoiceEnum(["st", "asr", "mt"]) = field(default="st", metadata={
+        "help": "what fairseq-generate decodes: st = speech -> translation; asr = speech -> transcript "
+                "(references are transcripts); mt = gold transcript -> translation (text path, no audio)"})
+    fail_on_bad_input: bool = field(default=False, metadata={
+        "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
 
 
@@ -73,13 +81,16 @@ class ComslSpeechToTextTask(FairseqTask):
 
     # ------------------------------------------------------------------ data
     def manifest_paths(self, split: str) -> list:
-        """``train`` -> DATA/train.tsv; ``train_fr_en,train_de_en`` concatenates two manifests."""
-        return [Path(self.cfg.data) / f"{name.strip()}.tsv" for name in split.split(",")]
+        """``train`` -> DATA/train.tsv; ``train_fr_en,train_de_en`` (or ``+``, which also works
+        inside --valid-subset, where fairseq itself splits on commas) concatenates manifests."""
+        names = [n.strip() for n in split.replace("+", ",").split(",") if n.strip()]
+        return [Path(self.cfg.data) / f"{name}.tsv" for name in names]
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         self.datasets[split] = SpeechTextDataset.from_manifests(
             split, self.manifest_paths(split), self.data_cfg, self.tgt_dict, self.tokenizer,
-            shuffle=split.startswith("train"),
+            shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
+            text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
         )
 
     @property
@@ -103,9 +114,27 @@ class ComslSpeechToTextTask(FairseqTask):
         finally:
             self.building_from_checkpoint = False
         if self.cfg.eval_bleu:
+            if self.cfg.text_only:
+                raise ValueError("--eval-bleu decodes speech; it cannot be combined with --text-only")
             gen_args = Namespace(beam=self.cfg.eval_bleu_beam, max_len_b=self.cfg.eval_bleu_max_len_b, prefix_size=1)
             self.sequence_generator = self.build_generator([model], gen_args)
         return model
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """While Whisper is frozen its parameters must not move. They get no gradient, but
+        a distributed wrapper (legacy_ddp) fills missing gradients with zeros, and AdamW's
+        decoupled weight decay would still shrink the weights: drop those gradients so the
+        optimizer skips the parameters altogether."""
+        frozen = model.frozen_parameters() if hasattr(model, "frozen_parameters") else []
+        if frozen:
+            if type(optimizer).__name__ == "FP16Optimizer" and not getattr(self, "_warned_fp16", False):
+                self._warned_fp16 = True
+                logger.warning("--fp16 keeps flattened fp32 master weights, which weight decay changes even for "
+                               "frozen Whisper parameters; use --amp or --memory-efficient-fp16 with "
+                               "--freeze-whisper-updates")
+            for p in frozen:
+                p.grad = None
+        super().optimizer_step(optimizer, model, update_num)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if getattr(args, "prefix_size", 0) != 1:
