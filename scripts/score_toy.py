@@ -8,25 +8,11 @@ batch); a missing one is an error, not a silently smaller test set.
 """
 import argparse
 import csv
-import re
 import sys
 
 from sacrebleu.metrics import BLEU
 
-
-def read_generate_log(path) -> tuple:
-    hyps, refs = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"^(D|T)-(\d+)\t(.*)$", line.rstrip("\n"))
-            if not m:
-                continue
-            kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
-            if kind == "D":
-                hyps[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
-            else:
-                refs[idx] = rest
-    return hyps, refs
+from comsl_fairseq.generate_log import read_generate_log
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Decode each language's CoVoST 2 test set with beam 5 and write the per-language table.
+#
+# Usage: DATA=... evaluate.sh CKPT [EVAL_DIR]
+# Environment: DATA (manifests + config.yaml, required), LANGS (default: all 21),
+#              DECODE_ASR=1 (also ASR WER: speech -> transcript), DECODE_MT=1 (also MT BLEU on gold
+#              transcripts), BATCH_SIZE [16], EXTRA (more fairseq-generate flags, e.g. --cpu)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+ckpt="${1:?usage: DATA=... evaluate.sh CKPT [EVAL_DIR]}"
+out="${2:-$(dirname "$ckpt")/eval}"
+: "${DATA:?set DATA to the folder with test_{lang}_en.tsv and config.yaml}"
+LANGS="${LANGS:-fr,de,ca,es,fa,it,ru,pt,zh-CN,nl,tr,et,mn,ar,lv,sl,sv-SE,ta,ja,id,cy}"
+BATCH_SIZE="${BATCH_SIZE:-16}"
+PY="${PY:-python}"
+mkdir -p "$out"
+
+decode() {  # decode_task subdir lang
+  local task="$1" dir="$2" lang="$3"
+  mkdir -p "$dir"
+  # --required-batch-size-multiple 1: never drop a last partial batch (the score checks the count)
+  fairseq-generate "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
+    --gen-subset "test_${lang}_en" --path "$ckpt" --beam 5 --prefix-size 1 --batch-size "$BATCH_SIZE" \
+    --required-batch-size-multiple 1 --decode-task "$task" --scoring sacrebleu ${EXTRA:-} \
+    > "$dir/generate-test_${lang}_en.txt" 2> "$dir/generate-test_${lang}_en.log"
+  echo "$task $lang: $(grep -E '^Generate' "$dir/generate-test_${lang}_en.txt" || echo 'no score line')" >&2
+}
+
+IFS=',' read -ra langs <<< "$LANGS"
+for lang in "${langs[@]}"; do
+  decode st "$out" "$lang"
+  if [ "${DECODE_ASR:-0}" = 1 ]; then decode asr "$out/asr" "$lang"; fi
+  if [ "${DECODE_MT:-0}" = 1 ]; then decode mt "$out/mt" "$lang"; fi
+done
+"$PY" "$root/scripts/score_covost.py" --gen-dir "$out" --data "$DATA" --langs "$LANGS"

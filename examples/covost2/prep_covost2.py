@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Prepare CoVoST 2 X->En for comsl_fairseq from Common Voice clips and the CoVoST 2 TSVs.
+
+    python examples/covost2/prep_covost2.py --cv-root CV --covost-tsv-root TSV --out-root OUT \\
+        --mbart-dir MBART50 [--langs fr,de,...]
+
+Reads CV/{lang}/clips/*.mp3 with CV/{lang}/validated.tsv (Common Voice columns; the
+transcript is its `sentence`) and TSV/covost_v2.{lang}_en.tsv (columns `path translation
+split`, split in train, train_covost, dev, test). Decodes every mp3 once to 16 kHz mono
+FLAC (OUT/clips/{lang}/), checks every clip, and writes the manifests
+OUT/{train,dev,test}_{lang}_en.tsv (train includes train_covost) and OUT/config.yaml.
+
+Every dropped row (missing, unreadable or empty clip, empty transcript or translation, over
+--max-seconds, malformed TSV line) is named with its reason in OUT/dropped.tsv and counted
+in OUT/prep_summary.json. Re-running skips clips already decoded. The decoder (soundfile /
+libsndfile) and resampler (soxr) versions are written to OUT/prep_summary.json.
+"""
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+import unicodedata
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import yaml
+from tqdm import tqdm
+
+logger = logging.getLogger("prep_covost2")
+
+SAMPLE_RATE = 16_000
+COVOST_X_EN = ["fr", "de", "es", "ca", "it", "ru", "zh-CN", "pt", "fa", "et", "mn", "nl", "tr", "ar", "sv-SE", "lv",
+               "sl", "ta", "ja", "id", "cy"]
+SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
+MANIFEST_COLUMNS = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+
+
+def clean_text(text: str) -> str:
+    """NFC, zero-width characters removed, every Unicode space run (NBSP, thin and narrow
+    spaces, ideographic space, tabs) turned into one ASCII space, ends stripped."""
+    text = _ZERO_WIDTH.sub("", unicodedata.normalize("NFC", text))
+    return " ".join(text.split())
+
+
+def read_tsv(path: Path, required: list, dropped: list, lang: str) -> list:
+    """Rows of a TSV as dicts. Lines are split on tabs with quotes kept as text; a line with
+    the wrong field count is re-read as quoted CSV (a quoted field may hold tabs); a line
+    that still does not fit is dropped with its reason."""
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise SystemExit(f"error: {path} lacks column(s) {missing}; header: {header}")
+    rows = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            fields = next(csv.reader([line], delimiter="\t", quotechar='"'))
+        if len(fields) != len(header):
+            dropped.append((lang, "-", f"{path.name}:{line_no}", "malformed TSV line"))
+            continue
+        rows.append(dict(zip(header, fields, strict=True)))
+    return rows
+
+
+def decode_clip(job: tuple) -> tuple:
+    """mp3 -> 16 kHz mono FLAC, once. Returns (name, n_samples or None, reason)."""
+    src, dst, max_samples = job
+    src, dst = Path(src), Path(dst)
+    if dst.is_file():
+        try:
+            n = sf.info(str(dst)).frames
+            return src.name, n, ("over the length limit" if n > max_samples else "")
+        except (sf.LibsndfileError, RuntimeError):
+            dst.unlink()  # a broken leftover of an interrupted run: decode again
+    if not src.is_file():
+        return src.name, None, "clip missing"
+    if src.stat().st_size == 0:
+        return src.name, None, "empty file"
+    try:
+        wav, sr = sf.read(str(src), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        return src.name, None, f"unreadable ({str(e).splitlines()[0][:80]})"
+    wav = wav.mean(axis=1)
+    if sr != SAMPLE_RATE and wav.size:
+        wav = soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32)
+    if wav.size == 0:
+        return src.name, None, "no samples"
+    if not np.isfinite(wav).all():
+        return src.name, None, "non-finite samples"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".part.flac")
+    sf.write(str(tmp), np.clip(wav, -1, 1), SAMPLE_RATE)
+    tmp.rename(dst)
+    return src.name, int(wav.size), ("over the length limit" if wav.size > max_samples else "")
+
+
+def prepare_language(lang, args, dropped, counts) -> dict:
+    cv_dir = args.cv_root / lang
+    covost_tsv = args.covost_tsv_root / f"covost_v2.{lang}_en.tsv"
+    for p in (cv_dir / "validated.tsv", covost_tsv):
+        if not p.is_file():
+            raise SystemExit(f"error: {p} not found")
+    transcripts = {r["path"]: r["sentence"] for r in read_tsv(cv_dir / "validated.tsv", ["path", "sentence"],
+                                                               dropped, lang)}
+    speakers = {}
+    rows = []
+    for r in read_tsv(covost_tsv, ["path", "translation", "split"], dropped, lang):
+        split = SPLITS.get(r["split"])
+        if split is None:
+            dropped.append((lang, r["split"], r["path"], f"unknown split {r['split']!r}"))
+            continue
+        src = clean_text(transcripts.get(r["path"], r.get("sentence", "")))
+        tgt = clean_text(r["translation"])
+        if not src:
+            dropped.append((lang, split, r["path"], "empty transcript" if r["path"] in transcripts
+                            else "not in validated.tsv (no transcript)"))
+            continue
+        if not tgt:
+            dropped.append((lang, split, r["path"], "empty translation"))
+            continue
+        rows.append((split, r["path"], src, tgt))
+        speakers[r["path"]] = r.get("client_id", "")
+    max_samples = int(args.max_seconds * SAMPLE_RATE)
+    jobs = [(str(cv_dir / "clips" / path), str(args.out_root / "clips" / lang / (Path(path).stem + ".flac")),
+             max_samples) for _, path, _, _ in rows]
+    decoded = {}
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for name, n, reason in tqdm(pool.map(decode_clip, jobs, chunksize=32), total=len(jobs),
+                                    desc=f"{lang} clips", unit="clip", disable=args.no_progress):
+            decoded[name] = (n, reason)
+    manifests = defaultdict(list)
+    for split, path, src, tgt in rows:
+        n, reason = decoded[Path(path).name]
+        if reason:
+            dropped.append((lang, split, path, reason))
+            continue
+        uid = f"{lang}_{Path(path).stem}"
+        manifests[split].append([uid, f"{lang}/{Path(path).stem}.flac", str(n), src, tgt, lang, "en",
+                                 speakers.get(path, "")])
+    written = {}
+    for split in ("train", "dev", "test"):
+        name = f"{split}_{lang}_en"
+        with open(args.out_root / f"{name}.tsv", "w", encoding="utf-8") as f:
+            f.write("\t".join(MANIFEST_COLUMNS) + "\n")
+            for row in manifests[split]:
+                f.write("\t".join(field.replace("\t", " ") for field in row) + "\n")
+        written[name] = len(manifests[split])
+        counts[f"{lang}/{split}"] = len(manifests[split])
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cv-root", type=Path, required=True, help="Common Voice root with {lang}/clips, validated.tsv")
+    p.add_argument("--covost-tsv-root", type=Path, required=True, help="folder with covost_v2.{lang}_en.tsv")
+    p.add_argument("--out-root", type=Path, required=True, help="output folder")
+    p.add_argument("--mbart-dir", type=Path, required=True,
+                   help="mBART-50 folder whose dict.txt and sentence.bpe.model config.yaml names")
+    p.add_argument("--langs", default=",".join(COVOST_X_EN), help="source languages (default: all 21)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="drop longer clips (default 30, Whisper's window)")
+    p.add_argument("--workers", type=int, default=4, help="parallel decoding processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
+    args.cv_root, args.covost_tsv_root = args.cv_root.resolve(), args.covost_tsv_root.resolve()
+    args.out_root = args.out_root.resolve()
+    args.out_root.mkdir(parents=True, exist_ok=True)
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    unknown = [x for x in langs if x not in COVOST_X_EN]
+    if unknown:
+        p.error(f"not CoVoST 2 X->En languages: {unknown}; known: {','.join(COVOST_X_EN)}")
+    for name in ("dict.txt", "sentence.bpe.model"):
+        if not (args.mbart_dir / name).is_file():
+            p.error(f"--mbart-dir {args.mbart_dir} has no {name}")
+
+    dropped, counts, manifests = [], Counter(), {}
+    for lang in langs:
+        manifests.update(prepare_language(lang, args, dropped, counts))
+    with open(args.out_root / "dropped.tsv", "w", encoding="utf-8") as f:
+        f.write("lang\tsplit\tpath\treason\n")
+        for row in dropped:
+            f.write("\t".join(row) + "\n")
+    reasons = Counter(r[3].split(" (")[0] for r in dropped)
+    config = {"vocab_filename": str((args.mbart_dir / "dict.txt").resolve()),
+              "bpe_tokenizer": {"bpe": "sentencepiece",
+                                "sentencepiece_model": str((args.mbart_dir / "sentence.bpe.model").resolve())},
+              "audio_root": "clips", "max_audio_seconds": args.max_seconds}
+    (args.out_root / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    summary = {"kept": dict(counts), "manifests": manifests, "dropped": len(dropped), "dropped_by_reason": reasons,
+               "decoder": f"soundfile {sf.__version__} (libsndfile {sf.__libsndfile_version__})",
+               "resampler": f"soxr {soxr.__version__}", "sample_rate": SAMPLE_RATE}
+    (args.out_root / "prep_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    logger.info("kept %d rows in %d manifests; dropped %d (%s); details in %s", sum(counts.values()),
+                len(manifests), len(dropped), ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none",
+                args.out_root / "dropped.tsv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Per-language CoVoST 2 X->En scores from fairseq-generate logs, beside the paper's.
+
+    python scripts/score_covost.py --gen-dir EVAL --data DATA [--langs fr,de] [--out EVAL/results]
+
+Reads EVAL/generate-test_{lang}_en.txt for each language (and, when present,
+EVAL/asr/generate-test_{lang}_en.txt and EVAL/mt/generate-test_{lang}_en.txt from
+evaluate.sh with DECODE_ASR=1 / DECODE_MT=1), checks that every utterance of
+DATA/test_{lang}_en.tsv was decoded, and writes a Markdown and a JSON table: sacreBLEU per
+language with its signature, the average over the languages scored (the 21-language average
+when all are there), the high / medium / low resource group averages, ASR WER and MT BLEU on
+gold transcripts when available, and the paper's numbers (SPEC §5) beside ours.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU
+
+from comsl_fairseq.generate_log import read_generate_log
+
+GROUPS = {"high": ["fr", "de", "ca", "es"], "medium": ["fa", "it", "ru", "pt", "zh-CN"],
+          "low": ["nl", "tr", "et", "mn", "ar", "lv", "sl", "sv-SE", "ta", "ja", "id", "cy"]}
+ALL = [lang for group in GROUPS.values() for lang in group]
+# ComSL Large, CoVoST 2 test BLEU, as published (15 of 21 languages) and the averages.
+PAPER_LARGE = {"fr": 38.8, "de": 36.0, "ca": 35.3, "es": 40.4, "ru": 49.2, "zh-CN": 21.4, "nl": 39.7, "tr": 33.6,
+               "et": 19.2, "mn": 2.9, "ar": 41.4, "lv": 21.3, "sl": 31.6, "ja": 21.3, "id": 46.6}
+PAPER_AVERAGES = {"ComSL Medium": 29.7, "ComSL Large": 30.1, "ComSL Large + pseudo ST data": 31.5, "USM": 30.7}
+CHARACTER_LANGS = {"zh-CN", "ja"}  # scored by characters (CER, BLEU tokenizer zh / ja-mecab-like)
+
+
+def pairs(log: Path, n_expected: int) -> tuple:
+    hyps, refs = read_generate_log(log)
+    missing = sorted(set(range(n_expected)) - set(hyps))
+    if missing or len(refs) != n_expected:
+        raise SystemExit(f"error: {log} has {len(hyps)} hypotheses and {len(refs)} references for "
+                         f"{n_expected} test utterances (missing ids from {missing[:5]})")
+    order = sorted(hyps)
+    return [hyps[i] for i in order], [refs[i] for i in order]
+
+
+def wer(hyps: list, refs: list, chars: bool) -> float:
+    """Word (or, for zh/ja, character) error rate in %, by Levenshtein distance."""
+    errors = words = 0
+    for h, r in zip(hyps, refs, strict=True):
+        h_tok, r_tok = (list(h.replace(" ", "")), list(r.replace(" ", ""))) if chars else (h.split(), r.split())
+        prev = list(range(len(h_tok) + 1))
+        for i, rt in enumerate(r_tok, start=1):
+            cur = [i] + [0] * len(h_tok)
+            for j, ht in enumerate(h_tok, start=1):
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rt != ht))
+            prev = cur
+        errors += prev[-1]
+        words += len(r_tok)
+    return 100.0 * errors / max(words, 1)
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gen-dir", type=Path, required=True, help="folder with generate-test_{lang}_en.txt")
+    p.add_argument("--data", type=Path, required=True, help="folder with test_{lang}_en.tsv")
+    p.add_argument("--langs", default=",".join(ALL), help="languages to score (default: all 21)")
+    p.add_argument("--out", type=Path, help="output prefix for .md and .json (default: GEN_DIR/results)")
+    args = p.parse_args(argv)
+    langs = [x for x in args.langs.split(",") if x]
+    out = args.out or args.gen_dir / "results"
+
+    rows = {}
+    signature = None
+    for lang in langs:
+        n = len((args.data / f"test_{lang}_en.tsv").read_text(encoding="utf-8").strip().splitlines()) - 1
+        metric = BLEU(tokenize="13a")
+        hyps, refs = pairs(args.gen_dir / f"generate-test_{lang}_en.txt", n)
+        row = {"utterances": n, "bleu": round(metric.corpus_score(hyps, [refs]).score, 2),
+               "paper_large": PAPER_LARGE.get(lang)}
+        signature = str(metric.get_signature())
+        asr_log = args.gen_dir / "asr" / f"generate-test_{lang}_en.txt"
+        if asr_log.is_file():
+            row["asr_wer" if lang not in CHARACTER_LANGS else "asr_cer"] = round(
+                wer(*pairs(asr_log, n), chars=lang in CHARACTER_LANGS), 2)
+        mt_log = args.gen_dir / "mt" / f"generate-test_{lang}_en.txt"
+        if mt_log.is_file():
+            mt_h, mt_r = pairs(mt_log, n)
+            row["mt_bleu"] = round(BLEU(tokenize="13a").corpus_score(mt_h, [mt_r]).score, 2)
+        rows[lang] = row
+
+    summary = {"average": mean(r["bleu"] for r in rows.values()), "languages": len(rows),
+               "is_21_language_average": set(rows) == set(ALL)}
+    for group, members in GROUPS.items():
+        summary[f"{group}_average"] = mean(rows[x]["bleu"] for x in members if x in rows)
+    result = {"per_language": rows, "summary": summary, "sacrebleu_signature": signature,
+              "paper_averages": PAPER_AVERAGES}
+    Path(f"{out}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+    extra = [k for k in ("asr_wer", "asr_cer", "mt_bleu") if any(k in r for r in rows.values())]
+    lines = ["| language | group | utterances | BLEU (ours) | ComSL Large (paper) | " + " | ".join(extra) + " |",
+             "|---" * (5 + len(extra)) + "|"]
+    group_of = {x: g for g, members in GROUPS.items() for x in members}
+    for lang, r in rows.items():
+        paper = "" if r["paper_large"] is None else f"{r['paper_large']:.1f}"
+        cells = [str(r.get(k, "")) for k in extra]
+        lines.append(f"| {lang} | {group_of.get(lang, '')} | {r['utterances']} | {r['bleu']:.2f} | {paper} | "
+                     + " | ".join(cells) + " |")
+    label = "21-language average" if summary["is_21_language_average"] else f"average of {len(rows)} languages"
+    lines.append(f"| **{label}** | | | **{summary['average']:.2f}** | 30.1 (Large), 29.7 (Medium), 31.5 "
+                 "(Large + pseudo) | " + " | ".join("" for _ in extra) + " |")
+    for group in GROUPS:
+        value = summary[f"{group}_average"]
+        if value is not None:
+            lines.append(f"| {group} resource average | | | {value:.2f} | | " + " | ".join("" for _ in extra) + " |")
+    lines.append("")
+    lines.append(f"sacreBLEU signature: `{signature}`")
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
