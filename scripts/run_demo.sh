@@ -13,6 +13,7 @@ CORPUS="${CORPUS:-data/toy}"
 EXP="${EXP:-exp/demo}"
 MINUTES="${DEMO_TRAIN_MINUTES:-9}"
 SEED="${SEED:-1}"
+export PYTHONUNBUFFERED=1  # show training progress as it happens
 
 if ! command -v espeak-ng >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

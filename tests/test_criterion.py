@@ -134,7 +134,8 @@ def test_mt_teacher_is_frozen_in_eval_mode_and_not_saved(setup, mbart_dir):
     _, _, log = criterion(model.eval(), sample)
     with torch.no_grad():
         mt = model(**sample["net_input"], branches=("mt",))["mt"][0]
-        p_teacher = teacher(sample["net_input"]["src_text_tokens"], sample["net_input"]["prev_output_tokens"])
+        p_teacher = teacher(sample["net_input"]["src_text_tokens"],
+                            prev_output_tokens=sample["net_input"]["prev_output_tokens"])[0]
     y = sample["target"]
     expected = 0.8 * ce(mt, y) + 0.2 * soft_ce(mt, p_teacher, y)
     assert abs(log["mt_loss"] - expected.item()) < 1e-4 * expected.item()

@@ -6,6 +6,7 @@ from argparse import Namespace
 from dataclasses import dataclass
 
 import torch
+from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.models.bart.model import mbart_large_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from torch import nn
@@ -99,47 +100,39 @@ def load_mbart_weights(encoder, decoder, state: dict, source, n_pretrained_rows:
     load_strict(holder, state, source, "mBART-50 encoder-decoder")
 
 
-class MbartTeacher(nn.Module):
-    """A frozen mBART translation model: p_teacher(y | x) for MT regularization.
+class MbartTextModel(FairseqEncoderDecoderModel):
+    """mBART as a plain text-to-text translation model on fairseq's own modules.
 
-    Always in eval mode (no dropout), never receives gradients, and is kept out of the
-    criterion's and the model's state dicts (see ComslMultitaskCriterion).
+    Used as the frozen MT teacher (``freeze()``: eval mode for good, no gradients, and the
+    criterion keeps it out of every state dict) and to translate transcripts into pseudo
+    speech-translation targets (examples/covost2/make_pseudo_st.py).
     """
 
     def __init__(self, encoder, decoder):
-        super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        super().__init__(encoder, decoder)
+        self.frozen = False
+
+    def freeze(self) -> "MbartTextModel":
+        self.frozen = True
         self.requires_grad_(False)
-        self.eval()
+        return self.eval()
 
     def train(self, mode: bool = True):
-        return super().train(False)  # stays in eval mode whatever fairseq asks
+        return super().train(mode and not self.frozen)  # a frozen teacher never runs dropout
 
-    @torch.no_grad()
-    def forward(self, src_text_tokens, prev_output_tokens):
-        """Logits B x T x V of the translation given the transcript ``[src_tag] x </s>``."""
-        encoder_out = self.encoder(src_text_tokens)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out)[0]
+    def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, **unused):
+        """``[src_tag] x </s>`` and ``</s> [tgt_tag] y`` -> (logits B x T x V, extra)."""
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out)
 
 
-def load_mt_teacher(path, dictionary, n_pretrained_rows: int, dict_path) -> MbartTeacher:
-    """The teacher from a fairseq mBART ``model.pt`` (e.g. mBART-50 fine-tuned on the
-    transcript -> translation pairs) or from one of our own checkpoints (its mBART part)."""
-    from fairseq import checkpoint_utils
-
-    try:
-        ckpt = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"--mt-teacher {path} not found") from None
-    if any(k.startswith("encoder.mbart.") for k in ckpt["model"]):  # a comsl_fairseq checkpoint
-        dims = MbartDims.from_model_cfg(ckpt["cfg"]["model"])
-        state = {k.replace("encoder.mbart.", "encoder.", 1): v for k, v in ckpt["model"].items()
-                 if k.startswith(("encoder.mbart.", "decoder."))}
-    else:
-        hp, state = load_mbart_checkpoint(path)
-        dims = MbartDims.from_hparams(hp, path)
+def load_mbart_text_model(path, dictionary, n_pretrained_rows: int, dict_path) -> MbartTextModel:
+    """A translation model from a fairseq mBART ``model.pt`` (e.g. mBART-50 fine-tuned on the
+    transcript -> translation pairs) or from one of our checkpoints (its mBART part)."""
+    hp, state = load_mbart_checkpoint(path)
+    dims = MbartDims.from_hparams(hp, path)
     encoder, decoder = build_mbart(dims, dictionary)
     load_mbart_weights(encoder, decoder, state, path, n_pretrained_rows, dict_path)
-    logger.info("MT teacher from %s: %d+%d layers, d=%d (frozen, eval mode)", path, dims.encoder_layers,
-                dims.decoder_layers, dims.dim)
-    return MbartTeacher(encoder, decoder)
+    logger.info("mBART text model from %s: %d+%d layers, d=%d", path, dims.encoder_layers, dims.decoder_layers,
+                dims.dim)
+    return MbartTextModel(encoder, decoder)
