@@ -129,3 +129,47 @@ def test_strict_loading_names_every_mismatch(data_dir, whisper_pt, mbart_dir, tm
     msg = str(e.value)
     assert "bad.pt" in msg and "decoder.layers.1.fc1.weight" in msg and "decoder.layers.9.fc1.weight" in msg
     assert "encoder.layers.0.fc2.bias: checkpoint (7,)" in msg
+
+
+def test_stacked_decoder_passes_equal_separate_ones(data_dir, whisper_pt):
+    outs = []
+    for flags in (("--stack-decoder-passes",), ()):
+        torch.manual_seed(0)
+        _, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), *flags)
+        task.load_dataset("test")
+        ds = task.dataset("test")
+        batch = ds.collater([ds[i] for i in range(4)])
+        with torch.no_grad():
+            outs.append(model.eval()(**batch["net_input"], cml_text_tokens=batch["transcript"],
+                                     branches=("st", "asr", "mt", "stm_asr", "stm_st", "mtp")))
+    for name in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp"):
+        assert (outs[0][name][0] - outs[1][name][0]).abs().max().item() <= 1e-5, name
+
+
+def test_activation_checkpointing_gives_the_same_gradients(data_dir, whisper_pt):
+    grads = []
+    for flags in ((), ("--checkpoint-activations",)):
+        torch.manual_seed(0)
+        cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--dropout", "0",
+                                                "--adapter-dropout", "0", "--erm-layer", "2", *flags)
+        task.load_dataset("test")
+        ds = task.dataset("test")
+        criterion = task.build_criterion(cfg.criterion)
+        torch.manual_seed(1)
+        criterion(model.train(), ds.collater([ds[i] for i in range(3)]))[0].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in ("encoder.whisper.blocks.0.mlp.0.weight", "encoder.mbart.layers.0.fc1.weight",
+                 "decoder.layers.1.self_attn.k_proj.weight"):
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_bf16_autocast_option_trains(data_dir):
+    cfg, task, model = build_task_and_model(data_dir, "--autocast-bf16", "--erm-layer", "2")
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    criterion = task.build_criterion(cfg.criterion)
+    loss, _, log = criterion(model.train(), ds.collater([ds[0], ds[1]]))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float32 and model.decoder.embed_tokens.weight.grad is not None

@@ -59,7 +59,7 @@ def ref_soft_ce(student, teacher, target):
 
 def test_cross_entropy_over_non_pad_tokens():
     logits, _, target = random_case()
-    r = T.token_cross_entropy(logits, target, PAD)
+    r = T.token_cross_entropy(T.log_probs(logits), target, PAD)
     ref, n = ref_ce(logits.numpy(), target.numpy())
     assert r.n_tokens == n == 6 + 4 + 2
     assert close(r.loss.item(), ref)
@@ -69,21 +69,21 @@ def test_mtp_counts_only_masked_positions():
     logits, _, target = random_case(1)
     count = torch.zeros_like(target, dtype=torch.bool)
     count[0, 1] = count[0, 4] = count[1, 0] = count[2, 5] = True  # [2, 5] is padding: not counted
-    r = T.token_cross_entropy(logits, target, PAD, count=count)
+    r = T.token_cross_entropy(T.log_probs(logits), target, PAD, count=count)
     ref, n = ref_ce(logits.numpy(), target.numpy(), count.numpy())
     assert r.n_tokens == n == 3 and close(r.loss.item(), ref)
-    none = T.token_cross_entropy(logits, target, PAD, count=torch.zeros_like(count))
+    none = T.token_cross_entropy(T.log_probs(logits), target, PAD, count=torch.zeros_like(count))
     assert none.n_tokens == 0 and none.loss.item() == 0.0
 
 
 def test_ddm_and_mt_regularization_formula():
     logits, teacher, target = random_case(2)
     for alpha in (0.8, 0.2, 0.0):
-        r = T.distilled_cross_entropy(logits, target, PAD, teacher, alpha)
+        r = T.distilled_cross_entropy(T.log_probs(logits), target, PAD, torch.softmax(teacher, -1), alpha)
         ce, _ = ref_ce(logits.numpy(), target.numpy())
         soft = ref_soft_ce(logits.numpy(), teacher.numpy(), target.numpy())
         assert close(r.loss.item(), (1 - alpha) * ce + alpha * soft)
-    plain = T.distilled_cross_entropy(logits, target, PAD, None, 0.8)
+    plain = T.distilled_cross_entropy(T.log_probs(logits), target, PAD, None, 0.8)
     assert close(plain.loss.item(), ref_ce(logits.numpy(), target.numpy())[0])
 
 
@@ -91,7 +91,7 @@ def test_teacher_distribution_is_detached():
     logits, teacher, target = random_case(3)
     logits.requires_grad_(True)
     teacher.requires_grad_(True)
-    T.distilled_cross_entropy(logits, target, PAD, teacher, 0.8).loss.backward()
+    T.distilled_cross_entropy(T.log_probs(logits), target, PAD, torch.softmax(teacher, -1), 0.8).loss.backward()
     assert teacher.grad is None and logits.grad is not None
 
 

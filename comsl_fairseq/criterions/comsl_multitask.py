@@ -127,27 +127,30 @@ class ComslMultitaskCriterion(FairseqCriterion):
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
         out = model(**net_input, branches=branches, **kwargs)
-        logits = {name: out[name][0] for name in branches if name != "ctc"}
+        # log p once per decoder pass (the largest tensors of a step), shared by the terms
+        lp = {name: T.log_probs(out[name][0]) for name in branches if name not in ("ctc", "mt_from_concat")}
         y, x, pad = sample["target"], sample["transcript"], self.padding_idx
-        mt_teacher = logits.get("mt") if self.ddm_alpha > 0 else None  # DDM: the model's own MT pass
+        # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
+        mt_teacher = lp["mt"].detach().exp() if self.ddm_alpha > 0 and "mt" in lp else None
 
         results = {}
         if "st" in branches:
-            results["st"] = T.distilled_cross_entropy(logits["st"], y, pad, mt_teacher, self.ddm_alpha)
+            results["st"] = T.distilled_cross_entropy(lp["st"], y, pad, mt_teacher, self.ddm_alpha)
         if "asr" in branches:
-            results["asr"] = T.token_cross_entropy(logits["asr"], x, pad)
+            results["asr"] = T.token_cross_entropy(lp["asr"], x, pad)
         if self.w["mt"] > 0:
             teacher = None
             if self.teacher is not None:
                 self.teacher.to(y.device)
                 with torch.no_grad():
-                    teacher = self.teacher(net_input["src_text_tokens"],
-                                           prev_output_tokens=net_input["prev_output_tokens"])[0]
-            results["mt"] = T.distilled_cross_entropy(logits["mt"], y, pad, teacher, self.mt_reg_alpha)
+                    teacher = torch.softmax(self.teacher(net_input["src_text_tokens"],
+                                                         prev_output_tokens=net_input["prev_output_tokens"])[0].float(),
+                                            dim=-1)
+            results["mt"] = T.distilled_cross_entropy(lp["mt"], y, pad, teacher, self.mt_reg_alpha)
         if cml:
-            results["stm_asr"] = T.token_cross_entropy(logits["stm_asr"], x, pad)
-            results["stm_st"] = T.distilled_cross_entropy(logits["stm_st"], y, pad, mt_teacher, self.ddm_alpha)
-            results["mtp"] = T.token_cross_entropy(logits["mtp"], x, pad, count=masked)
+            results["stm_asr"] = T.token_cross_entropy(lp["stm_asr"], x, pad)
+            results["stm_st"] = T.distilled_cross_entropy(lp["stm_st"], y, pad, mt_teacher, self.ddm_alpha)
+            results["mtp"] = T.token_cross_entropy(lp["mtp"], x, pad, count=masked)
             if "erm" in out:
                 results["erm"] = T.embedding_representation_matching(*out["erm"])
 

@@ -6,6 +6,11 @@ some tokens replaced by <mask>; H_c^x and H_c^s are its text and speech parts.
 p(. | H) is the shared decoder's distribution; softCE(q || p) = -sum_v q_v log p_v with q
 detached. Every term is a sum over the tokens (or frames) it counts, as in the original
 code, returned as a :class:`TermResult` with the counts needed to log it.
+
+Token terms take log-probabilities (``log_probs(logits)``), computed once per decoder pass
+by the criterion: ST, for one, needs them for its CE and for its DDM share, and the MT
+pass's distribution is the teacher of two terms. The vocabulary-sized softmax is the
+largest tensor of a step; it is materialised once per pass, not once per use.
 """
 from dataclasses import dataclass
 
@@ -20,19 +25,19 @@ class TermResult:
     n_correct: int  # of those, tokens whose argmax equals the target (0 for ERM)
 
 
-def _log_probs(logits: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(logits.float(), dim=-1)  # fp32 for a stable softmax under fp16/bf16
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log p over the vocabulary, in fp32 for a stable softmax under fp16/bf16."""
+    return F.log_softmax(logits.float(), dim=-1)
 
 
-def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int,
+def token_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
                         count: torch.Tensor | None = None) -> TermResult:
     """CE(p(target | H), target) summed over non-pad target tokens.
 
     The ST, ASR and MT cross-entropies, STM-ASR = CE(p(x | H_c^s), x), and MTP =
     CE(p(x | H_c^x), x) with ``count`` (B x T bool) restricting it to masked positions.
-    logits: B x T x V, target: B x T.
+    lprobs: B x T x V log-probabilities, target: B x T.
     """
-    lprobs = _log_probs(logits)
     keep = target.ne(pad) if count is None else target.ne(pad) & count
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # B x T
     loss = nll.masked_fill(~keep, 0.0).sum()
@@ -41,17 +46,16 @@ def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int,
     return TermResult(loss, int(keep.sum()), int(correct))
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+def soft_cross_entropy(student_lprobs: torch.Tensor, teacher_probs: torch.Tensor, target: torch.Tensor,
                        pad: int) -> torch.Tensor:
-    """softCE(q || p) = -sum_v q_v log p_v, q = softmax(teacher) detached, summed over
-    the non-pad positions of ``target`` (B x T)."""
-    q = F.softmax(teacher_logits.detach().float(), dim=-1)
-    per_token = -(q * _log_probs(student_logits)).sum(-1)  # B x T
+    """softCE(q || p) = -sum_v q_v log p_v with the teacher distribution q detached, summed
+    over the non-pad positions of ``target`` (B x T)."""
+    per_token = -(teacher_probs.detach() * student_lprobs).sum(-1)  # B x T
     return per_token.masked_fill(target.eq(pad), 0.0).sum()
 
 
-def distilled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int,
-                            teacher_logits: torch.Tensor | None, alpha: float) -> TermResult:
+def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
+                            teacher_probs: torch.Tensor | None, alpha: float) -> TermResult:
     """(1 - alpha) CE(p, y) + alpha softCE(p_teacher || p); plain CE without a teacher.
 
     - ST with decoder distribution matching (DDM): p = p(y | H_s), teacher = the same
@@ -61,10 +65,10 @@ def distilled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pad: int
       alpha = --mt-reg-alpha (0.2).
     Accuracy is that of p against the reference.
     """
-    ce = token_cross_entropy(logits, target, pad)
-    if teacher_logits is None or alpha == 0:
+    ce = token_cross_entropy(lprobs, target, pad)
+    if teacher_probs is None or alpha == 0:
         return ce
-    loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(logits, teacher_logits, target, pad)
+    loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(lprobs, teacher_probs, target, pad)
     return TermResult(loss, ce.n_tokens, ce.n_correct)
 
 
@@ -108,7 +112,7 @@ def ctc_on_speech(logits: torch.Tensor, padding_mask: torch.Tensor, transcript: 
     (tags, </s>, padding) are removed to form the CTC targets. Summed over sentences;
     impossible alignments (too few frames) count zero rather than infinity.
     """
-    lprobs = _log_probs(logits[1:])  # (T-1) x B x V
+    lprobs = log_probs(logits[1:])  # (T-1) x B x V
     input_lengths = (~padding_mask[:, 1:]).sum(dim=1)
     keep = ~torch.isin(transcript, drop)
     targets = transcript[keep]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerEncoder
@@ -58,6 +59,15 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     enc_grad_mult: float = field(
         default=1.0, metadata={"help": "multiply gradients flowing into the speech-only (H_s) and text-only "
                                        "(H_x) mBART encoder outputs (paper: 2.0)"})
+    stack_decoder_passes: bool = field(
+        default=False, metadata={"help": "run the decoder passes that share a decoder input as one call, stacked "
+                                         "along the batch (same result; fewer, larger kernels for launch-bound GPUs)"})
+    checkpoint_activations: bool = field(
+        default=False, metadata={"help": "recompute Whisper blocks and mBART layers in the backward pass instead "
+                                         "of storing their activations (less memory, ~30 % more compute)"})
+    autocast_bf16: bool = field(
+        default=False, metadata={"help": "run the training forward under bf16 autocast (weights and optimizer "
+                                         "stay fp32); fairseq's own --bf16 does not work here"})
     dropout: float = field(default=0.1, metadata={"help": "mBART dropout"})
     attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
     activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
@@ -198,9 +208,12 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     # and scripts/benchmark.py requests it only to time the original's pass structure.
     BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc", "mt_from_concat")
 
-    def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0):
+    def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0, stack_decoder_passes: bool = False,
+                 autocast_bf16: bool = False):
         super().__init__(encoder, decoder)
         self.enc_grad_mult = enc_grad_mult
+        self.stack_decoder_passes = stack_decoder_passes
+        self.autocast_bf16 = autocast_bf16
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -235,9 +248,12 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout)
         mbart_encoder, decoder = build_mbart(MbartDims.from_model_cfg(cfg), dictionary, dropout=cfg.dropout,
                                              attention_dropout=cfg.attention_dropout,
-                                             activation_dropout=cfg.activation_dropout)
+                                             activation_dropout=cfg.activation_dropout,
+                                             checkpoint_activations=cfg.checkpoint_activations)
+        whisper.checkpoint_activations = cfg.checkpoint_activations
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
-        model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult)
+        model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
+                    stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16)
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
@@ -265,6 +281,17 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         unknown = set(branches) - set(self.BRANCHES)
         if unknown:
             raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
+        autocast = nullcontext()
+        if self.autocast_bf16:
+            device = (src_tokens if src_tokens is not None else src_text_tokens).device.type
+            autocast = torch.autocast(device, dtype=torch.bfloat16)
+        with autocast:
+            return self._forward_branches(src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
+                                          src_text_tokens, prev_transcript_tokens, cml_text_tokens, branches,
+                                          erm_layer)
+
+    def _forward_branches(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens, src_text_tokens,
+                          prev_transcript_tokens, cml_text_tokens, branches, erm_layer):
         enc = self.encoder
         speech_only = bool({"st", "asr", "ctc"} & set(branches)) or erm_layer > 0
         concat = bool({"stm_st", "stm_asr", "mtp", "mt_from_concat"} & set(branches)) or erm_layer > 0
@@ -290,11 +317,10 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         if "ctc" in branches:  # frame-wise vocabulary logits of H_s (T x B x V), tied output projection
             h = encoder_outs["speech"]
             out["ctc"] = (self.decoder.output_layer(h["encoder_out"][0]), h["encoder_padding_mask"][0])
-        for name in branches:
-            if name == "ctc":
-                continue
-            prev = prev_transcript_tokens if name in transcript_input else prev_output_tokens
-            out[name] = self.decoder(prev, encoder_out=encoder_outs[source[name]])
+        for inputs, names in (("transcript", [b for b in branches if b in transcript_input]),
+                              ("translation", [b for b in branches if b not in transcript_input and b != "ctc"])):
+            prev = prev_transcript_tokens if inputs == "transcript" else prev_output_tokens
+            out.update(self._decode(prev, {name: encoder_outs[source[name]] for name in names}))
         if erm_layer > 0:
             n_layers = len(enc.mbart.layers)
             if erm_layer > n_layers:
@@ -315,6 +341,28 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             hint = " (trained with another dict.txt?)" if any("embed_tokens" in line for line in lines) else ""
             raise CheckpointError("\n".join([f"the checkpoint does not fit this model{hint}:"] + lines))
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def _decode(self, prev_tokens, encoder_outs: dict) -> dict:
+        """The decoder passes that read the same decoder input. With --stack-decoder-passes
+        they run as one call: the encoder outputs (T_i x B x C) are padded to the longest,
+        masked, and stacked along the batch; each pass sees exactly its own frames, so the
+        result is the same. One large call instead of up to four small ones helps where the
+        step is launch-bound (GPU); on 2 CPU cores it measured equal, so it is opt-in."""
+        if not encoder_outs:
+            return {}
+        if len(encoder_outs) == 1 or not self.stack_decoder_passes:
+            return {name: self.decoder(prev_tokens, encoder_out=eo) for name, eo in encoder_outs.items()}
+        T = max(eo["encoder_out"][0].size(0) for eo in encoder_outs.values())
+        xs, masks = [], []
+        for eo in encoder_outs.values():
+            x, mask = eo["encoder_out"][0], eo["encoder_padding_mask"][0]  # T_i x B x C, B x T_i
+            xs.append(F.pad(x, (0, 0, 0, 0, 0, T - x.size(0))))
+            masks.append(F.pad(mask, (0, T - mask.size(1)), value=True))
+        stacked = {"encoder_out": [torch.cat(xs, dim=1)], "encoder_padding_mask": [torch.cat(masks, dim=0)],
+                   "encoder_embedding": [], "encoder_states": [], "src_tokens": [], "src_lengths": []}
+        n = len(encoder_outs)
+        logits, extra = self.decoder(prev_tokens.repeat(n, 1), encoder_out=stacked)  # nB x T x V
+        return {name: (chunk, extra) for name, chunk in zip(encoder_outs, logits.chunk(n, dim=0), strict=True)}
 
     def _grad_mult(self, encoder_out: dict) -> dict:
         """Scale the gradient flowing into H_s / H_x by --enc-grad-mult (identity forward)."""

@@ -46,7 +46,8 @@ class MbartDims:
                    cfg.mbart_decoder_layers, cfg.mbart_max_positions, cfg.mbart_activation_fn)
 
 
-def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0) -> Namespace:
+def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+                    checkpoint_activations=False) -> Namespace:
     """fairseq's ``mbart_large`` hyper-parameters with these dims: pre-norm, learned
     positions, ``layernorm_embedding``, scaled embeddings, shared input/output embedding."""
     args = Namespace(
@@ -57,6 +58,7 @@ def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activat
         max_source_positions=dims.max_positions, max_target_positions=dims.max_positions,
         activation_fn=dims.activation_fn, encoder_normalize_before=True, decoder_normalize_before=True,
         dropout=dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
+        checkpoint_activations=checkpoint_activations,
     )
     mbart_large_architecture(args)
     return args

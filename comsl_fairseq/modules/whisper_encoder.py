@@ -20,6 +20,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from whisper.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filters
 from whisper.model import AudioEncoder, MultiHeadAttention
 
@@ -83,6 +84,7 @@ class MaskedWhisperEncoder(AudioEncoder):
     def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
         super().__init__(n_mels, n_ctx, n_state, n_head, n_layer)
         self.n_mels, self.n_ctx, self.n_state = n_mels, n_ctx, n_state
+        self.checkpoint_activations = False  # recompute each block in the backward pass
 
     @staticmethod
     def _self_attention(attn: MultiHeadAttention, x: torch.Tensor, attend: torch.Tensor | None):
@@ -113,6 +115,12 @@ class MaskedWhisperEncoder(AudioEncoder):
         mask = padding_mask(lengths, T)  # B x T, True at padding
         attend = None if not mask.any() else ~mask[:, None, None, :]
         for block in self.blocks:
-            x = x + self._self_attention(block.attn, block.attn_ln(x), attend)
-            x = x + block.mlp(block.mlp_ln(x))
+            if self.checkpoint_activations and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(self._block, block, x, attend, use_reentrant=False)
+            else:
+                x = self._block(block, x, attend)
         return self.ln_post(x), lengths, mask
+
+    def _block(self, block, x, attend):
+        x = x + self._self_attention(block.attn, block.attn_ln(x), attend)
+        return x + block.mlp(block.mlp_ln(x))

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Training and decoding throughput of ComSL: our pass structure vs the original's.
+
+    python scripts/benchmark.py --arch tiny                       # CPU
+    python scripts/benchmark.py --arch medium --device cuda --bf16 --batch-size 32
+
+One run, one model (random weights, the arch's real shapes), the same synthetic utterances
+for both configurations:
+
+- ours:        batches of similar length (length-bucketed), padded to the longest clip and
+               masked; the full objective's 3 encoder and 6 decoder passes;
+- paper-style: every clip cut or padded to 11 s, no bucketing, and the original's unused
+               seventh decoder pass (translation from the text part of the concatenation).
+
+Clip lengths follow a CoVoST 2-like distribution (log-normal, mean about 5 s, 1-15 s).
+Prints a table (utterances/s, audio-seconds/s, peak memory, and MFU on a GPU) and, last,
+``speedup_vs_fixed11: X`` for training at equal batch size. ``--smoke`` runs in seconds.
+"""
+import argparse
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+
+# Real shapes of each architecture (the plugin itself reads them from checkpoints).
+ARCHS = {
+    "tiny": dict(whisper_n_mels=80, whisper_n_ctx=1500, whisper_dim=128, whisper_heads=2, whisper_layers=3,
+                 mbart_dim=128, mbart_ffn_dim=512, mbart_heads=2, mbart_encoder_layers=2, mbart_decoder_layers=2,
+                 vocab=8000),
+    "medium": dict(whisper_n_mels=80, whisper_n_ctx=1500, whisper_dim=1024, whisper_heads=16, whisper_layers=24,
+                   mbart_dim=1024, mbart_ffn_dim=4096, mbart_heads=16, mbart_encoder_layers=12,
+                   mbart_decoder_layers=12, vocab=250_054),
+    "large": dict(whisper_n_mels=80, whisper_n_ctx=1500, whisper_dim=1280, whisper_heads=20, whisper_layers=32,
+                  mbart_dim=1024, mbart_ffn_dim=4096, mbart_heads=16, mbart_encoder_layers=12,
+                  mbart_decoder_layers=12, vocab=250_054),
+}
+
+
+def synthetic_dictionary(n_pretrained: int):
+    """dict.txt-like symbols + ML50 tags + <mask> (n_pretrained rows) + ComSL's 2 tags."""
+    from fairseq.data import Dictionary
+
+    from comsl_fairseq.data.languages import EXTRA_TAGS, MASK_SYMBOL, ML50_TAGS, tag_symbol
+
+    d = Dictionary()
+    for i in range(n_pretrained - d.nspecial - len(ML50_TAGS) - 1):
+        d.add_symbol(f"w{i}")
+    for t in ML50_TAGS:
+        d.add_symbol(tag_symbol(t))
+    d.add_symbol(MASK_SYMBOL)
+    for t in EXTRA_TAGS:
+        d.add_symbol(tag_symbol(t))
+    return d
+
+
+def build(arch: str, pad_seconds: float, d, device, stack_decoder_passes: bool = False):
+    from omegaconf import OmegaConf
+
+    from comsl_fairseq.criterions.comsl_multitask import ComslMultitaskCriterion
+    from comsl_fairseq.data.vocabulary import language_tag_ids
+    from comsl_fairseq.models.whisper_mbart_composite import WhisperMbartCompositeConfig, WhisperMbartCompositeModel
+
+    dims = {k: v for k, v in ARCHS[arch].items() if k != "vocab"}
+    cfg = OmegaConf.structured(WhisperMbartCompositeConfig(
+        whisper_pad_seconds=pad_seconds, stack_decoder_passes=stack_decoder_passes, mbart_max_positions=1024,
+        mbart_activation_fn="gelu", **dims))
+    cfg._name = f"whisper_mbart_composite_{arch}"
+    task = SimpleNamespace(target_dictionary=d, n_pretrained_rows=len(d) - 2, dictionary_path="(synthetic)",
+                           tag_ids=language_tag_ids(d), building_from_checkpoint=False)
+    model = WhisperMbartCompositeModel.build_model(cfg, task).to(device)
+    criterion = ComslMultitaskCriterion(task, st_weight=0.35, asr_weight=0.35, mt_weight=0.2, cml_weight=0.1,
+                                        erm_weight=0.2, ddm_alpha=0.8, mt_reg_alpha=0.2, mt_teacher=None,
+                                        mask_prob=0.15, erm_layer=4)
+    return model, criterion, task
+
+
+def utterances(n: int, rng: np.random.Generator, max_seconds: float) -> list:
+    """(seconds, transcript length, translation length): CoVoST 2-like, mean ~5 s in 1-15 s."""
+    secs = np.clip(rng.lognormal(mean=math.log(4.6), sigma=0.45, size=n), 1.0, max_seconds)
+    src = np.maximum(3, (secs * 3.2 + rng.normal(0, 2, n)).round()).astype(int)
+    tgt = np.maximum(3, (secs * 3.0 + rng.normal(0, 2, n)).round()).astype(int)
+    return list(zip(secs.tolist(), src.tolist(), tgt.tolist(), strict=True))
+
+
+def collate(utts, d, rng):
+    from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+
+    ds = SpeechTextDataset("bench", [], Path("."), d, [], [], shuffle=False)
+    words = np.arange(d.nspecial, d.nspecial + 100)
+    fr, en = d.index("[fr_XX]"), d.index("[en_XX]")
+    samples = []
+    for i, (sec, ls, lt) in enumerate(utts):
+        samples.append({
+            "index": i, "audio": torch.from_numpy(0.1 * rng.standard_normal(int(sec * SAMPLE_RATE)).astype(np.float32)),
+            "src_text": torch.tensor([fr, *rng.choice(words, ls), d.eos()]),
+            "tgt_text": torch.tensor([en, *rng.choice(words, lt), d.eos()]), "src_lang": fr})
+    return ds.collater(samples)
+
+
+def to_device(sample, device):
+    from fairseq import utils
+
+    return utils.move_to_cuda(sample, device) if device.type == "cuda" else sample
+
+
+def make_batches(utts, batch_size: int, bucketed: bool, rng):
+    order = np.argsort([u[0] for u in utts], kind="stable") if bucketed else rng.permutation(len(utts))
+    batches = [[utts[i] for i in order[k:k + batch_size]] for k in range(0, len(utts), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Config:
+    def __init__(self, name, pad_seconds, bucketed, extra_branches, stack_decoder_passes):
+        self.name, self.pad_seconds, self.bucketed, self.extra_branches = name, pad_seconds, bucketed, extra_branches
+        self.stack_decoder_passes = stack_decoder_passes
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_throughput(conf, args, d, device, utts, rng):
+    model, criterion, _ = build(args.arch, conf.pad_seconds, d, device, conf.stack_decoder_passes)
+    if conf.extra_branches:
+        base = criterion.branches
+        criterion.branches = lambda: base() + tuple(conf.extra_branches)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    model.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else torch.autocast(device.type, enabled=False)
+    batches = [to_device(collate(b, d, rng), device) for b in make_batches(utts, args.batch_size, conf.bucketed, rng)]
+    flops = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, autocast:
+            criterion(model, batches[0])[0].backward()
+        flops = counter.get_total_flops() / batches[0]["nsentences"]
+        opt.zero_grad(set_to_none=True)
+    n_utt = audio_s = 0.0
+    elapsed = 0.0
+    for step, batch in enumerate(batches[: args.warmup + args.steps]):
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _, _ = criterion(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if step >= args.warmup:
+            elapsed += time.perf_counter() - t0
+            n_utt += batch["nsentences"]
+            audio_s += float(batch["net_input"]["src_lengths"].sum()) / SAMPLE_RATE
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    del model, opt, batches
+    return {"utt_s": n_utt / elapsed, "audio_s": audio_s / elapsed, "peak_gb": peak, "flops_per_utt": flops}
+
+
+def decode_throughput(conf, args, d, device, utts, rng):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    model, _, task = build(args.arch, conf.pad_seconds, d, device)
+    model.eval()
+    max_len = args.decode_len
+    generator = SequenceGenerator([model], d, beam_size=5, max_len_b=max_len, min_len=max_len,
+                                  symbols_to_strip_from_output=task.tag_ids)
+    batches = [to_device(collate(b, d, rng), device)
+               for b in make_batches(utts, args.batch_size, conf.bucketed, rng)][: args.decode_batches]
+    n = 0
+    sync(device)
+    t0 = time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else torch.autocast(device.type, enabled=False)
+    with torch.no_grad(), autocast:
+        for batch in batches:
+            generator.generate([model], batch, prefix_tokens=batch["target"][:, :1])
+            n += batch["nsentences"]
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", choices=sorted(ARCHS), default="tiny", help="model shapes")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per training step, both configs")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--decode-batches", type=int, default=2, help="batches decoded with beam 5")
+    p.add_argument("--decode-len", type=int, default=20, help="hypothesis length in tokens (same for both)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (cuda)")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (bf16) for MFU, e.g. 790 on H200")
+    p.add_argument("--stack-decoder-passes", action="store_true",
+                   help="ours with the decoder passes stacked into one call per decoder input")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests): 1 step, short clips")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup, args.decode_batches, args.batch_size, args.decode_len = 1, 0, 1, 2, 3
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no GPU is available")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(torch.get_num_threads())
+
+    import comsl_fairseq  # noqa: F401
+
+    d = synthetic_dictionary(ARCHS[args.arch]["vocab"])
+    rng = np.random.default_rng(args.seed)
+    max_seconds = 3.0 if args.smoke else 15.0
+    utts = utterances(args.batch_size * (args.warmup + args.steps), rng, max_seconds)
+    dec_utts = utterances(args.batch_size * args.decode_batches, rng, max_seconds)
+    configs = [Config("ours", 0.0, True, (), args.stack_decoder_passes),
+               Config("paper-style (11 s, 7 passes)", 11.0, False, ("mt_from_concat",), False)]
+    results = {}
+    for conf in configs:
+        r = train_throughput(conf, args, d, device, utts, np.random.default_rng(args.seed))
+        r["decode_utt_s"] = decode_throughput(conf, args, d, device, dec_utts, np.random.default_rng(args.seed))
+        results[conf.name] = r
+
+    mean_s = float(np.mean([u[0] for u in utts]))
+    print(f"# ComSL benchmark: arch {args.arch}, device {device}, batch {args.batch_size}, "
+          f"{args.steps} timed steps, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}")
+    print("| config | train utt/s | train audio-s/s | decode utt/s (beam 5) | peak memory | MFU |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        peak = f"{r['peak_gb']:.1f} GB" if r["peak_gb"] is not None else \
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB RSS (process)"
+        mfu = "n/a"
+        if r["flops_per_utt"] and args.peak_tflops:
+            mfu = f"{100 * r['flops_per_utt'] * r['utt_s'] / (args.peak_tflops * 1e12):.1f} %"
+        print(f"| {name} | {r['utt_s']:.2f} | {r['audio_s']:.1f} | {r['decode_utt_s']:.2f} | {peak} | {mfu} |")
+    ours, paper = results["ours"], results[configs[1].name]
+    print(f"decode_speedup_vs_fixed11: {ours['decode_utt_s'] / paper['decode_utt_s']:.2f}")
+    print(f"speedup_vs_fixed11: {ours['utt_s'] / paper['utt_s']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
