@@ -56,6 +56,8 @@ def make_layout(root: Path) -> tuple:
             validated.append(f"spk{i % 3}\t{name}\t{sentences[i]}\t2\t0\t\t\t\t{lang}\t")
             if split is not None:
                 translation = "" if fault == "empty_translation" else TRANSLATIONS[i]
+                if i == 6:  # a quoted field holding a tab and doubled quotes
+                    translation = '"my ""friend""\teats"'
                 covost.append(f"{name}\t{translation}\t{split}\tspk{i % 3}")
                 key = (lang, name)
                 if fault is None:
@@ -111,6 +113,7 @@ def test_prep_keeps_every_good_clip_and_names_every_dropped_one(chain):
         assert dropped[key].startswith(reasons[fault]), (key, dropped.get(key))
     fr = {r["id"]: r for r in manifest_rows(out / "train_fr_en.tsv")}
     assert fr["fr_common_voice_fr_0002"]["src_text"] == "la maison bleue est grande"  # NBSP normalised
+    assert manifest_rows(out / "test_fr_en.tsv")[0]["tgt_text"] == 'my "friend" eats'  # quoted field with a tab
     dev = manifest_rows(out / "train_fr_en.tsv") + manifest_rows(out / "dev_fr_en.tsv")
     assert any('"bonjour"' in r["src_text"] for r in dev)  # quotes kept as text
     summary = json.loads((out / "prep_summary.json").read_text())

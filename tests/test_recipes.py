@@ -52,6 +52,10 @@ def test_ablation_recipe_trains_two_updates(script, pseudo_data, whisper_pt, mba
         assert "stm_st_loss" not in train_line and "erm_loss" not in train_line
     if script.startswith(("row6", "row7", "row8", "baseline")):
         assert "MT teacher from" in out
+        # the frozen teacher's weights are not written into our checkpoints
+        state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu")
+        assert not state.get("criterion") and all(k.startswith(("encoder.", "decoder.")) for k in state["model"])
+        assert not any("teacher" in k for k in state["model"])
     if script.startswith("row8"):
         assert re.search(r"ComSL recipe: 32 training rows", out)  # train + pseudo
 
