@@ -6,7 +6,7 @@ allowlist. fairseq checkpoints pickle a handful of harmless classes (the trainin
 broadcast of a resumed state the omegaconf containers and fairseq's tensor
 placeholder). We allowlist exactly those, so ``fairseq-generate --path``, training
 resume and our pretrained loaders work while a checkpoint carrying any other
-callable is still refused. We never pass ``weights_only=False``.
+callable is still refused. The weights-only protection is never switched off.
 """
 import argparse
 import collections
