@@ -121,10 +121,9 @@ def write_dict(spm_path: Path, out: Path, vocab_rows: int) -> int:
     if vocab_rows != expected:
         raise ConversionError(f"embedding has {vocab_rows} rows, but {spm_path.name} with {n} pieces, the 52 "
                               f"language codes and <mask> give {expected}")
-    with open(out / "dict.txt", "w", encoding="utf-8") as f:
-        for i in range(3, n):
-            f.write(f"{sp.id_to_piece(i)} 1\n")
-    return n - 3
+    from comsl_fairseq.data.vocabulary import write_fairseq_dict
+
+    return write_fairseq_dict(spm_path, out / "dict.txt")  # pieces 3 .. n-1, in id order
 
 
 def main(argv=None) -> int:

@@ -75,27 +75,6 @@ def split_numbers(n: int, n_dev: int, n_test: int, seed: int) -> dict:
             "train": sorted(numbers[n_test + n_dev:])}
 
 
-def train_sentencepiece(texts: list, out_dir: Path, vocab_size: int) -> None:
-    """``sentence.bpe.model`` + a fairseq ``dict.txt`` of its pieces (mBART-50 layout, no tags)."""
-    import sentencepiece as spm
-
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(out_dir / "sentence.bpe"), vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
-    )
-    (out_dir / "sentence.bpe.vocab").unlink()
-    sp = spm.SentencePieceProcessor(model_file=str(out_dir / "sentence.bpe.model"))
-    counts = {}
-    for t in texts:
-        for piece in sp.encode(t, out_type=str):
-            counts[piece] = counts.get(piece, 0) + 1
-    with open(out_dir / "dict.txt", "w", encoding="utf-8") as f:
-        for i in range(sp.get_piece_size()):
-            if not (sp.is_control(i) or sp.is_unknown(i)):
-                piece = sp.id_to_piece(i)
-                f.write(f"{piece} {counts.get(piece, 0)}\n")
-
-
 def espeak_version() -> str:
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng is not installed: run `apt-get install espeak-ng` (Debian/Ubuntu) "
@@ -165,6 +144,8 @@ def main(argv=None) -> None:
         logger.info("%s: %d utterances, %.1f minutes", split, len(split_rows), seconds / 60)
 
     train_texts = [r[3] for r in rows["train"]] + [r[4] for r in rows["train"]]
+    from comsl_fairseq.data.vocabulary import train_sentencepiece
+
     train_sentencepiece(train_texts, out, args.vocab_size)
     config = {"vocab_filename": "dict.txt",
               "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": "sentence.bpe.model"},

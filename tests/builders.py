@@ -12,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import soundfile as sf
 import torch
 import yaml
@@ -30,18 +29,10 @@ def sentences(lang: str, n: int, rng: random.Random) -> list:
 
 def write_sentencepiece(folder: Path, vocab_size: int = 120) -> None:
     """``sentence.bpe.model`` and a fairseq ``dict.txt`` of its pieces (no tags)."""
+    from comsl_fairseq.data.vocabulary import train_sentencepiece
+
     rng = random.Random(0)
-    corpus = [s for lang in WORDS for s in sentences(lang, 300, rng)]
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_prefix=str(folder / "sentence.bpe"), vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
-    )
-    (folder / "sentence.bpe.vocab").unlink()
-    sp = spm.SentencePieceProcessor(model_file=str(folder / "sentence.bpe.model"))
-    with open(folder / "dict.txt", "w", encoding="utf-8") as f:
-        for i in range(sp.get_piece_size()):
-            if not (sp.is_control(i) or sp.is_unknown(i)):
-                f.write(f"{sp.id_to_piece(i)} 1\n")
+    train_sentencepiece([s for lang in WORDS for s in sentences(lang, 300, rng)], folder, vocab_size)
 
 
 def mbart_args(dim=32, ffn=64, heads=2, layers=2) -> Namespace:

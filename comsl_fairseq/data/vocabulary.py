@@ -41,6 +41,36 @@ def build_dictionary(dict_path) -> tuple:
     return d, n_pretrained
 
 
+def write_fairseq_dict(sentencepiece_model, dict_path, texts=()) -> int:
+    """Write a fairseq ``dict.txt`` for a SentencePiece model in the mBART-50 layout: every
+    piece but the control and unknown ones (``<unk> <s> </s>``), in SentencePiece id order,
+    with its count in ``texts`` (0 when none are given). Returns the number of entries."""
+    sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model))
+    counts = {}
+    for text in texts:
+        for piece in sp.encode(text, out_type=str):
+            counts[piece] = counts.get(piece, 0) + 1
+    n = 0
+    with open(dict_path, "w", encoding="utf-8") as f:
+        for i in range(sp.get_piece_size()):
+            if not (sp.is_control(i) or sp.is_unknown(i)):
+                f.write(f"{sp.id_to_piece(i)} {counts.get(sp.id_to_piece(i), 0)}\n")
+                n += 1
+    return n
+
+
+def train_sentencepiece(texts: list, folder, vocab_size: int) -> None:
+    """Train a unigram ``sentence.bpe.model`` on ``texts`` and write its ``dict.txt`` (toy
+    corpora and test fixtures; real use takes mBART-50's own files)."""
+    folder = Path(folder)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(folder / "sentence.bpe"), vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    (folder / "sentence.bpe.vocab").unlink()
+    write_fairseq_dict(folder / "sentence.bpe.model", folder / "dict.txt", texts)
+
+
 def language_tag_ids(dictionary: Dictionary) -> set:
     """Indices of every language tag in the dictionary (stripped from all outputs)."""
     return {dictionary.index(tag_symbol(t)) for t in ML50_TAGS + list(EXTRA_TAGS)}

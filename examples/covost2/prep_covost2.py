@@ -32,9 +32,10 @@ import soxr
 import yaml
 from tqdm import tqdm
 
+from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
+
 logger = logging.getLogger("prep_covost2")
 
-SAMPLE_RATE = 16_000
 COVOST_X_EN = ["fr", "de", "es", "ca", "it", "ru", "zh-CN", "pt", "fa", "et", "mn", "nl", "tr", "ar", "sv-SE", "lv",
                "sl", "ta", "ja", "id", "cy"]
 SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
@@ -88,17 +89,11 @@ def decode_clip(job: tuple) -> tuple:
         return src.name, None, "clip missing"
     if src.stat().st_size == 0:
         return src.name, None, "empty file"
-    try:
-        wav, sr = sf.read(str(src), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        return src.name, None, f"unreadable ({str(e).splitlines()[0][:80]})"
-    wav = wav.mean(axis=1)
-    if sr != SAMPLE_RATE and wav.size:
-        wav = soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32)
-    if wav.size == 0:
-        return src.name, None, "no samples"
-    if not np.isfinite(wav).all():
-        return src.name, None, "non-finite samples"
+    try:  # the plugin's own reader: soundfile, mono, soxr to 16 kHz, finite samples
+        wav, _ = read_audio(str(src), src.parent)
+    except AudioError as e:
+        reason = {"empty audio": "no samples", "non-finite audio samples": "non-finite samples"}.get(e.reason)
+        return src.name, None, reason or f"unreadable ({str(e).split(': ', 1)[-1].splitlines()[0][:80]})"
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".part.flac")
     sf.write(str(tmp), np.clip(wav, -1, 1), SAMPLE_RATE)
