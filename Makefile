@@ -6,6 +6,9 @@
 #   2. the fairseq fork and openai-whisper with --no-deps: fairseq declares torchaudio,
 #      which pins a torch of its own; whisper declares triton, only used for GPU timing.
 #   3. their real runtime needs (requirements.txt), test tools, then this package.
+# System packages (SYSTEM_PACKAGES, Debian names) are installed with apt-get when their
+# command is missing: as root directly, otherwise through sudo; without either, make stops
+# and names the package. .ci/run installs nothing itself: it only calls `make test`.
 
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
@@ -13,10 +16,24 @@ TORCH_SPEC  ?= torch==2.13.0
 FAIRSEQ_SPEC ?= ve-fairseq==0.12.3
 WHISPER_SPEC ?= openai-whisper==20250625
 PYTEST_ARGS ?=
+# Debian package:command pairs. espeak-ng synthesizes the toy corpus (demo and its tests).
+SYSTEM_PACKAGES ?= espeak-ng:espeak-ng
 
-.PHONY: install test test-all demo lint clean
+.PHONY: install system-packages test test-all demo lint clean
 
-install: $(VENV)/.installed
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=""; for pc in $(SYSTEM_PACKAGES); do \
+	  command -v "$${pc#*:}" >/dev/null 2>&1 || missing="$$missing $${pc%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	  else echo "error: missing system packages:$$missing. Install them (Debian/Ubuntu: apt-get install$$missing) and re-run make." >&2; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "error: missing system packages:$$missing (Debian names) and no apt-get here: install them with your package manager and re-run make." >&2; exit 1; fi; \
+	  echo "installing system packages:$$missing (apt-get)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt Makefile
 	@if python3 -c "import torch" 2>/dev/null; then \
