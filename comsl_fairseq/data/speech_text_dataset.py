@@ -24,6 +24,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio, resolve_audio_path
+from comsl_fairseq.data.clip_lengths import MIN_CLIP_SAMPLES, UNITS_HINT, header_samples, length_mismatch
 from comsl_fairseq.data.languages import tag_symbol
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
 
@@ -70,7 +71,7 @@ class SpeechTextDataset(FairseqDataset):
         for path in manifest_paths:
             rows += read_manifest(path, skips)
         max_samples = int(data_cfg.max_audio_seconds * SAMPLE_RATE)
-        min_samples = int(data_cfg.min_audio_seconds * SAMPLE_RATE)
+        min_samples = max(int(data_cfg.min_audio_seconds * SAMPLE_RATE), MIN_CLIP_SAMPLES)
         existing = {}
         kept, src_text, tgt_text = [], [], []
         for r in rows:
@@ -81,7 +82,7 @@ class SpeechTextDataset(FairseqDataset):
                            f"{data_cfg.max_audio_seconds:g} of {data_cfg.path.name}")
                 continue
             elif r.n_samples < min_samples:
-                skips.skip(r.id, "audio too short", f"{r.n_samples} samples")
+                skips.skip(r.id, "audio too short", _too_short(r, min_samples, data_cfg.audio_root))
                 continue
             else:
                 path = resolve_audio_path(r.audio, data_cfg.audio_root)[0]
@@ -100,8 +101,9 @@ class SpeechTextDataset(FairseqDataset):
             tgt_text.append(tgt)
         logger.info(skips.summary(len(kept)))
         if not kept:
+            hint = f"; {UNITS_HINT}" if skips.counts["audio too short"] + skips.counts["audio too long"] else ""
             raise ValueError(f"split {split!r}: no usable rows in {[str(p) for p in manifest_paths]}"
-                             f" ({skips.summary(0)})")
+                             f" ({skips.summary(0)}){hint}")
         ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle,
                  max_samples=max_samples, min_samples=min_samples, fail_on_bad_input=fail_on_bad_input,
                  text_only=text_only, decode_task=decode_task)
@@ -122,8 +124,12 @@ class SpeechTextDataset(FairseqDataset):
                 raise AudioError(f"{wav.size / SAMPLE_RATE:.1f} s read, over the limit of "
                                  f"{self.max_samples / SAMPLE_RATE:g} s (manifest n_frames={row.n_samples})",
                                  "audio too long")
-            if wav.size < max(self.min_samples, 1):
-                raise AudioError(f"{wav.size} samples read", "audio too short")
+            if wav.size < max(self.min_samples, MIN_CLIP_SAMPLES):
+                raise AudioError(f"{wav.size} samples read, under {max(self.min_samples, MIN_CLIP_SAMPLES)} "
+                                 "(min_audio_seconds, and at least one 10 ms log-mel frame)", "audio too short")
+            mismatch = length_mismatch(row.n_samples, wav.size)
+            if mismatch:  # batching and --max-tokens counted n_frames: this clip would break them
+                raise AudioError(f"{mismatch} (n_frames must count samples at 16 kHz)", "n_frames mismatch")
         except AudioError as e:
             if self.fail_on_bad_input:
                 raise AudioError(f"utterance {row.id} of split {self.split}: {e}") from None
@@ -227,3 +233,13 @@ class SpeechTextDataset(FairseqDataset):
     @property
     def supports_prefetch(self):
         return False
+
+
+def _too_short(row, min_samples: int, audio_root) -> str:
+    """Why a row is too short, with the clip's real length when its header tells it (a
+    too-short n_frames is most often another unit than 16 kHz samples)."""
+    detail = f"n_frames {row.n_samples} < {min_samples} samples at 16 kHz"
+    real = header_samples(row.audio, audio_root)
+    if real is not None and length_mismatch(row.n_samples, real):
+        detail += f"; {length_mismatch(row.n_samples, real)}"
+    return detail
