@@ -111,3 +111,44 @@ def test_clips_without_a_log_mel_frame_are_skipped_even_with_min_audio_seconds_0
     with torch.no_grad():
         out = model.encoder(net["src_tokens"], net["src_lengths"], net["src_lang_tags"])
     assert out["encoder_out"][0].shape[0] == 2  # the tag + one adapter frame
+
+
+def unreadable_first_and_last_batches(data) -> str:
+    """The training rows plus 4 unreadable clips declared shortest (fairseq's first batch, the
+    stand-in for empty batches) and 4 declared longest (a later batch that comes out empty)."""
+    (data / "clips" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
+    rows = good_rows(data)
+    broken = [with_n_frames(rows[i], n, "broken.wav").replace(rows[i].split("\t")[0], f"broken_{i}", 1)
+              for i, n in enumerate([3000] * 4 + [46000] * 4)]
+    write_manifest(data, "unreadable", rows + broken)
+    write_manifest(data, "unreadable_dev", rows + broken)
+    return "unreadable"
+
+
+def test_the_stand_in_for_empty_batches_is_readable(data, caplog):
+    split = unreadable_first_and_last_batches(data)
+    _, task, _ = build_task_and_model(data)
+    task.load_dataset(split)
+    ds = task.dataset(split)
+    itr = task.get_batch_iterator(ds, max_sentences=4)
+    batches = list(itr.next_epoch_itr(shuffle=False))
+    assert batches[0] == {} and batches[-1] == {}  # what fairseq would have kept as the stand-in
+    first = itr.first_batch
+    assert first["nsentences"] == 1 and not ds.rows[int(first["id"][0])].id.startswith("broken")
+    assert "stands in for empty batches" in caplog.text
+
+
+def test_training_and_validation_survive_batches_of_unreadable_clips(data, tmp_path):
+    from tests.test_cli import run
+    from tests.test_reliability import inner_args
+
+    split = unreadable_first_and_last_batches(data)
+    args = inner_args(data, tmp_path / "ckpt", "--max-epoch", "1", "--no-save")
+    args[args.index("--train-subset") + 1] = split
+    args[args.index("--valid-subset") + 1] = f"{split}_dev"
+    log = run(*args)
+    assert "Invalid dummy batch" not in log, log[-3000:]
+    assert re.search(r"\| train \| epoch 001 \|", log), log[-3000:]
+    assert re.search(rf"valid on '{split}_dev' subset", log), log[-3000:]
+    assert "unreadable: every clip of the first batch is unreadable" in log
+    assert "unreadable_dev: every clip of the first batch is unreadable" in log

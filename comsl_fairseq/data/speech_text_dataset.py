@@ -184,6 +184,17 @@ class SpeechTextDataset(FairseqDataset):
         }
         return self._for_decode_task(batch)
 
+    def stand_in_batch(self) -> dict:
+        """A batch of the shortest clip that can be read: fairseq's stand-in for batches whose
+        clips all failed (see :mod:`comsl_fairseq.data.stand_in_batch`); its loss is ignored."""
+        for index in np.argsort(self.n_samples, kind="stable"):
+            sample = self[int(index)]
+            if sample is not None:
+                logger.warning("%s: every clip of the first batch is unreadable; %s stands in for empty "
+                               "batches (its loss is ignored)", self.split, self.rows[index].id)
+                return self.collater([sample])
+        raise ValueError(f"split {self.split!r}: no clip can be read ({self.read_skips.summary(0)})")
+
     def _for_decode_task(self, batch: dict) -> dict:
         """fairseq-generate decodes ``net_input`` towards ``target``: for --decode-task asr the
         target is the transcript (its tag forced by --prefix-size 1); for mt the source is

@@ -23,6 +23,7 @@ from omegaconf import II
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+from comsl_fairseq.data.stand_in_batch import readable_first_batch
 from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class ComslSpeechToTextTask(FairseqTask):
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
         )
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator, with a stand-in for empty batches that is always readable."""
+        return readable_first_batch(super().get_batch_iterator(dataset, *args, **kwargs))
 
     @property
     def source_dictionary(self):
