@@ -152,3 +152,44 @@ def test_training_and_validation_survive_batches_of_unreadable_clips(data, tmp_p
     assert re.search(rf"valid on '{split}_dev' subset", log), log[-3000:]
     assert "unreadable: every clip of the first batch is unreadable" in log
     assert "unreadable_dev: every clip of the first batch is unreadable" in log
+
+
+def transcript_of(task, n_tokens: int, tag: str = "fr_XX") -> str:
+    """A French transcript that tokenizes to exactly ``n_tokens`` (tag and </s> included)."""
+    words = "le chat noir mange une pomme rouge dans la maison bleue avec mon ami".split()
+    text = ""
+    for i in range(10_000):
+        longer = f"{text} {words[i % len(words)]}".strip()
+        if len(task.tokenizer.encode(longer, tag)) > n_tokens:
+            break
+        text = longer
+    while len(task.tokenizer.encode(text + " a", tag)) <= n_tokens:  # fill the last one or two pieces
+        text += " a"
+    assert len(task.tokenizer.encode(text, tag)) == n_tokens
+    return text
+
+
+def test_rows_over_the_concatenated_pass_positions_are_skipped_when_read(data, caplog):
+    positions = ("--mbart-max-positions", "64")  # mBART-50 has 1024; a small table keeps the test tiny
+    cfg, task, model = build_task_and_model(data, *positions)
+    row = good_rows(data)[0].split("\t")
+    assert row[5] == "fr"
+    speech = task.length_limits.speech_positions(int(row[2]))  # tag + adapter frames
+    fits, over = row.copy(), row.copy()
+    fits[0], fits[3] = "fits", transcript_of(task, 64 - speech)
+    over[0], over[3] = "one_over", transcript_of(task, 64 - speech + 1)  # still under max_text_tokens
+    write_manifest(data, "positions", ["\t".join(fits), "\t".join(over)])
+    task.load_dataset("positions")
+    ds = task.dataset("positions")
+    assert [r.id for r in ds.rows] == ["fits"] and ds.skipped == {"too long for the model": 1}
+    assert re.search(rf"skipping one_over: too long for the model \(transcript tokens \({65 - speech}\) \+ speech "
+                     rf"frames \+ tag \({speech}\) > encoder positions .*: 65 > 64\)", caplog.text)
+    criterion = task.build_criterion(cfg.criterion)
+    loss, _, _ = criterion(model, ds.collater([ds[0]]))  # the longest row that fits runs every pass
+    assert torch.isfinite(loss)
+    from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+
+    unchecked = SpeechTextDataset.from_manifests("positions", [data / "positions.tsv"], task.data_cfg,
+                                                 task.tgt_dict, task.tokenizer, shuffle=False)
+    with pytest.raises(IndexError, match="index out of range"):  # what the skipped row did before
+        criterion(model, unchecked.collater([unchecked[1]]))

@@ -63,9 +63,12 @@ class SpeechTextDataset(FairseqDataset):
 
     @classmethod
     def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle,
-                       fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st"):
+                       fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st",
+                       length_limits=None):
         """Read and tokenize manifests; rows that cannot be used are skipped, named and counted
-        (or, with ``fail_on_bad_input``, the first one is an error)."""
+        (or, with ``fail_on_bad_input``, the first one is an error). ``length_limits``
+        (:class:`~comsl_fairseq.data.length_limits.LengthLimits` of the built model, if any)
+        skips rows longer than some input of the model can be."""
         skips = SkipLog(split, fatal=fail_on_bad_input)
         rows = []
         for path in manifest_paths:
@@ -95,6 +98,10 @@ class SpeechTextDataset(FairseqDataset):
             if max(len(src), len(tgt)) > data_cfg.max_text_tokens:
                 skips.skip(r.id, "text too long", f"{len(src)}/{len(tgt)} tokens > max_text_tokens "
                            f"{data_cfg.max_text_tokens}")
+                continue
+            problem = length_limits.problem(r.n_samples, len(src), len(tgt), text_only) if length_limits else None
+            if problem:
+                skips.skip(r.id, "too long for the model", problem)
                 continue
             kept.append(r)
             src_text.append(src)

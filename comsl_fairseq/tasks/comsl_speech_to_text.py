@@ -22,6 +22,7 @@ from omegaconf import II
 
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
+from comsl_fairseq.data.length_limits import LengthLimits
 from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
 from comsl_fairseq.data.stand_in_batch import readable_first_batch
 from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
@@ -64,6 +65,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
         self.building_from_checkpoint = False
+        self.length_limits = None  # of the last model built: rows over them are skipped when read
         self.sequence_generator = None
         self.bpe = self.build_bpe()
 
@@ -92,6 +94,7 @@ class ComslSpeechToTextTask(FairseqTask):
             split, self.manifest_paths(split), self.data_cfg, self.tgt_dict, self.tokenizer,
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
+            length_limits=self.length_limits,
         )
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
@@ -118,6 +121,7 @@ class ComslSpeechToTextTask(FairseqTask):
             model = super().build_model(cfg, from_checkpoint)
         finally:
             self.building_from_checkpoint = False
+        self.length_limits = LengthLimits.of_model(model) or self.length_limits
         if self.cfg.eval_bleu:
             if self.cfg.text_only:
                 raise ValueError("--eval-bleu decodes speech; it cannot be combined with --text-only")
