@@ -25,6 +25,8 @@ from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.length_limits import LengthLimits
 from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
 from comsl_fairseq.data.stand_in_batch import readable_first_batch
+from comsl_fairseq.data.vocab_fingerprint import KEY as VOCABULARY_KEY
+from comsl_fairseq.data.vocab_fingerprint import check_vocabulary, vocabulary_fingerprint
 from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tag_ids = language_tag_ids(dictionary)
         self.building_from_checkpoint = False
         self.length_limits = None  # of the last model built: rows over them are skipped when read
+        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
         self.sequence_generator = None
         self.bpe = self.build_bpe()
 
@@ -111,6 +114,22 @@ class ComslSpeechToTextTask(FairseqTask):
 
     def max_positions(self):
         return int(self.data_cfg.max_audio_seconds * SAMPLE_RATE), self.data_cfg.max_text_tokens
+
+    # --------------------------------------- vocabulary fingerprint in checkpoints
+    def state_dict(self):
+        """Saved as the checkpoint's ``task_state``; read back by ``--path`` loading."""
+        return {**super().state_dict(), VOCABULARY_KEY: self.vocabulary}
+
+    def load_state_dict(self, state_dict):
+        check_vocabulary(state_dict.get(VOCABULARY_KEY), self.vocabulary)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != VOCABULARY_KEY})
+
+    def get_checkpoint_dict(self):
+        """Saved in the checkpoint's ``extra_state``; fairseq hands it back when resuming."""
+        return {type(self).__name__: {VOCABULARY_KEY: self.vocabulary}}
+
+    def set_checkpoint_dict(self, state):
+        check_vocabulary(state.get(VOCABULARY_KEY), self.vocabulary, "the checkpoint resumed from")
 
     # ----------------------------------------------------------------- model
     def build_model(self, cfg, from_checkpoint=False):
