@@ -20,6 +20,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from comsl_fairseq.arch_check import check_model_family
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.length_limits import LengthLimits
@@ -133,6 +134,7 @@ class ComslSpeechToTextTask(FairseqTask):
 
     # ----------------------------------------------------------------- model
     def build_model(self, cfg, from_checkpoint=False):
+        check_model_family(cfg)
         # The model reads this to skip re-loading pretrained files when fairseq rebuilds
         # a trained model from its own checkpoint (fairseq passes the flag no further).
         self.building_from_checkpoint = from_checkpoint
