@@ -6,10 +6,12 @@ architectures, and the criterion ``comsl_multitask``.
 
 The checkpoint allowlist is installed first: fairseq loads ``--path`` and
 ``checkpoint_last.pt`` only after the user dir is imported, and under
-torch >= 2.6 those loads run with ``weights_only=True``.
+torch >= 2.6 those loads run with ``weights_only=True``. For the same reason the
+checkpoint-file safety (atomic ``checkpoint_last.pt``, resume fallback) is installed here.
 """
-from comsl_fairseq import safe_globals
+from comsl_fairseq import checkpoint_files, safe_globals
 
 safe_globals.allow_fairseq_checkpoints()
+checkpoint_files.install()
 
 from comsl_fairseq import criterions, models, tasks  # noqa: E402,F401  (registers them)

@@ -46,7 +46,7 @@ def faulty_data(tmp_path_factory, data_dir):
     nan[100] = np.nan
     sf.write(clips / "nan.wav", nan, 16000, subtype="FLOAT")
     sf.write(clips / "long.flac", synth_clip(31.0, rng), 16000)
-    stereo = synth_clip(1.5, rng)
+    stereo = synth_clip(1.5, rng, sr=44100)  # 1.5 s at 44.1 kHz: n_frames 24000 at 16 kHz
     sf.write(clips / "stereo44k.wav", np.stack([stereo, stereo], 1), 44100)
     good = (out / "train.tsv").read_text(encoding="utf-8").strip().splitlines()
     row = lambda *f: "\t".join(f)  # noqa: E731

@@ -5,7 +5,6 @@ optional). ``n_frames`` counts audio samples at 16 kHz (fairseq's raw-audio
 convention); it is used for batching and length filtering before any audio is read.
 Rows that cannot be used are skipped, each named with its reason, and counted.
 """
-import csv
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -62,45 +61,69 @@ class SkipLog:
         return f"{self.where}: kept {kept} rows, skipped {self.total}" + (f" ({parts})" if parts else "")
 
 
+def _decoded_lines(path: Path, skips: SkipLog):
+    """(line number, text) of each line, decoded one at a time: a leading UTF-8 BOM (Excel
+    and Windows tools write one) is dropped, and a line that is not UTF-8 is skipped and
+    named by file and line instead of aborting the whole split."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                if line_no == 1:
+                    raise ManifestError(f"manifest {path}: the header line is not UTF-8 ({e})") from None
+                skips.skip(f"line {line_no} of {path}", "row is not UTF-8",
+                           f"byte {raw[e.start:e.start + 1].hex()} at position {e.start}")
+                continue
+            yield line_no, text.rstrip("\r\n")
+
+
 def read_manifest(path: Path, skips: SkipLog) -> list:
     """Parse a manifest into :class:`ManifestRow`s; malformed rows are skipped and counted."""
     if not path.is_file():
         raise ManifestError(f"manifest {path} not found")
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            raise ManifestError(f"manifest {path} is empty (no header line)")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ManifestError(f"manifest {path} lacks column(s) {missing}; header is {header}")
-        col = {name: i for i, name in enumerate(header)}
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields or fields == [""]:
-                continue  # blank line
-            row_id = fields[col["id"]] if len(fields) > col["id"] else f"line {line_no}"
-            if len(fields) != len(header):
-                skips.skip(f"{row_id} (line {line_no})", "malformed row",
-                           f"{len(fields)} fields, header has {len(header)}")
-                continue
-            get = {name: fields[i] for name, i in col.items()}
-            try:
-                n_samples = int(get["n_frames"])
-            except ValueError:
-                skips.skip(row_id, "malformed row", f"n_frames={get['n_frames']!r}")
-                continue
-            try:
-                src_tag, tgt_tag = mbart_tag(get["src_lang"]), mbart_tag(get["tgt_lang"])
-            except KeyError as e:
-                skips.skip(row_id, "unknown language code", str(e.args[0]).split(";")[0])
-                continue
-            src_text, tgt_text = get["src_text"].strip(), get["tgt_text"].strip()
-            if not src_text:
-                skips.skip(row_id, "empty source text")
-                continue
-            if not tgt_text:
-                skips.skip(row_id, "empty target text")
-                continue
-            rows.append(ManifestRow(row_id, get["audio"], n_samples, src_text, tgt_text, src_tag, tgt_tag))
+    lines = _decoded_lines(path, skips)
+    header = next(lines, (1, None))[1]
+    if header is None:
+        raise ManifestError(f"manifest {path} is empty (no header line)")
+    header = header.split("\t")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ManifestError(f"manifest {path} lacks column(s) {missing}; header is {header}")
+    col = {name: i for i, name in enumerate(header)}
+    for line_no, line in lines:
+        if not line:
+            continue  # blank line
+        fields = line.split("\t")
+        row_id = fields[col["id"]] if len(fields) > col["id"] else f"line {line_no}"
+        if len(fields) != len(header):
+            skips.skip(f"{row_id} (line {line_no})", "malformed row",
+                       f"{len(fields)} fields, header has {len(header)}")
+            continue
+        row = _parse_row(row_id, {name: fields[i] for name, i in col.items()}, skips)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _parse_row(row_id: str, get: dict, skips: SkipLog):
+    """One row's fields -> :class:`ManifestRow`, or None (skipped and counted)."""
+    try:
+        n_samples = int(get["n_frames"])
+    except ValueError:
+        skips.skip(row_id, "malformed row", f"n_frames={get['n_frames']!r}")
+        return None
+    try:
+        src_tag, tgt_tag = mbart_tag(get["src_lang"]), mbart_tag(get["tgt_lang"])
+    except KeyError as e:
+        skips.skip(row_id, "unknown language code", str(e.args[0]).split(";")[0])
+        return None
+    src_text, tgt_text = get["src_text"].strip(), get["tgt_text"].strip()
+    if not src_text:
+        skips.skip(row_id, "empty source text")
+        return None
+    if not tgt_text:
+        skips.skip(row_id, "empty target text")
+        return None
+    return ManifestRow(row_id, get["audio"], n_samples, src_text, tgt_text, src_tag, tgt_tag)

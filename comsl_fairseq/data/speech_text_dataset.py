@@ -24,6 +24,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio, resolve_audio_path
+from comsl_fairseq.data.clip_lengths import MIN_CLIP_SAMPLES, UNITS_HINT, header_samples, length_mismatch
 from comsl_fairseq.data.languages import tag_symbol
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
 
@@ -62,15 +63,18 @@ class SpeechTextDataset(FairseqDataset):
 
     @classmethod
     def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle,
-                       fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st"):
+                       fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st",
+                       length_limits=None):
         """Read and tokenize manifests; rows that cannot be used are skipped, named and counted
-        (or, with ``fail_on_bad_input``, the first one is an error)."""
+        (or, with ``fail_on_bad_input``, the first one is an error). ``length_limits``
+        (:class:`~comsl_fairseq.data.length_limits.LengthLimits` of the built model, if any)
+        skips rows longer than some input of the model can be."""
         skips = SkipLog(split, fatal=fail_on_bad_input)
         rows = []
         for path in manifest_paths:
             rows += read_manifest(path, skips)
         max_samples = int(data_cfg.max_audio_seconds * SAMPLE_RATE)
-        min_samples = int(data_cfg.min_audio_seconds * SAMPLE_RATE)
+        min_samples = max(int(data_cfg.min_audio_seconds * SAMPLE_RATE), MIN_CLIP_SAMPLES)
         existing = {}
         kept, src_text, tgt_text = [], [], []
         for r in rows:
@@ -81,7 +85,7 @@ class SpeechTextDataset(FairseqDataset):
                            f"{data_cfg.max_audio_seconds:g} of {data_cfg.path.name}")
                 continue
             elif r.n_samples < min_samples:
-                skips.skip(r.id, "audio too short", f"{r.n_samples} samples")
+                skips.skip(r.id, "audio too short", _too_short(r, min_samples, data_cfg.audio_root))
                 continue
             else:
                 path = resolve_audio_path(r.audio, data_cfg.audio_root)[0]
@@ -95,13 +99,18 @@ class SpeechTextDataset(FairseqDataset):
                 skips.skip(r.id, "text too long", f"{len(src)}/{len(tgt)} tokens > max_text_tokens "
                            f"{data_cfg.max_text_tokens}")
                 continue
+            problem = length_limits.problem(r.n_samples, len(src), len(tgt), text_only) if length_limits else None
+            if problem:
+                skips.skip(r.id, "too long for the model", problem)
+                continue
             kept.append(r)
             src_text.append(src)
             tgt_text.append(tgt)
         logger.info(skips.summary(len(kept)))
         if not kept:
+            hint = f"; {UNITS_HINT}" if skips.counts["audio too short"] + skips.counts["audio too long"] else ""
             raise ValueError(f"split {split!r}: no usable rows in {[str(p) for p in manifest_paths]}"
-                             f" ({skips.summary(0)})")
+                             f" ({skips.summary(0)}){hint}")
         ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle,
                  max_samples=max_samples, min_samples=min_samples, fail_on_bad_input=fail_on_bad_input,
                  text_only=text_only, decode_task=decode_task)
@@ -122,8 +131,12 @@ class SpeechTextDataset(FairseqDataset):
                 raise AudioError(f"{wav.size / SAMPLE_RATE:.1f} s read, over the limit of "
                                  f"{self.max_samples / SAMPLE_RATE:g} s (manifest n_frames={row.n_samples})",
                                  "audio too long")
-            if wav.size < max(self.min_samples, 1):
-                raise AudioError(f"{wav.size} samples read", "audio too short")
+            if wav.size < max(self.min_samples, MIN_CLIP_SAMPLES):
+                raise AudioError(f"{wav.size} samples read, under {max(self.min_samples, MIN_CLIP_SAMPLES)} "
+                                 "(min_audio_seconds, and at least one 10 ms log-mel frame)", "audio too short")
+            mismatch = length_mismatch(row.n_samples, wav.size)
+            if mismatch:  # batching and --max-tokens counted n_frames: this clip would break them
+                raise AudioError(f"{mismatch} (n_frames must count samples at 16 kHz)", "n_frames mismatch")
         except AudioError as e:
             if self.fail_on_bad_input:
                 raise AudioError(f"utterance {row.id} of split {self.split}: {e}") from None
@@ -178,6 +191,17 @@ class SpeechTextDataset(FairseqDataset):
         }
         return self._for_decode_task(batch)
 
+    def stand_in_batch(self) -> dict:
+        """A batch of the shortest clip that can be read: fairseq's stand-in for batches whose
+        clips all failed (see :mod:`comsl_fairseq.data.stand_in_batch`); its loss is ignored."""
+        for index in np.argsort(self.n_samples, kind="stable"):
+            sample = self[int(index)]
+            if sample is not None:
+                logger.warning("%s: every clip of the first batch is unreadable; %s stands in for empty "
+                               "batches (its loss is ignored)", self.split, self.rows[index].id)
+                return self.collater([sample])
+        raise ValueError(f"split {self.split!r}: no clip can be read ({self.read_skips.summary(0)})")
+
     def _for_decode_task(self, batch: dict) -> dict:
         """fairseq-generate decodes ``net_input`` towards ``target``: for --decode-task asr the
         target is the transcript (its tag forced by --prefix-size 1); for mt the source is
@@ -227,3 +251,13 @@ class SpeechTextDataset(FairseqDataset):
     @property
     def supports_prefetch(self):
         return False
+
+
+def _too_short(row, min_samples: int, audio_root) -> str:
+    """Why a row is too short, with the clip's real length when its header tells it (a
+    too-short n_frames is most often another unit than 16 kHz samples)."""
+    detail = f"n_frames {row.n_samples} < {min_samples} samples at 16 kHz"
+    real = header_samples(row.audio, audio_root)
+    if real is not None and length_mismatch(row.n_samples, real):
+        detail += f"; {length_mismatch(row.n_samples, real)}"
+    return detail

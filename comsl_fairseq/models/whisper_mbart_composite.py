@@ -338,7 +338,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         key named in one error rather than a bare torch size-mismatch traceback."""
         lines = state_mismatch(self.state_dict(), state_dict) if strict else []
         if lines:
-            hint = " (trained with another dict.txt?)" if any("embed_tokens" in line for line in lines) else ""
+            hint = _embedding_rows_hint(self.state_dict(), state_dict)
             raise CheckpointError("\n".join([f"the checkpoint does not fit this model{hint}:"] + lines))
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
@@ -372,6 +372,15 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+def _embedding_rows_hint(own: dict, state: dict) -> str:
+    """Suggest another dict.txt only when the token embedding rows differ, not for other widths."""
+    key = "decoder.embed_tokens.weight"
+    if key in own and key in state and own[key].size(0) != state[key].size(0):
+        return (f" (trained with another dict.txt? the checkpoint has {state[key].size(0)} token embedding rows, "
+                f"this dictionary {own[key].size(0)})")
+    return ""
 
 
 # Whisper width expected of each named size; a mismatching checkpoint is a user error.

@@ -20,9 +20,14 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from comsl_fairseq.arch_check import check_model_family
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
+from comsl_fairseq.data.length_limits import LengthLimits
 from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+from comsl_fairseq.data.stand_in_batch import readable_first_batch
+from comsl_fairseq.data.vocab_fingerprint import KEY as VOCABULARY_KEY
+from comsl_fairseq.data.vocab_fingerprint import check_vocabulary, vocabulary_fingerprint
 from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,8 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
         self.building_from_checkpoint = False
+        self.length_limits = None  # of the last model built: rows over them are skipped when read
+        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
         self.sequence_generator = None
         self.bpe = self.build_bpe()
 
@@ -91,7 +98,12 @@ class ComslSpeechToTextTask(FairseqTask):
             split, self.manifest_paths(split), self.data_cfg, self.tgt_dict, self.tokenizer,
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
+            length_limits=self.length_limits,
         )
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator, with a stand-in for empty batches that is always readable."""
+        return readable_first_batch(super().get_batch_iterator(dataset, *args, **kwargs))
 
     @property
     def source_dictionary(self):
@@ -104,8 +116,25 @@ class ComslSpeechToTextTask(FairseqTask):
     def max_positions(self):
         return int(self.data_cfg.max_audio_seconds * SAMPLE_RATE), self.data_cfg.max_text_tokens
 
+    # --------------------------------------- vocabulary fingerprint in checkpoints
+    def state_dict(self):
+        """Saved as the checkpoint's ``task_state``; read back by ``--path`` loading."""
+        return {**super().state_dict(), VOCABULARY_KEY: self.vocabulary}
+
+    def load_state_dict(self, state_dict):
+        check_vocabulary(state_dict.get(VOCABULARY_KEY), self.vocabulary)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != VOCABULARY_KEY})
+
+    def get_checkpoint_dict(self):
+        """Saved in the checkpoint's ``extra_state``; fairseq hands it back when resuming."""
+        return {type(self).__name__: {VOCABULARY_KEY: self.vocabulary}}
+
+    def set_checkpoint_dict(self, state):
+        check_vocabulary(state.get(VOCABULARY_KEY), self.vocabulary, "the checkpoint resumed from")
+
     # ----------------------------------------------------------------- model
     def build_model(self, cfg, from_checkpoint=False):
+        check_model_family(cfg)
         # The model reads this to skip re-loading pretrained files when fairseq rebuilds
         # a trained model from its own checkpoint (fairseq passes the flag no further).
         self.building_from_checkpoint = from_checkpoint
@@ -113,6 +142,7 @@ class ComslSpeechToTextTask(FairseqTask):
             model = super().build_model(cfg, from_checkpoint)
         finally:
             self.building_from_checkpoint = False
+        self.length_limits = LengthLimits.of_model(model) or self.length_limits
         if self.cfg.eval_bleu:
             if self.cfg.text_only:
                 raise ValueError("--eval-bleu decodes speech; it cannot be combined with --text-only")
