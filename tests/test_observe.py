@@ -255,3 +255,32 @@ def test_modality_gap_page_renders_in_headless_chromium(gap_dir, tmp_path):
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1600,900", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def _generate_log(path: Path, pairs: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (hyp, ref) in enumerate(pairs):
+        lines += [f"T-{i}\t{ref}", f"D-{i}\t-0.5\t{hyp}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
+    import score_covost
+
+    data, gen = tmp_path / "data", tmp_path / "eval"
+    data.mkdir()
+    st = [("the black cat eats an apple", "the black cat eats an apple"), ("a red house", "the blue house")]
+    for lang, asr in (("fr", [("Le chat, noir!", "le chat noir"), ("une maison", "une maison rouge")]),
+                      ("zh-CN", [("你好，世界", "你好世界。"), ("谢谢", "谢谢你")])):
+        (data / f"test_{lang}_en.tsv").write_text("id\taudio\n" + "a\tx.wav\nb\ty.wav\n", encoding="utf-8")
+        _generate_log(gen / f"generate-test_{lang}_en.txt", st)
+        _generate_log(gen / "asr" / f"generate-test_{lang}_en.txt", asr)
+        _generate_log(gen / "mt" / f"generate-test_{lang}_en.txt", st)
+    assert score_covost.main(["--gen-dir", str(gen), "--data", str(data), "--langs", "fr,zh-CN"]) == 0
+    result = json.loads((gen / "results.json").read_text())
+    fr, zh = result["per_language"]["fr"], result["per_language"]["zh-CN"]
+    assert fr["asr_wer"] == pytest.approx(100 / 6, abs=0.01)  # 1 deletion in 6 words; case, punctuation free
+    assert zh["asr_cer"] == pytest.approx(100 / 7, abs=0.01) and "asr_wer" not in zh  # 1 of 7 characters
+    assert 0 < fr["chrf"] < 100 and fr["mt_chrf"] == fr["chrf"] and "nc:6" in result["chrf_signature"]
+    assert "| chrF (ours) |" in (gen / "results.md").read_text()
