@@ -25,13 +25,13 @@ COLUMNS = [  # (header, sortable as number)
     ("cascade BLEU", True), ("ST", False), ("ST BLEU", True), ("MT − ST", True), ("cascade − ST", True),
 ]
 
-_SCRIPT = """
-document.querySelectorAll('#utterances th').forEach((th, col) => th.addEventListener('click', () => {
+_SCRIPT = r"""
+const heads = document.querySelectorAll('#utterances th');
+function sortBy(col, dir) {
   const body = document.querySelector('#utterances tbody');
-  const numeric = th.dataset.numeric === '1';
-  const dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
-  document.querySelectorAll('#utterances th').forEach(h => delete h.dataset.dir);
-  th.dataset.dir = dir;
+  const numeric = heads[col].dataset.numeric === '1';
+  heads.forEach(h => delete h.dataset.dir);
+  heads[col].dataset.dir = dir;
   const key = r => numeric ? parseFloat(r.cells[col].dataset.value) : r.cells[col].textContent;
   const rows = Array.from(body.rows).sort((a, b) => {
     const x = key(a), y = key(b);
@@ -39,7 +39,15 @@ document.querySelectorAll('#utterances th').forEach((th, col) => th.addEventList
     return dir === 'asc' ? c : -c;
   });
   rows.forEach(r => body.appendChild(r));
-}));
+}
+heads.forEach((th, col) => th.addEventListener('click', () => sortBy(col, th.dataset.dir === 'asc' ? 'desc' : 'asc')));
+// page.html#sort=COLUMN or #sort=COLUMN-desc opens the page sorted (e.g. the largest gaps first)
+function fromHash() {
+  const m = location.hash.match(/^#sort=(\d+)(-desc)?$/);
+  if (m && heads[Number(m[1])]) sortBy(Number(m[1]), m[2] ? 'desc' : 'asc');
+}
+window.addEventListener('hashchange', fromHash);
+fromHash();
 """
 
 _STYLE = """
@@ -114,7 +122,9 @@ def render(utterances: list, audio: dict, page: Path, summary_html: str, title: 
         f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{summary_html}\n"
         f"<p>{len(utterances)} utterances. Sentence BLEU: sacreBLEU, effective order. ASR error: Whisper "
-        "BasicTextNormalizer, WER (CER for zh-CN / ja). Click a column header to sort.</p>\n"
+        "BasicTextNormalizer, WER (CER for zh-CN / ja). Click a column header to sort; "
+        f'<a href="#sort={len(COLUMNS) - 2}-desc">'
+        "largest MT − ST gap first</a>.</p>\n"
         f'<table id="utterances"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n'
         f"<script>{_SCRIPT}</script></body></html>\n", encoding="utf-8")
     logger.info("wrote %s (%d rows)", page, len(utterances))

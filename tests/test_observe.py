@@ -251,6 +251,14 @@ def test_modality_gap_page_renders_in_headless_chromium(gap_dir, tmp_path):
     parser.feed(dom)
     n = len(re.findall(r'<tr data-key="', page.read_text(encoding="utf-8")))
     assert n and len(parser.rows) == n and len(parser.audio) == n
+    # the page's own script sorts in the browser: #sort=3 orders the rows by transcript
+    sorted_dom = subprocess.run([*common, "--dump-dom", page.as_uri() + "#sort=3"], capture_output=True,
+                                text=True, timeout=120).stdout
+    transcripts = re.findall(r'<tr data-key="[^"]+"[^>]*><td>[^<]*</td><td>[^<]*</td><td>.*?</td><td>([^<]*)</td>',
+                             sorted_dom)
+    assert len(transcripts) == n and transcripts == sorted(transcripts), transcripts
+    assert transcripts != re.findall(r'<tr data-key="[^"]+"[^>]*><td>[^<]*</td><td>[^<]*</td><td>.*?</td>'
+                                     r'<td>([^<]*)</td>', page.read_text(encoding="utf-8"))  # order changed
     shot = tmp_path / "page.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1600,900", page.as_uri()],
                    capture_output=True, timeout=120)
