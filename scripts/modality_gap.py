@@ -5,7 +5,7 @@ cascade - ST and their 95 % paired-bootstrap intervals; plus an HTML page of eve
 (audio player, transcript, ASR / MT / cascade / ST outputs, sentence scores, sortable by gap).
 
     python scripts/modality_gap.py --path CKPT --data DATA --subsets test_fr_en,test_de_en --out DIR \
-        [--beam 5] [--batch-size 16] [--generate-args "--cpu"]
+        [--beam 5] [--batch-size 16] [--generate-args="--cpu --max-len-b 200"]
 
 Decodes with fairseq-generate (``--decode-task st``, ``asr``, ``mt``), writes the ASR hypotheses
 as the transcripts of a copy of each manifest (DIR/cascade_data/) and decodes that with
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--config-yaml", default="config.yaml", help="data config name inside --data")
     p.add_argument("--beam", type=int, default=5, help="beam size of every decode")
     p.add_argument("--batch-size", type=int, default=16, help="sentences per decoding batch")
-    p.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--cpu --max-len-b 50'")
+    p.add_argument("--generate-args", default="", help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the gap intervals")
     p.add_argument("--force", action="store_true", help="decode again even where DIR holds decodes")
     args = p.parse_args(argv)

@@ -101,6 +101,8 @@ def main(argv=None) -> int:
             lines.append(f"| {group} resource average | | | {value:.2f} | | | " + " | ".join("" for _ in extra) + " |")
     lines.append("")
     lines.append(f"sacreBLEU signature: `{signature}`; chrF: `{chrf_signature}`")
+    lines.append("ComSL Large (paper): Le et al., NeurIPS 2023 (arXiv 2305.14838), CoVoST 2 test BLEU as published "
+                 "for 15 of 21 languages.")
     if any(k in extra for k in ("asr_wer", "asr_cer")):
         lines.append("ASR: WER (CER for zh-CN, ja) after Whisper's BasicTextNormalizer (lower case, no punctuation).")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

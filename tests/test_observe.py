@@ -1,12 +1,12 @@
 """Watching training and trusting scores (issue 13): TensorBoard scalars, training curves,
 checkpoint averaging, chrF / normalised WER, paired bootstrap, and the modality-gap report with
 its HTML page, on one tiny model trained here for 4 updates (2 epochs)."""
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,8 +17,15 @@ from comsl_fairseq.training_logs import read_run, read_tensorboard_dir, read_tex
 from tests.test_cli import run, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 TERMS = ("st", "asr", "mt", "stm_asr", "stm_st", "mtp")
+
+
+def script(name: str):
+    """A module of scripts/ loaded from its file (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,7 @@ def test_simple_format_log_as_the_demo_writes_it(tmp_path):
 
 
 def test_plot_training_overlays_runs(run_dir, tmp_path, capsys):
-    import plot_training
+    plot_training = script("plot_training")
 
     out = tmp_path / "curves.png"
     simple = tmp_path / "simple" / "train.log"
@@ -98,7 +105,7 @@ def test_average_of_identical_checkpoints_is_that_checkpoint(run_dir, tmp_path):
 
 
 def test_average_of_two_checkpoints_is_their_mean(run_dir, tmp_path):
-    import average_checkpoints
+    average_checkpoints = script("average_checkpoints")
 
     out = tmp_path / "avg.pt"
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "2", "--out", str(out)]) == 0
@@ -113,7 +120,7 @@ def test_average_of_two_checkpoints_is_their_mean(run_dir, tmp_path):
 
 
 def test_averaging_asks_for_keep_last_epochs_when_checkpoints_are_missing(run_dir, tmp_path, capsys):
-    import average_checkpoints
+    average_checkpoints = script("average_checkpoints")
 
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "3",
                                      "--out", str(tmp_path / "x.pt")]) == 2
@@ -168,8 +175,8 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def gap_dir(run_dir, data_dir):
     """The modality-gap report of the 2-epoch average (decoded by fairseq-generate in process)."""
-    import average_checkpoints
-    import modality_gap
+    average_checkpoints = script("average_checkpoints")
+    modality_gap = script("modality_gap")
 
     avg = run_dir / "avg.pt"
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "2", "--out", str(avg)]) == 0
@@ -208,7 +215,7 @@ def test_modality_gap_page_lists_every_utterance_with_playable_audio(gap_dir, da
 
 
 def test_compare_systems_on_the_decoded_model(gap_dir, data_dir, tmp_path, capsys):
-    import compare_systems
+    compare_systems = script("compare_systems")
 
     out = tmp_path / "cmp.json"
     assert compare_systems.main([str(gap_dir / "st"), str(gap_dir / "mt"), "--data", str(data_dir),
@@ -274,7 +281,7 @@ def _generate_log(path: Path, pairs: list) -> None:
 
 
 def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
-    import score_covost
+    score_covost = script("score_covost")
 
     data, gen = tmp_path / "data", tmp_path / "eval"
     data.mkdir()
