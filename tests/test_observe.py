@@ -299,3 +299,44 @@ def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
     assert zh["asr_cer"] == pytest.approx(100 / 7, abs=0.01) and "asr_wer" not in zh  # 1 of 7 characters
     assert 0 < fr["chrf"] < 100 and fr["mt_chrf"] == fr["chrf"] and "nc:6" in result["chrf_signature"]
     assert "| chrF (ours) |" in (gen / "results.md").read_text()
+
+
+def test_page_audio_from_plain_files_and_zip_entries(tmp_path, mbart_dir):
+    import struct
+    import zipfile
+
+    import numpy as np
+    import soundfile as sf
+    import yaml
+
+    from comsl_fairseq.gap_page import audio_files
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    with zipfile.ZipFile(clips / "pack.zip", "w", compression=zipfile.ZIP_STORED) as z:
+        z.write(clips / "a.wav", "inner.wav")
+    with zipfile.ZipFile(clips / "pack.zip") as z:
+        info = z.getinfo("inner.wav")
+    raw = (clips / "pack.zip").read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    offset = info.header_offset + 30 + name_len + extra_len
+    rows = ["id\taudio", "u0\ta.wav", f"u1\tpack.zip:{offset}:{info.file_size}", "u2\tmissing.wav"]
+    (tmp_path / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "vocab_filename": str(mbart_dir / "dict.txt"), "audio_root": "clips",
+        "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": str(mbart_dir / "sentence.bpe.model")}}))
+    files = audio_files(tmp_path, ["test"], tmp_path / "out")
+    assert files[("test", 0)] == clips / "a.wav" and files[("test", 2)] is None
+    assert files[("test", 1)].suffix == ".wav" and files[("test", 1)].read_bytes() == (clips / "a.wav").read_bytes()
+
+
+def test_decoded_system_refuses_a_partial_decode(tmp_path):
+    from comsl_fairseq.decoded_system import read_system
+
+    (tmp_path / "test.tsv").write_text("id\tsrc_lang\na\tfr\nb\tde\nc\tfr\n", encoding="utf-8")
+    _generate_log(tmp_path / "sys" / "generate-test.txt", [("x", "y"), ("x", "y")])
+    with pytest.raises(ValueError, match=r"2 decoded utterances for the 3 rows of .*test\.tsv"):
+        read_system(tmp_path / "sys", tmp_path)
+    groups = read_system(tmp_path / "sys")  # without the manifest: one group named by the subset
+    assert list(groups) == ["test"] and len(groups["test"].hyps) == 2
