@@ -7,18 +7,19 @@ Reads EVAL/generate-test_{lang}_en.txt for each language (and, when present,
 EVAL/asr/generate-test_{lang}_en.txt and EVAL/mt/generate-test_{lang}_en.txt from
 evaluate.sh with DECODE_ASR=1 / DECODE_MT=1), checks that every utterance of
 DATA/test_{lang}_en.tsv was decoded, and writes a Markdown and a JSON table: sacreBLEU per
-language with its signature, the average over the languages scored (the 21-language average
-when all are there), the high / medium / low resource group averages, ASR WER and MT BLEU on
-gold transcripts when available, and the paper's numbers (SPEC §5) beside ours.
+language with its signature and chrF beside it, the average over the languages scored (the
+21-language average when all are there), the high / medium / low resource group averages, ASR
+WER (CER for zh-CN and ja) after Whisper's BasicTextNormalizer (lower case, punctuation
+removed, as the original ComSL scores ASR) and MT BLEU / chrF on gold transcripts when
+available, and the paper's numbers (SPEC §5) beside ours.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from sacrebleu.metrics import BLEU
-
 from comsl_fairseq.generate_log import read_generate_log
+from comsl_fairseq.scoring import asr_scores, corpus_scores
 
 GROUPS = {"high": ["fr", "de", "ca", "es"], "medium": ["fa", "it", "ru", "pt", "zh-CN"],
           "low": ["nl", "tr", "et", "mn", "ar", "lv", "sl", "sv-SE", "ta", "ja", "id", "cy"]}
@@ -27,7 +28,6 @@ ALL = [lang for group in GROUPS.values() for lang in group]
 PAPER_LARGE = {"fr": 38.8, "de": 36.0, "ca": 35.3, "es": 40.4, "ru": 49.2, "zh-CN": 21.4, "nl": 39.7, "tr": 33.6,
                "et": 19.2, "mn": 2.9, "ar": 41.4, "lv": 21.3, "sl": 31.6, "ja": 21.3, "id": 46.6}
 PAPER_AVERAGES = {"ComSL Medium": 29.7, "ComSL Large": 30.1, "ComSL Large + pseudo ST data": 31.5, "USM": 30.7}
-CHARACTER_LANGS = {"zh-CN", "ja"}  # scored by characters (CER, BLEU tokenizer zh / ja-mecab-like)
 
 
 def pairs(log: Path, n_expected: int) -> tuple:
@@ -38,22 +38,6 @@ def pairs(log: Path, n_expected: int) -> tuple:
                          f"{n_expected} test utterances (missing ids from {missing[:5]})")
     order = sorted(hyps)
     return [hyps[i] for i in order], [refs[i] for i in order]
-
-
-def wer(hyps: list, refs: list, chars: bool) -> float:
-    """Word (or, for zh/ja, character) error rate in %, by Levenshtein distance."""
-    errors = words = 0
-    for h, r in zip(hyps, refs, strict=True):
-        h_tok, r_tok = (list(h.replace(" ", "")), list(r.replace(" ", ""))) if chars else (h.split(), r.split())
-        prev = list(range(len(h_tok) + 1))
-        for i, rt in enumerate(r_tok, start=1):
-            cur = [i] + [0] * len(h_tok)
-            for j, ht in enumerate(h_tok, start=1):
-                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rt != ht))
-            prev = cur
-        errors += prev[-1]
-        words += len(r_tok)
-    return 100.0 * errors / max(words, 1)
 
 
 def mean(values) -> float | None:
@@ -72,50 +56,55 @@ def main(argv=None) -> int:
     out = args.out or args.gen_dir / "results"
 
     rows = {}
-    signature = None
+    signature = chrf_signature = None
     for lang in langs:
         n = len((args.data / f"test_{lang}_en.tsv").read_text(encoding="utf-8").strip().splitlines()) - 1
-        metric = BLEU(tokenize="13a")
-        hyps, refs = pairs(args.gen_dir / f"generate-test_{lang}_en.txt", n)
-        row = {"utterances": n, "bleu": round(metric.corpus_score(hyps, [refs]).score, 2),
-               "paper_large": PAPER_LARGE.get(lang)}
-        signature = str(metric.get_signature())
+        scores = corpus_scores(*pairs(args.gen_dir / f"generate-test_{lang}_en.txt", n))
+        row = {"utterances": n, "bleu": scores["bleu"], "chrf": scores["chrf"], "paper_large": PAPER_LARGE.get(lang)}
+        signature, chrf_signature = scores["bleu_signature"], scores["chrf_signature"]
         asr_log = args.gen_dir / "asr" / f"generate-test_{lang}_en.txt"
         if asr_log.is_file():
-            row["asr_wer" if lang not in CHARACTER_LANGS else "asr_cer"] = round(
-                wer(*pairs(asr_log, n), chars=lang in CHARACTER_LANGS), 2)
+            row.update(asr_scores(*pairs(asr_log, n), lang))  # asr_wer, or asr_cer for zh-CN / ja
         mt_log = args.gen_dir / "mt" / f"generate-test_{lang}_en.txt"
         if mt_log.is_file():
-            mt_h, mt_r = pairs(mt_log, n)
-            row["mt_bleu"] = round(BLEU(tokenize="13a").corpus_score(mt_h, [mt_r]).score, 2)
+            mt = corpus_scores(*pairs(mt_log, n))
+            row["mt_bleu"], row["mt_chrf"] = mt["bleu"], mt["chrf"]
         rows[lang] = row
 
-    summary = {"average": mean(r["bleu"] for r in rows.values()), "languages": len(rows),
+    summary = {"average": mean(r["bleu"] for r in rows.values()),
+               "chrf_average": mean(r["chrf"] for r in rows.values()), "languages": len(rows),
                "is_21_language_average": set(rows) == set(ALL)}
     for group, members in GROUPS.items():
         summary[f"{group}_average"] = mean(rows[x]["bleu"] for x in members if x in rows)
     result = {"per_language": rows, "summary": summary, "sacrebleu_signature": signature,
+              "chrf_signature": chrf_signature, "asr_normalizer": "whisper BasicTextNormalizer",
               "paper_averages": PAPER_AVERAGES}
     Path(f"{out}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
-    extra = [k for k in ("asr_wer", "asr_cer", "mt_bleu") if any(k in r for r in rows.values())]
-    lines = ["| language | group | utterances | BLEU (ours) | ComSL Large (paper) | " + " | ".join(extra) + " |",
-             "|---" * (5 + len(extra)) + "|"]
+    extra = [k for k in ("asr_wer", "asr_cer", "mt_bleu", "mt_chrf") if any(k in r for r in rows.values())]
+    lines = ["| language | group | utterances | BLEU (ours) | chrF (ours) | ComSL Large (paper) | "
+             + " | ".join(extra) + " |", "|---" * (6 + len(extra)) + "|"]
     group_of = {x: g for g, members in GROUPS.items() for x in members}
     for lang, r in rows.items():
         paper = "" if r["paper_large"] is None else f"{r['paper_large']:.1f}"
         cells = [str(r.get(k, "")) for k in extra]
-        lines.append(f"| {lang} | {group_of.get(lang, '')} | {r['utterances']} | {r['bleu']:.2f} | {paper} | "
+        lines.append(f"| {lang} | {group_of.get(lang, '')} | {r['utterances']} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
+                     f"{paper} | "
                      + " | ".join(cells) + " |")
     label = "21-language average" if summary["is_21_language_average"] else f"average of {len(rows)} languages"
-    lines.append(f"| **{label}** | | | **{summary['average']:.2f}** | 30.1 (Large), 29.7 (Medium), 31.5 "
+    lines.append(f"| **{label}** | | | **{summary['average']:.2f}** | {summary['chrf_average']:.2f} | 30.1 (Large), "
+                 "29.7 (Medium), 31.5 "
                  "(Large + pseudo) | " + " | ".join("" for _ in extra) + " |")
     for group in GROUPS:
         value = summary[f"{group}_average"]
         if value is not None:
-            lines.append(f"| {group} resource average | | | {value:.2f} | | " + " | ".join("" for _ in extra) + " |")
+            lines.append(f"| {group} resource average | | | {value:.2f} | | | " + " | ".join("" for _ in extra) + " |")
     lines.append("")
-    lines.append(f"sacreBLEU signature: `{signature}`")
+    lines.append(f"sacreBLEU signature: `{signature}`; chrF: `{chrf_signature}`")
+    lines.append("ComSL Large (paper): Le et al., NeurIPS 2023 (arXiv 2305.14838), CoVoST 2 test BLEU as published "
+                 "for 15 of 21 languages.")
+    if any(k in extra for k in ("asr_wer", "asr_cer")):
+        lines.append("ASR: WER (CER for zh-CN, ja) after Whisper's BasicTextNormalizer (lower case, no punctuation).")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0

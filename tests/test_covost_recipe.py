@@ -136,6 +136,8 @@ def test_training_used_pseudo_data_and_evaluation_wrote_the_report(chain):
     assert set(results["per_language"]) == {"fr", "de"}
     fr = results["per_language"]["fr"]
     assert fr["utterances"] == 1 and fr["paper_large"] == 38.8 and "asr_wer" in fr and "mt_bleu" in fr
+    assert "chrf" in fr and "nc:6" in results["chrf_signature"]
+    assert (root / "exp" / "row8" / "eval" / "checkpoint_avg_last5.pt").is_file()  # AVERAGE_LAST=5 decoded
     assert results["summary"]["languages"] == 2 and results["summary"]["high_average"] is not None
     assert "nrefs:1" in results["sacrebleu_signature"]
     md = (root / "exp" / "row8" / "eval" / "results.md").read_text()

@@ -4,7 +4,9 @@
 # Usage: DATA=... evaluate.sh CKPT [EVAL_DIR]
 # Environment: DATA (manifests + config.yaml, required), LANGS (default: all 21),
 #              DECODE_ASR=1 (also ASR WER: speech -> transcript), DECODE_MT=1 (also MT BLEU on gold
-#              transcripts), BATCH_SIZE [16], EXTRA (more fairseq-generate flags, e.g. --cpu)
+#              transcripts), BATCH_SIZE [16], EXTRA (more fairseq-generate flags, e.g. --cpu),
+#              AVERAGE_LAST [1]: N > 1 averages the last N epoch checkpoints in CKPT's folder
+#              (train with --keep-last-epochs N; train_comsl.sh keeps 5) and decodes the average
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -15,6 +17,12 @@ LANGS="${LANGS:-fr,de,ca,es,fa,it,ru,pt,zh-CN,nl,tr,et,mn,ar,lv,sl,sv-SE,ta,ja,i
 BATCH_SIZE="${BATCH_SIZE:-16}"
 PY="${PY:-python}"
 mkdir -p "$out"
+if [ "${AVERAGE_LAST:-1}" -gt 1 ]; then
+  avg="$out/checkpoint_avg_last${AVERAGE_LAST}.pt"
+  "$PY" "$root/scripts/average_checkpoints.py" --save-dir "$(dirname "$ckpt")" --last "$AVERAGE_LAST" \
+    --allow-fewer --out "$avg" >&2
+  ckpt="$avg"
+fi
 
 decode() {  # decode_task subdir lang
   local task="$1" dir="$2" lang="$3"

@@ -23,4 +23,5 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_
   --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.0 --clip-norm 1.0 \
   --lr "${LR:-3e-5}" --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-2500}" \
   --batch-size "${BATCH_SIZE:-32}" --max-epoch "${MAX_EPOCH:-3}" --required-batch-size-multiple 1 \
-  --save-dir "$SAVE_DIR" --keep-last-epochs 1 "$@"
+  --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
+  --log-format json --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"

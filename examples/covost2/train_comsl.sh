@@ -15,6 +15,7 @@
 #   TRAIN_SUBSET  [train] comma-separated manifests;  VALID_SUBSET [dev]
 #   BATCH_SIZE    [16] utterances per GPU per step;  NUM_GPUS [1];  UPDATE_FREQ [1]
 #   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000]
+#   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
 # Set by the row scripts (training strategies of the paper):
 #   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs
 #   ENC_GRAD_MULT      [1.0] gradient multiplier on the speech-only and text-only encoder outputs
@@ -37,6 +38,8 @@ MAX_EPOCH="${MAX_EPOCH:-15}"
 FREEZE_EPOCHS="${FREEZE_EPOCHS:-5}"
 LR="${LR:-2e-5}"
 WARMUP="${WARMUP:-5000}"
+KEEP_LAST_EPOCHS="${KEEP_LAST_EPOCHS:-5}"  # evaluate.sh averages the last AVERAGE_LAST of them
+TENSORBOARD_DIR="${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}"
 if [ "${USE_PSEUDO_ST:-0}" = 1 ]; then
   : "${PSEUDO_SUBSETS:?set PSEUDO_SUBSETS to the pseudo-ST manifests (make_pseudo_st.py)}"
   TRAIN_SUBSET="$TRAIN_SUBSET,$PSEUDO_SUBSETS"
@@ -78,6 +81,7 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" \
   --lr "$LR" --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --end-learning-rate 1e-7 --power 2 \
   --total-num-update "$total_updates" --max-epoch "$MAX_EPOCH" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1 \
-  --save-dir "$SAVE_DIR" --keep-last-epochs 2 \
+  --save-dir "$SAVE_DIR" --keep-last-epochs "$KEEP_LAST_EPOCHS" \
+  --log-format json --tensorboard-logdir "$TENSORBOARD_DIR" \
   --eval-bleu --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   "$@"

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Average the weights of the last N checkpoints of a run (or of given checkpoint files).
+
+    python scripts/average_checkpoints.py --save-dir SAVE_DIR --last 5 --out SAVE_DIR/checkpoint_avg5.pt
+    python scripts/average_checkpoints.py --save-dir SAVE_DIR --last 5 --updates --out avg.pt
+    python scripts/average_checkpoints.py --inputs a.pt b.pt --out avg.pt
+
+Epoch checkpoints (``checkpointE.pt``) must be kept by training with ``--keep-last-epochs N``;
+update checkpoints (``checkpoint_E_U.pt``, ``--updates``) with ``--save-interval-updates`` and
+``--keep-interval-updates N``. The result decodes with fairseq-generate like any checkpoint.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import comsl_fairseq  # noqa: F401  (checkpoint allowlist for torch.load)
+from comsl_fairseq.checkpoint_averaging import AveragingError, average_checkpoints, last_checkpoints
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--save-dir", type=Path, help="training folder holding the checkpoints")
+    src.add_argument("--inputs", type=Path, nargs="+", help="checkpoint files to average")
+    p.add_argument("--last", type=int, default=5, help="with --save-dir: how many of the newest checkpoints")
+    p.add_argument("--updates", action="store_true", help="average update checkpoints instead of epoch ones")
+    p.add_argument("--allow-fewer", action="store_true",
+                   help="average the ones that exist when fewer than --last are there (logged) instead of failing")
+    p.add_argument("--out", type=Path, required=True, help="averaged checkpoint to write")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        paths = args.inputs or last_checkpoints(args.save_dir, args.last, "update" if args.updates else "epoch",
+                                                args.allow_fewer)
+        average_checkpoints(paths, args.out)
+    except AveragingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
