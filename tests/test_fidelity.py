@@ -149,3 +149,31 @@ def test_every_nth_dev_utterance_is_decoded(data_dir, mbart_dir):
     assert refs_words[1][0] > 0 and refs_words[1][1] > 0
     assert refs_words[2][0] == refs_words[1][0] and refs_words[2][1] == 0 and refs_words[2][2] == refs_words[2][0]
     assert set(results[1]) == set(results[2])  # the same keys in every batch, as fairseq's sync needs
+
+
+def test_trailing_silence_is_read_and_keeps_batch_invariance(data_dir, whisper_pt):
+    from comsl_fairseq.modules.adapter import speech_lengths
+
+    outs = {}
+    for silence in ("0", "0.5"):
+        _, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
+                                              "--whisper-trailing-silence", silence)
+        task.load_dataset("test")
+        ds = task.dataset("test")
+        order = ds.n_samples.argsort()
+        short, long_ = ds[int(order[0])], ds[int(order[-1])]
+        with torch.no_grad():
+            encode = model.eval().encoder
+            alone = encode(**{k: v for k, v in ds.collater([short])["net_input"].items() if k != "prev_output_tokens"})
+            both = encode(**{k: v for k, v in ds.collater([short, long_])["net_input"].items()
+                             if k != "prev_output_tokens"})
+        t = alone["encoder_out"][0].size(0)
+        expected = int(speech_lengths(torch.tensor(short["audio"].numel() + int(float(silence) * 16000)))["adapter"])
+        assert t == expected + 1  # + the language tag
+        torch.testing.assert_close(both["encoder_out"][0][:t, 0], alone["encoder_out"][0][:, 0], atol=1e-5, rtol=0)
+        outs[silence] = alone["encoder_out"][0]
+    n = outs["0"].size(0)
+    assert outs["0.5"].size(0) > n and not torch.allclose(outs["0.5"][:n], outs["0"], atol=1e-3)
+    with pytest.raises(ValueError, match="--whisper-pad-seconds 0 only"):
+        build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--whisper-trailing-silence", "1",
+                             "--whisper-pad-seconds", "11")

@@ -34,7 +34,7 @@ from comsl_fairseq.checkpoints import (
 )
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, HOP_LENGTH, Adapter
 from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
-from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
+from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, append_silence, log_mel, pad_or_cut
 from comsl_fairseq.optim.adam_grouped import mark_no_weight_decay
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     whisper_pad_seconds: float = field(
         default=0.0, metadata={"help": "0: pad to the longest clip in the batch and mask the padding; "
                                        "11: the paper's fixed 11 s; 30: Whisper's fixed window"})
+    whisper_trailing_silence: float = field(
+        default=0.0, metadata={"help": "with --whisper-pad-seconds 0: append this many seconds of silence to "
+                                       "every clip, which the encoder reads (Whisper was pre-trained on 30 s "
+                                       "windows ending in silence); 0 = none"})
     freeze_whisper_updates: int = field(
         default=0, metadata={"help": "run the Whisper encoder without gradients for the first N updates "
                                      "(paper: 5 of 15 epochs); its weights do not change meanwhile"})
@@ -104,6 +108,10 @@ class CompositeEncoder(FairseqEncoder):
         self.adapter = adapter
         self.mbart = mbart
         self.pad_seconds = float(cfg.whisper_pad_seconds)
+        self.trailing_silence = float(cfg.whisper_trailing_silence)
+        if self.trailing_silence and self.pad_seconds:
+            raise ValueError("--whisper-trailing-silence applies to --whisper-pad-seconds 0 only (a fixed "
+                             "length already ends in silence)")
         self.padding_idx = dictionary.pad()
         self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
         self.freeze_whisper_updates = cfg.freeze_whisper_updates
@@ -134,6 +142,8 @@ class CompositeEncoder(FairseqEncoder):
                 self.n_cut += n_cut
                 logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
                                n_cut, self.pad_seconds, self.n_cut)
+        elif self.trailing_silence > 0:
+            audio, audio_lengths = append_silence(audio, audio_lengths, self.trailing_silence, self.max_positions())
         with torch.no_grad() if self.whisper_frozen else nullcontext():
             mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
             h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
