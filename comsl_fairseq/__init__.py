@@ -2,7 +2,7 @@
 
 Importing this package (``--user-dir comsl_fairseq``) registers the task
 ``comsl_speech_to_text``, the model ``whisper_mbart_composite`` with its
-architectures, and the criterion ``comsl_multitask``.
+architectures, the criterion ``comsl_multitask`` and the optimizer ``adam_grouped``.
 
 The checkpoint allowlist is installed first: fairseq loads ``--path`` and
 ``checkpoint_last.pt`` only after the user dir is imported, and under
@@ -14,4 +14,4 @@ from comsl_fairseq import checkpoint_files, safe_globals
 safe_globals.allow_fairseq_checkpoints()
 checkpoint_files.install()
 
-from comsl_fairseq import criterions, models, tasks  # noqa: E402,F401  (registers them)
+from comsl_fairseq import criterions, models, optim, tasks  # noqa: E402,F401  (registers them)

@@ -38,7 +38,7 @@ hours=$("$PY" -c "print($MINUTES / 60)")
 "$BIN/fairseq-train" "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text \
   --train-subset train --valid-subset dev --arch whisper_mbart_composite_tiny \
   --criterion comsl_multitask --st-weight 1 --asr-weight 1 --mt-weight 0.5 --ddm-alpha 0.8 \
-  --cml-weight 0 --ctc-weight 1 \
+  --cml-weight 0 --ctc-weight 1 --adapter-activation gelu --adapter-dropout 0.1 \
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr 3e-3 --lr-scheduler inverse_sqrt --warmup-updates 150 \
   --clip-norm 1.0 --max-tokens 640000 --required-batch-size-multiple 1 --num-workers 1 \
   --stop-time-hours "$hours" --max-epoch 100 --save-dir "$EXP" --no-epoch-checkpoints \

@@ -64,6 +64,8 @@ def make_layout(root: Path) -> tuple:
                     expected["kept"][key] = split
                 else:
                     expected["dropped"][key] = fault
+        # a new recording of a test sentence, outside CoVoST: must not become pseudo-ST data
+        validated.append(f"spk1\tcommon_voice_{lang}_0010.mp3\t{sentences[6].upper()} !\t2\t0\t\t\t\t{lang}\t")
         (cv / lang / "validated.tsv").write_text("\n".join(validated) + "\n", encoding="utf-8")
         (tsv / f"covost_v2.{lang}_en.tsv").write_text("\n".join(covost) + "\n", encoding="utf-8")
     return cv, tsv, expected
@@ -127,6 +129,7 @@ def test_pseudo_st_covers_clips_outside_covost(chain):
         assert [r["id"] for r in rows] == [f"{lang}_common_voice_{lang}_0009"]
         assert rows[0]["src_text"] == SENTENCES[lang][9] and rows[0]["tgt_text"]
     assert re.search(r"fr: 1 validated clips outside CoVoST 2, 1 pseudo-ST rows written", log)
+    assert re.search(r"fr: pool 11 validated clips .*; 9 in CoVoST 2 \(by path\), 1 with a CoVoST 2 dev/test", log)
 
 
 def test_training_used_pseudo_data_and_evaluation_wrote_the_report(chain):

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerEncoder
 from fairseq.modules import GradMultiply
@@ -32,9 +32,10 @@ from comsl_fairseq.checkpoints import (
     load_whisper_checkpoint,
     state_mismatch,
 )
-from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
+from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, HOP_LENGTH, Adapter
 from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
-from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
+from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, append_silence, log_mel, pad_or_cut
+from comsl_fairseq.optim.adam_grouped import mark_no_weight_decay
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     whisper_pad_seconds: float = field(
         default=0.0, metadata={"help": "0: pad to the longest clip in the batch and mask the padding; "
                                        "11: the paper's fixed 11 s; 30: Whisper's fixed window"})
+    whisper_trailing_silence: float = field(
+        default=0.0, metadata={"help": "with --whisper-pad-seconds 0: append this many seconds of silence to "
+                                       "every clip, which the encoder reads (Whisper was pre-trained on 30 s "
+                                       "windows ending in silence); 0 = none"})
     freeze_whisper_updates: int = field(
         default=0, metadata={"help": "run the Whisper encoder without gradients for the first N updates "
                                      "(paper: 5 of 15 epochs); its weights do not change meanwhile"})
@@ -71,7 +76,14 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     dropout: float = field(default=0.1, metadata={"help": "mBART dropout"})
     attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
     activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
-    adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter FFNs"})
+    adapter_dropout: float = field(default=0.0, metadata={
+        "help": "dropout inside the adapter FFNs (original ComSL: none; ours before: 0.1)"})
+    adapter_activation: ChoiceEnum(list(ADAPTER_ACTIVATIONS)) = field(default="relu", metadata={
+        "help": "non-linearity of the adapter FFNs: relu (the original ComSL adapter) or gelu (ours before; "
+                "checkpoints written without this option were trained with gelu and load as gelu)"})
+    text_only_model: bool = field(default=False, metadata={
+        "help": "build only the mBART encoder-decoder, no Whisper and no adapter (the MT stage); set by "
+                "--arch mbart50_text, whose checkpoints hold no speech weights"})
     whisper_n_mels: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
     whisper_n_ctx: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
     whisper_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
@@ -96,6 +108,10 @@ class CompositeEncoder(FairseqEncoder):
         self.adapter = adapter
         self.mbart = mbart
         self.pad_seconds = float(cfg.whisper_pad_seconds)
+        self.trailing_silence = float(cfg.whisper_trailing_silence)
+        if self.trailing_silence and self.pad_seconds:
+            raise ValueError("--whisper-trailing-silence applies to --whisper-pad-seconds 0 only (a fixed "
+                             "length already ends in silence)")
         self.padding_idx = dictionary.pad()
         self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
         self.freeze_whisper_updates = cfg.freeze_whisper_updates
@@ -117,12 +133,17 @@ class CompositeEncoder(FairseqEncoder):
 
         The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
         output enters unscaled (SPEC §2)."""
+        if self.whisper is None:
+            raise ValueError("this model has no speech encoder (a text-only MT-stage model, --arch mbart50_text): "
+                             "train it with --text-only and only the MT term, decode it with --decode-task mt")
         if self.pad_seconds > 0:
             audio, audio_lengths, n_cut = pad_or_cut(audio, audio_lengths, self.pad_seconds)
             if n_cut:
                 self.n_cut += n_cut
                 logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
                                n_cut, self.pad_seconds, self.n_cut)
+        elif self.trailing_silence > 0:
+            audio, audio_lengths = append_silence(audio, audio_lengths, self.trailing_silence, self.max_positions())
         with torch.no_grad() if self.whisper_frozen else nullcontext():
             mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
             h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
@@ -196,8 +217,9 @@ class CompositeEncoder(FairseqEncoder):
         return self.mbart.reorder_encoder_out(encoder_out, new_order)
 
     def max_positions(self):
-        """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s)."""
-        return self.whisper.n_ctx * 2 * HOP_LENGTH
+        """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s); no limit
+        of the text-only model (its inputs are transcripts; the task limits their length)."""
+        return None if self.whisper is None else self.whisper.n_ctx * 2 * HOP_LENGTH
 
 
 @register_model("whisper_mbart_composite", dataclass=WhisperMbartCompositeConfig)
@@ -222,6 +244,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         from_checkpoint = getattr(task, "building_from_checkpoint", False)
         _fill_missing_defaults(cfg)
         whisper_state = mbart_state = None
+        if cfg.text_only_model and cfg.whisper_checkpoint:
+            raise ValueError(f"--arch {cfg._name} has no speech encoder: drop --whisper-checkpoint")
         if cfg.whisper_checkpoint and not from_checkpoint:
             dims, whisper_state = load_whisper_checkpoint(cfg.whisper_checkpoint)
             with open_dict(cfg):
@@ -236,21 +260,27 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                 cfg.mbart_dim, cfg.mbart_ffn_dim, cfg.mbart_heads = dims.dim, dims.ffn_dim, dims.heads
                 cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = dims.encoder_layers, dims.decoder_layers
                 cfg.mbart_max_positions, cfg.mbart_activation_fn = dims.max_positions, dims.activation_fn
-        for names, flag in ((WHISPER_DIMS, "--whisper-checkpoint"), (MBART_DIMS, "--mbart-checkpoint")):
+        parts = ((MBART_DIMS, "--mbart-checkpoint"),)
+        if not cfg.text_only_model:
+            parts = ((WHISPER_DIMS, "--whisper-checkpoint"),) + parts
+        for names, flag in parts:
             unset = [n for n in names if getattr(cfg, n) is None]
             if unset:
                 raise ValueError(f"--arch {cfg._name}: {flag} is required (only "
                                  "whisper_mbart_composite_tiny has random-init shapes)")
 
         dictionary = task.target_dictionary
-        whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
-                                       cfg.whisper_heads, cfg.whisper_layers)
-        adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout)
+        whisper = adapter = None  # the text-only model (MT stage) has no speech path
+        if not cfg.text_only_model:
+            whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
+                                           cfg.whisper_heads, cfg.whisper_layers)
+            whisper.checkpoint_activations = cfg.checkpoint_activations
+            adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout,
+                              activation=str(cfg.adapter_activation))
         mbart_encoder, decoder = build_mbart(MbartDims.from_model_cfg(cfg), dictionary, dropout=cfg.dropout,
                                              attention_dropout=cfg.attention_dropout,
                                              activation_dropout=cfg.activation_dropout,
                                              checkpoint_activations=cfg.checkpoint_activations)
-        whisper.checkpoint_activations = cfg.checkpoint_activations
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
         model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
                     stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16)
@@ -261,6 +291,9 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         if mbart_state is not None:
             load_mbart_weights(mbart_encoder, decoder, mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
                                task.dictionary_path)
+        counts = mark_no_weight_decay(model)  # obeyed by --optimizer adam_grouped
+        logger.info("weight decay groups (adam_grouped): %d parameters decay, %d (biases, norms) do not",
+                    counts["decay"], counts["no_decay"])
         return model
 
     def forward(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
@@ -331,7 +364,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 
     def frozen_parameters(self) -> list:
         """Parameters that must not change at this update (Whisper while it is frozen)."""
-        return list(self.encoder.whisper.parameters()) if self.encoder.whisper_frozen else []
+        whisper = self.encoder.whisper
+        return list(whisper.parameters()) if whisper is not None and self.encoder.whisper_frozen else []
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """fairseq's loading (resume, --path), with every missing, unexpected or mis-shaped
@@ -394,13 +428,18 @@ def _check_arch_size(cfg) -> None:
                               f"{cfg.whisper_checkpoint} has {cfg.whisper_dim}")
 
 
+# Options whose default changed when they were introduced: a checkpoint written before
+# the option existed was trained with this value, not with today's default.
+_LEGACY_DEFAULTS = {"adapter_activation": "gelu"}
+
+
 def _fill_missing_defaults(cfg) -> None:
     """Give options added since a checkpoint was written their defaults, in place (fairseq
     merges dataclass defaults only for configs named after the model, not its archs)."""
     with open_dict(cfg):
         for f in dataclasses.fields(WhisperMbartCompositeConfig):
             if f.name not in cfg:
-                setattr(cfg, f.name, f.default)
+                setattr(cfg, f.name, _LEGACY_DEFAULTS.get(f.name, f.default))
 
 
 def _default(cfg, name, value) -> None:
@@ -431,3 +470,12 @@ def whisper_mbart_composite_tiny(cfg):
                             ("mbart_encoder_layers", 2), ("mbart_decoder_layers", 2),
                             ("mbart_max_positions", 1024), ("mbart_activation_fn", "gelu")):
             _default(cfg, name, value)
+
+
+@register_model_architecture("whisper_mbart_composite", "mbart50_text")
+def mbart50_text(cfg):
+    """The MT stage: the mBART-50 encoder-decoder alone (dims from --mbart-checkpoint), no
+    Whisper and no adapter, so its checkpoint holds no speech weights. It initialises the
+    ComSL rows (--mbart-checkpoint), is their MT teacher (--mt-teacher) and writes the
+    pseudo labels, all of which read only its mBART part."""
+    cfg.text_only_model = True

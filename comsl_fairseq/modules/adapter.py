@@ -49,17 +49,24 @@ def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(mask.unsqueeze(-1), 0.0)
 
 
+# The FFN non-linearity: the original ComSL adapter uses ReLU; GELU was our first choice.
+ADAPTER_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
 class HalfStepFFN(nn.Module):
     """x + 0.5 * FFN(x), the macaron-style half-step feed-forward block."""
 
-    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+    def __init__(self, dim: int, ffn_dim: int, dropout: float, activation: str = "relu"):
         super().__init__()
+        if activation not in ADAPTER_ACTIVATIONS:
+            raise ValueError(f"adapter activation {activation!r}: choose one of {sorted(ADAPTER_ACTIVATIONS)}")
         self.fc1 = nn.Linear(dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
+        self.activation = ADAPTER_ACTIVATIONS[activation]
 
     def forward(self, x):
-        return x + 0.5 * self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+        return x + 0.5 * self.dropout(self.fc2(self.dropout(self.activation(self.fc1(x)))))
 
 
 class StridedGLUConv(nn.Module):
@@ -81,14 +88,17 @@ class Adapter(nn.Module):
 
     layer 1: x + 0.5 FFN(x) -> LayerNorm -> Conv1d(k3, s2) -> GLU -> x + 0.5 FFN(x) -> LayerNorm
     layer 2: Conv1d(k3, s2) -> GLU
+
+    The defaults (ReLU in the FFNs, no dropout) are the original ComSL adapter's.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, ffn_mult: int = 4, dropout: float = 0.1):
+    def __init__(self, in_dim: int, out_dim: int, ffn_mult: int = 4, dropout: float = 0.0,
+                 activation: str = "relu"):
         super().__init__()
-        self.ffn_in = HalfStepFFN(in_dim, ffn_mult * in_dim, dropout)
+        self.ffn_in = HalfStepFFN(in_dim, ffn_mult * in_dim, dropout, activation)
         self.ln_in = nn.LayerNorm(in_dim)
         self.conv1 = StridedGLUConv(in_dim, out_dim)
-        self.ffn_mid = HalfStepFFN(out_dim, ffn_mult * out_dim, dropout)
+        self.ffn_mid = HalfStepFFN(out_dim, ffn_mult * out_dim, dropout, activation)
         self.ln_mid = nn.LayerNorm(out_dim)
         self.conv2 = StridedGLUConv(out_dim, out_dim)
 

@@ -67,6 +67,18 @@ def log_mel(audio: torch.Tensor, lengths: torch.Tensor, n_mels: int) -> tuple:
     return log_spec.masked_fill(pad, 0.0), frames
 
 
+def append_silence(audio: torch.Tensor, lengths: torch.Tensor, seconds: float, max_samples: int) -> tuple:
+    """Each clip followed by ``seconds`` of digital silence that the encoder reads as input
+    (its length grows; capped at ``max_samples``, Whisper's window). Whisper was pre-trained on
+    30 s windows that mostly end in silence; a clip cut at its last word loses most there.
+    Returns (audio B x N', lengths)."""
+    extra = int(round(seconds * SAMPLE_RATE))
+    new_lengths = torch.clamp(lengths + extra, max=max_samples)
+    audio = F.pad(audio, (0, max(0, int(new_lengths.max()) - audio.size(1))))
+    audio = audio * (torch.arange(audio.size(1), device=audio.device) < lengths.unsqueeze(1))  # zeros after each clip
+    return audio, new_lengths
+
+
 def pad_or_cut(audio: torch.Tensor, lengths: torch.Tensor, seconds: float) -> tuple:
     """The fixed-length input of the original recipe (11 s) or of Whisper (30 s): every
     clip is cut or zero-padded to ``seconds`` and the silence counts as input (no mask).

@@ -12,8 +12,6 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import sacrebleu
 from fairseq import metrics
 from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -21,6 +19,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from comsl_fairseq.arch_check import check_model_family
+from comsl_fairseq import valid_bleu as vb
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.length_limits import LengthLimits
@@ -32,8 +31,6 @@ from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, langu
 
 logger = logging.getLogger(__name__)
 
-BLEU_ORDER = 4
-
 
 @dataclass
 class ComslSpeechToTextConfig(FairseqDataclass):
@@ -44,6 +41,13 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     eval_bleu_max_len_b: int = field(default=200, metadata={"help": "maximum hypothesis length for --eval-bleu"})
     eval_bleu_tokenize: str = field(default="13a", metadata={"help": "sacreBLEU tokenizer for --eval-bleu"})
     eval_bleu_print_samples: bool = field(default=False, metadata={"help": "log one hypothesis per batch"})
+    eval_bleu_every_nth: int = field(default=1, metadata={
+        "help": "--eval-bleu decodes only the validation utterances whose index is a multiple of N (the "
+                "original ComSL: 4); the validation loss still covers all"})
+    eval_bleu_per_language: bool = field(default=False, metadata={
+        "help": "with --eval-bleu: 'bleu' (the checkpoint metric) is the unweighted mean of the per-source-"
+                "language BLEU, as the original ComSL selects; each language is logged as bleu_{tag} and the "
+                "BLEU pooled over all utterances as bleu_pooled"})
     text_only: bool = field(default=False, metadata={
         "help": "transcript -> translation only (the MT stage): audio is neither checked nor read; use with "
                 "--st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0"})
@@ -72,6 +76,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
         self.sequence_generator = None
         self.bpe = self.build_bpe()
+        self.valid_langs = []  # source-language tags (e.g. "fr_XX") of the loaded validation splits
 
     @classmethod
     def setup_task(cls, cfg: ComslSpeechToTextConfig, **kwargs):
@@ -100,6 +105,13 @@ class ComslSpeechToTextTask(FairseqTask):
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
             length_limits=self.length_limits,
         )
+        if not split.startswith("train"):
+            langs = {self.lang_name(t) for t in set(self.datasets[split].src_lang)}
+            self.valid_langs = sorted(set(self.valid_langs) | langs)
+
+    def lang_name(self, tag_id) -> str:
+        """Language tag id -> its name in logs and metric keys, e.g. ``fr_XX``."""
+        return self.tgt_dict[int(tag_id)].strip("[]")
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         """fairseq's iterator, with a stand-in for empty batches that is always readable."""
@@ -143,6 +155,8 @@ class ComslSpeechToTextTask(FairseqTask):
         finally:
             self.building_from_checkpoint = False
         self.length_limits = LengthLimits.of_model(model) or self.length_limits
+        if self.cfg.eval_bleu_every_nth < 1:
+            raise ValueError(f"--eval-bleu-every-nth must be >= 1, got {self.cfg.eval_bleu_every_nth}")
         if self.cfg.eval_bleu:
             if self.cfg.text_only:
                 raise ValueError("--eval-bleu decodes speech; it cannot be combined with --text-only")
@@ -188,17 +202,28 @@ class ComslSpeechToTextTask(FairseqTask):
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self.cfg.eval_bleu:
-            hyps, refs = self.translate_batch(model, sample)
-            stats = sacrebleu.corpus_bleu(hyps, [refs], tokenize=self.cfg.eval_bleu_tokenize)
-            logging_output["_bleu_sys_len"] = stats.sys_len
-            logging_output["_bleu_ref_len"] = stats.ref_len
-            for i in range(BLEU_ORDER):
-                logging_output[f"_bleu_counts_{i}"] = stats.counts[i]
-                logging_output[f"_bleu_totals_{i}"] = stats.totals[i]
+            self.add_bleu_stats(logging_output, model, sample)
+        return loss, sample_size, logging_output
+
+    def add_bleu_stats(self, logging_output: dict, model, sample) -> None:
+        """Decode this batch's every-nth utterances; add their BLEU statistics, pooled and
+        (with --eval-bleu-per-language) per source language, zeros for absent languages."""
+        keep = sample["id"] % self.cfg.eval_bleu_every_nth == 0  # B
+        hyps, refs, langs = [], [], []
+        if bool(keep.any()):
+            picked = vb.select_rows(sample, keep) if not bool(keep.all()) else sample
+            hyps, refs = self.translate_batch(model, picked)
+            langs = [self.lang_name(t) for t in picked["net_input"]["src_lang_tags"].tolist()]
             if self.cfg.eval_bleu_print_samples:
                 logger.info("example hypothesis: %s", hyps[0])
                 logger.info("example reference:  %s", refs[0])
-        return loss, sample_size, logging_output
+        tokenize = self.cfg.eval_bleu_tokenize
+        vb.add_stats(logging_output, vb.POOLED, vb.bleu_stats(hyps, refs, tokenize))
+        if self.cfg.eval_bleu_per_language:
+            for lang in self.valid_langs:
+                rows = [i for i, x in enumerate(langs) if x == lang]
+                stats = vb.bleu_stats([hyps[i] for i in rows], [refs[i] for i in rows], tokenize)
+                vb.add_stats(logging_output, lang, stats)
 
     def translate_batch(self, model, sample) -> tuple:
         """Beam-search a batch with the target tag forced; returns (hypotheses, references)."""
@@ -213,25 +238,13 @@ class ComslSpeechToTextTask(FairseqTask):
         if not self.cfg.eval_bleu:
             return
 
-        def total(key):
-            return sum(log.get(key, 0) for log in logging_outputs)
-
-        metrics.log_scalar("_bleu_sys_len", total("_bleu_sys_len"))
-        metrics.log_scalar("_bleu_ref_len", total("_bleu_ref_len"))
-        for i in range(BLEU_ORDER):
-            metrics.log_scalar(f"_bleu_counts_{i}", total(f"_bleu_counts_{i}"))
-            metrics.log_scalar(f"_bleu_totals_{i}", total(f"_bleu_totals_{i}"))
-        metrics.log_derived("bleu", _bleu_from_meters)
-
-
-def _bleu_from_meters(meters) -> float:
-    if meters["_bleu_totals_0"].sum == 0:
-        return 0.0  # no hypothesis word at all (e.g. an untrained model emitting only </s>)
-    score = sacrebleu.BLEU.compute_bleu(
-        correct=[int(meters[f"_bleu_counts_{i}"].sum) for i in range(BLEU_ORDER)],
-        total=[int(meters[f"_bleu_totals_{i}"].sum) for i in range(BLEU_ORDER)],
-        sys_len=int(meters["_bleu_sys_len"].sum),
-        ref_len=int(meters["_bleu_ref_len"].sum),
-        smooth_method="exp",
-    ).score
-    return round(float(np.float64(score)), 2)
+        vb.log_meters(logging_outputs, vb.POOLED)
+        pooled = "bleu"
+        if self.cfg.eval_bleu_per_language:
+            langs = list(self.valid_langs)
+            for lang in langs:
+                vb.log_meters(logging_outputs, lang)
+                metrics.log_derived(f"bleu_{lang}", lambda m, lang=lang: vb.bleu_from_meters(m, lang) or 0.0)
+            metrics.log_derived("bleu", lambda m: vb.mean_language_bleu(m, langs))
+            pooled = "bleu_pooled"
+        metrics.log_derived(pooled, lambda m: vb.bleu_from_meters(m) or 0.0)

@@ -1,27 +1,49 @@
 #!/usr/bin/env bash
 # Stage 2: fine-tune mBART-50 on every CoVoST 2 transcript -> translation pair.
-# The result initialises ComSL (MBART=$SAVE_DIR/checkpoint_best.pt) and is the frozen MT
-# teacher (MT_TEACHER=...) of rows 6-8: both loaders read the mBART part of our checkpoints.
+# The result initialises ComSL (MBART=$SAVE_DIR/checkpoint_best.pt), is the frozen MT teacher
+# (MT_TEACHER=...) of rows 6-8 and writes the pseudo labels (make_pseudo_st.py): all three read
+# the mBART part of our checkpoints.
 #
-# It runs through our own task in text-only mode (--text-only: no audio is read) with only
-# the MT term, rather than fairseq's translation_multi_simple_epoch, so that the data, the
-# dictionary (mBART-50's + [cy_GB] [ca_ES], which mBART-50 lacks and Welsh/Catalan need), the
-# SentencePiece model and the token conventions ([src_tag] x </s> -> </s> [tgt_tag] y) are
-# exactly those of ComSL training and decoding, with no separate binarization step.
+# The model is --arch mbart50_text: the mBART-50 encoder-decoder alone, so its checkpoint holds
+# no speech weights. It runs through our own task in text-only mode (--text-only: no audio is
+# read) with only the MT term, rather than fairseq's translation_multi_simple_epoch, so that the
+# data, the dictionary (mBART-50's + [cy_GB] [ca_ES], which mBART-50 lacks and Welsh/Catalan
+# need), the SentencePiece model and the token conventions ([src_tag] x </s> -> </s> [tgt_tag] y)
+# are exactly those of ComSL training and decoding, with no separate binarization step.
+#
+# Optimisation as the original's MT stage: dropout 0.3, attention dropout 0.1, lr 2e-5 with
+# 2,500 warm-up updates then linear decay to 0, 5 epochs, 20 sentences x 2 accumulation per
+# GPU, no gradient clipping. Updates per epoch are estimated from the manifests' row count.
 #
 # Usage: DATA=... MBART=mbart50/model.pt SAVE_DIR=... finetune_mbart50.sh [more fairseq-train flags]
-# Environment: TRAIN_SUBSET [train], VALID_SUBSET [dev], BATCH_SIZE [32], MAX_EPOCH [3], LR [3e-5],
-#              WARMUP [2500], ARCH [whisper_mbart_composite_tiny: no Whisper weights are needed here]
+# Environment (MT_ names, so that the ComSL stage's settings never leak in): TRAIN_SUBSET [train],
+#   VALID_SUBSET [dev], MT_BATCH_SIZE [20], MT_UPDATE_FREQ [2], NUM_GPUS [1], MT_MAX_EPOCH [5],
+#   MT_LR [2e-5], MT_WARMUP [2500], MT_DROPOUT [0.3], MT_ATTENTION_DROPOUT [0.1], MT_ARCH [mbart50_text]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 : "${DATA:?set DATA}" "${MBART:?set MBART to mBART-50 model.pt}" "${SAVE_DIR:?set SAVE_DIR}"
+TRAIN_SUBSET="${TRAIN_SUBSET:-train}"
+BATCH_SIZE="${MT_BATCH_SIZE:-20}"
+UPDATE_FREQ="${MT_UPDATE_FREQ:-2}"
+MAX_EPOCH="${MT_MAX_EPOCH:-5}"
+rows=0
+IFS=',' read -ra subsets <<< "$TRAIN_SUBSET"
+for s in "${subsets[@]}"; do
+  [ -f "$DATA/$s.tsv" ] || { echo "missing manifest $DATA/$s.tsv" >&2; exit 2; }
+  rows=$((rows + $(wc -l < "$DATA/$s.tsv") - 1))
+done
+per_update=$((BATCH_SIZE * ${NUM_GPUS:-1} * UPDATE_FREQ))
+total_updates=$((((rows + per_update - 1) / per_update) * MAX_EPOCH))
+echo "MT stage: $rows training rows, $total_updates updates in all" >&2
 exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
-  --text-only --train-subset "${TRAIN_SUBSET:-train}" --valid-subset "${VALID_SUBSET:-dev}" \
-  --arch "${ARCH:-whisper_mbart_composite_tiny}" --mbart-checkpoint "$MBART" \
+  --text-only --train-subset "$TRAIN_SUBSET" --valid-subset "${VALID_SUBSET:-dev}" \
+  --arch "${MT_ARCH:-mbart50_text}" --mbart-checkpoint "$MBART" \
+  --dropout "${MT_DROPOUT:-0.3}" --attention-dropout "${MT_ATTENTION_DROPOUT:-0.1}" \
   --criterion comsl_multitask --st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0 --mt-weight 1 \
-  --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.0 --clip-norm 1.0 \
-  --lr "${LR:-3e-5}" --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-2500}" \
-  --batch-size "${BATCH_SIZE:-32}" --max-epoch "${MAX_EPOCH:-3}" --required-batch-size-multiple 1 \
-  --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
+  --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.0 --clip-norm 0 \
+  --lr "${MT_LR:-2e-5}" --lr-scheduler polynomial_decay --power 1 --end-learning-rate 0 \
+  --warmup-updates "${MT_WARMUP:-2500}" --total-num-update "$total_updates" \
+  --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --max-epoch "$MAX_EPOCH" \
+  --required-batch-size-multiple 1 --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
   --log-format json --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"

@@ -3,7 +3,15 @@
 transcripts translated into English by the fine-tuned mBART (beam 5).
 
     python examples/covost2/make_pseudo_st.py --cv-root CV --covost-tsv-root TSV --out-root OUT \\
-        --mt-checkpoint MT/checkpoint_best.pt [--langs fr,de,...]
+        --mt-checkpoint MT/checkpoint_best.pt [--pseudo-cv-root NEWER_CV] [--langs fr,de,...]
+
+CoVoST 2 was cut from Common Voice 4, so the validated clips of CV 4 outside CoVoST are few;
+like the original, the pool can come from a separate, newer Common Voice release
+(--pseudo-cv-root; default: --cv-root). A clip is left out when its path is in any CoVoST 2
+split, and also when its *sentence* (normalised: NFKC, case-folded, punctuation removed,
+spaces collapsed) is that of any CoVoST 2 dev or test clip: newer releases hold new
+recordings of the same sentences, which would otherwise leak test sentences into training.
+The pool size, the path matches and the sentence leaks are logged per language.
 
 OUT is the folder prep_covost2.py wrote (its config.yaml gives the dictionary and the
 SentencePiece model). Writes OUT/pseudo_{lang}_en.tsv and decodes the clips into
@@ -14,6 +22,7 @@ PSEUDO_SUBSETS=pseudo_..._en (ablation row 8).
 import argparse
 import logging
 import sys
+import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -63,9 +72,57 @@ class Translator:
                 for h in hyps]
 
 
+def normalise_sentence(text: str) -> str:
+    """The key that decides whether two transcripts are the same sentence."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    return " ".join(text.split())
+
+
+def covost_exclusions(cv_dir: Path, covost_tsv: Path, dropped: list, lang: str) -> tuple:
+    """(paths of every CoVoST 2 clip, normalised sentences of its dev and test clips). The
+    sentences come from the CoVoST release's own Common Voice (``cv_dir``/validated.tsv)."""
+    covost = {r["path"]: r["split"] for r in read_tsv(covost_tsv, ["path", "split"], dropped, lang)}
+    held_out = {p for p, split in covost.items() if split in ("dev", "test")}
+    sentences = {normalise_sentence(r["sentence"])
+                 for r in read_tsv(cv_dir / "validated.tsv", ["path", "sentence"], dropped, lang)
+                 if r["path"] in held_out}
+    sentences.discard("")
+    return set(covost), sentences
+
+
+def pseudo_candidates(pool_dir: Path, covost_paths: set, held_out_sentences: set, dropped: list,
+                      lang: str) -> tuple:
+    """Validated clips of ``pool_dir`` usable as pseudo-ST sources: [(path, text, speaker)]
+    and the counts {pool, in_covost, leaked, empty} that were logged."""
+    counts = {"pool": 0, "in_covost": 0, "leaked": 0, "empty": 0}
+    candidates = []
+    for r in read_tsv(pool_dir / "validated.tsv", ["path", "sentence"], dropped, lang):
+        counts["pool"] += 1
+        if r["path"] in covost_paths:
+            counts["in_covost"] += 1
+            continue
+        text = clean_text(r["sentence"])
+        if not text:
+            counts["empty"] += 1
+            dropped.append((lang, "pseudo", r["path"], "empty transcript"))
+        elif normalise_sentence(text) in held_out_sentences:
+            counts["leaked"] += 1
+            dropped.append((lang, "pseudo", r["path"], "sentence of a CoVoST 2 dev/test clip"))
+        else:
+            candidates.append((r["path"], text, r.get("client_id", "")))
+    logger.info("%s: pool %d validated clips in %s; %d in CoVoST 2 (by path), %d with a CoVoST 2 dev/test "
+                "sentence (left out), %d empty; %d candidates", lang, counts["pool"], pool_dir, counts["in_covost"],
+                counts["leaked"], counts["empty"], len(candidates))
+    return candidates, counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cv-root", type=Path, required=True, help="Common Voice root ({lang}/clips, validated.tsv)")
+    p.add_argument("--cv-root", type=Path, required=True,
+                   help="the Common Voice root CoVoST 2 was cut from (CV 4: {lang}/clips, validated.tsv)")
+    p.add_argument("--pseudo-cv-root", type=Path, default=None,
+                   help="Common Voice root to draw pseudo-ST clips from, e.g. a newer release (default: --cv-root)")
     p.add_argument("--covost-tsv-root", type=Path, required=True, help="folder with covost_v2.{lang}_en.tsv")
     p.add_argument("--out-root", type=Path, required=True, help="the folder prep_covost2.py wrote")
     p.add_argument("--mt-checkpoint", type=Path, required=True, help="fine-tuned mBART (finetune_mbart50.sh)")
@@ -83,19 +140,13 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     translate = Translator(out, args.mt_checkpoint, args.beam, device)
     dropped = []
+    pseudo_root = (args.pseudo_cv_root or args.cv_root).resolve()
     for lang in [x for x in args.langs.split(",") if x]:
-        cv_dir = args.cv_root.resolve() / lang
-        covost = {r["path"] for r in read_tsv(args.covost_tsv_root.resolve() / f"covost_v2.{lang}_en.tsv",
-                                               ["path"], dropped, lang)}
-        candidates = []
-        for r in read_tsv(cv_dir / "validated.tsv", ["path", "sentence"], dropped, lang):
-            if r["path"] in covost:
-                continue
-            text = clean_text(r["sentence"])
-            if not text:
-                dropped.append((lang, "pseudo", r["path"], "empty transcript"))
-                continue
-            candidates.append((r["path"], text, r.get("client_id", "")))
+        covost_paths, held_out = covost_exclusions(args.cv_root.resolve() / lang,
+                                                   args.covost_tsv_root.resolve() / f"covost_v2.{lang}_en.tsv",
+                                                   dropped, lang)
+        cv_dir = pseudo_root / lang
+        candidates, _ = pseudo_candidates(cv_dir, covost_paths, held_out, dropped, lang)
         jobs = [(str(cv_dir / "clips" / path), str(out / "clips" / lang / (Path(path).stem + ".flac")),
                  int(args.max_seconds * SAMPLE_RATE)) for path, _, _ in candidates]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:

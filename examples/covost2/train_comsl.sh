@@ -18,7 +18,10 @@
 #   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
 # Set by the row scripts (training strategies of the paper):
 #   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs
-#   ENC_GRAD_MULT      [1.0] gradient multiplier on the speech-only and text-only encoder outputs
+#   ENC_GRAD_MULT      [2.0, the original's default in every run] gradient multiplier on the
+#                      speech-only and text-only encoder outputs
+#   EVAL_BLEU_EVERY_NTH [4] dev BLEU (checkpoint selection: mean of per-language BLEU) decodes
+#                      every N-th dev utterance, as the original; 1 decodes all
 #   USE_MT_TEACHER=1   MT regularization by MT_TEACHER (required then), alpha 0.2
 #   USE_PSEUDO_ST=1    add the pseudo-ST manifests PSEUDO_SUBSETS (required then) to TRAIN_SUBSET
 # Updates per epoch are estimated from the manifests' row count and the effective batch;
@@ -55,7 +58,7 @@ per_update=$((BATCH_SIZE * NUM_GPUS * UPDATE_FREQ))
 updates_per_epoch=$(((rows + per_update - 1) / per_update))
 total_updates=$((updates_per_epoch * MAX_EPOCH))
 
-strategy=(--enc-grad-mult "${ENC_GRAD_MULT:-1.0}")
+strategy=(--enc-grad-mult "${ENC_GRAD_MULT:-2.0}")
 if [ "${FREEZE_WHISPER:-0}" = 1 ]; then
   strategy+=(--freeze-whisper-updates $((updates_per_epoch * FREEZE_EPOCHS)))
 fi
@@ -77,11 +80,12 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" \
   --train-subset "$TRAIN_SUBSET" --valid-subset "$VALID_SUBSET" \
   --arch "$ARCH" "${pretrained[@]}" --dropout 0.1 \
   --criterion comsl_multitask "${strategy[@]}" \
-  --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.1 \
+  --optimizer adam_grouped --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.1 \
   --lr "$LR" --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --end-learning-rate 1e-7 --power 2 \
   --total-num-update "$total_updates" --max-epoch "$MAX_EPOCH" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1 \
   --save-dir "$SAVE_DIR" --keep-last-epochs "$KEEP_LAST_EPOCHS" \
   --log-format json --tensorboard-logdir "$TENSORBOARD_DIR" \
-  --eval-bleu --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
+  --eval-bleu --eval-bleu-per-language --eval-bleu-every-nth "${EVAL_BLEU_EVERY_NTH:-4}" \
+  --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   "$@"
