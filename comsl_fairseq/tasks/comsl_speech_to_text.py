@@ -11,6 +11,7 @@ import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import sacrebleu
@@ -20,6 +21,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from comsl_fairseq import training_schedule
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
@@ -48,6 +50,12 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     fail_on_bad_input: bool = field(default=False, metadata={
         "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
+    # read to measure the training schedule from the epoch iterator (comsl_fairseq.training_schedule)
+    train_subset: str = II("dataset.train_subset")
+    update_freq: List[int] = II("optimization.update_freq")
+    max_epoch: int = II("optimization.max_epoch")
+    max_update: int = II("optimization.max_update")
+    skip_remainder_batch: bool = II("optimization.skip_remainder_batch")
 
 
 @register_task("comsl_speech_to_text", dataclass=ComslSpeechToTextConfig)
@@ -63,6 +71,8 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
         self.building_from_checkpoint = False
+        self.schedule = None  # measured from the training epoch iterator
+        self._schedule_logged = False
         self.sequence_generator = None
         self.bpe = self.build_bpe()
 
@@ -92,6 +102,30 @@ class ComslSpeechToTextTask(FairseqTask):
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
         )
+
+    def get_batch_iterator(self, dataset, max_sentences=None, num_shards=1, epoch=1, **kwargs):
+        """fairseq's iterator; for the training set, also measure the schedule it implies."""
+        epoch_itr = super().get_batch_iterator(dataset, max_sentences=max_sentences, num_shards=num_shards,
+                                               epoch=epoch, **kwargs)
+        if dataset is self.datasets.get(self.cfg.train_subset):
+            freqs = list(self.cfg.update_freq)
+            self.schedule = training_schedule.MeasuredSchedule(
+                world_size=num_shards, batches_per_epoch=len(epoch_itr), batch_size=max_sentences,
+                update_freq=freqs[min(epoch, len(freqs)) - 1], skip_remainder_batch=self.cfg.skip_remainder_batch,
+                max_epoch=self.cfg.max_epoch, max_update=self.cfg.max_update)
+            training_schedule.publish(self.schedule)
+        return epoch_itr
+
+    def begin_epoch(self, epoch, model):
+        """Whisper's epoch-based freeze is decided here, at every epoch begin (resumes included);
+        the first epoch this process trains also logs the measured schedule."""
+        if hasattr(model, "set_epoch"):
+            model.set_epoch(epoch)
+        if not self._schedule_logged and self.schedule is not None:
+            self._schedule_logged = True
+            enc = getattr(model, "encoder", None)
+            logger.info(self.schedule.describe(getattr(enc, "freeze_whisper_updates", 0),
+                                               getattr(enc, "freeze_whisper_epochs", 0)))
 
     @property
     def source_dictionary(self):
