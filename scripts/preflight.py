@@ -259,7 +259,6 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="random weights: default cuda if present")
     p.add_argument("--bf16", action="store_true", help="random weights: bf16 autocast (the recipe's GPU setting)")
     args, rest = p.parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     report = Report()
     torch.manual_seed(0)
     if args.random_weights:
@@ -283,4 +282,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     sys.exit(main())

@@ -36,22 +36,31 @@ def test_preflight_checks_times_and_estimates_a_row(data_dir, whisper_pt, mbart_
     assert out.rstrip().endswith("preflight: all checks passed")
 
 
-def test_preflight_refuses_fully_sharded_with_freezing(data_dir, whisper_pt, mbart_dir, tmp_path):
-    rc, out = preflight_via_recipe("row5_freeze.sh", data_dir, whisper_pt, mbart_dir, tmp_path,
-                                   "--ddp-backend", "fully_sharded", NPROC_PER_NODE="2")
-    assert rc == 1
-    assert "[FAIL] DDP backend vs freezing: --ddp-backend fully_sharded" in out
-    assert "preflight: FAILED: DDP backend vs freezing" in out
+def load_preflight():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import preflight
+
+    return preflight
 
 
-def test_preflight_random_weights_reports_parameters_and_memory():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "preflight.py"), "--random-weights", "--arch",
-                           "whisper_mbart_composite_tiny", "--batch-size", "2", "--seconds", "1", "--steps", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = {m.group(1): int(m.group(2).replace(",", ""))
-              for m in re.finditer(r"parameters, (.+): ([0-9,]+)", proc.stdout)}
+def test_preflight_refuses_fully_sharded_with_freezing(data_dir, capsys):
+    preflight = load_preflight()
+    report = preflight.Report()
+    cfg = preflight.fairseq_cfg([
+        str(data_dir), "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny", "--criterion",
+        "comsl_multitask", "--optimizer", "adam", "--lr", "1e-4", "--cpu", "--ddp-backend", "fully_sharded",
+        "--freeze-whisper-epochs", "5"])
+    preflight.check_config(cfg, 2, report)
+    assert report.failed == ["DDP backend vs freezing"]
+    assert "[FAIL] DDP backend vs freezing: --ddp-backend fully_sharded" in capsys.readouterr().out
+
+
+def test_preflight_random_weights_reports_parameters_and_memory(capsys):
+    assert load_preflight().main(["--random-weights", "--arch", "whisper_mbart_composite_tiny", "--batch-size", "2",
+                                  "--seconds", "1", "--steps", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    counts = {m.group(1): int(m.group(2).replace(",", "")) for m in re.finditer(r"parameters, (.+): ([0-9,]+)", out)}
     parts = ["whisper encoder", "adapter", "mBART encoder (without token embeddings)",
              "mBART decoder (without token embeddings)", "shared token embeddings"]
     assert sum(counts[p] for p in parts) == counts["total"] > 0
-    assert re.search(r"utterances/s: [0-9.]+", proc.stdout) and re.search(r"peak memory: [0-9.]+ GB", proc.stdout)
+    assert re.search(r"utterances/s: [0-9.]+", out) and re.search(r"peak memory: [0-9.]+ GB", out)
