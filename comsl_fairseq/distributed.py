@@ -14,8 +14,9 @@ Two problems with fairseq's default ``--ddp-backend pytorch_ddp`` (``torch`` DDP
    Cost: nothing while frozen (no Whisper gradient is communicated at all, where
    ``find_unused_parameters`` or legacy_ddp would all-reduce zeros); after unfreezing, Whisper's
    gradients (~307 M fp32 values for Whisper-medium) are averaged in one pass after the backward
-   instead of overlapping with it. Unlike ``find_unused_parameters`` this also works with
-   re-entrant activation checkpointing, and it needs no flag.
+   instead of overlapping with it. ``find_unused_parameters`` (fixed when DDP wraps the model,
+   so on for the whole run) would instead search the autograd graph at every step and still
+   all-reduce Whisper's zero gradients while frozen. No flag is needed.
 2. fairseq builds ``DistributedDataParallel(..., device_ids=[device_id])`` even for a module on
    the CPU, which torch refuses, and under ``torchrun`` it computes the device id as
    ``rank % torch.cuda.device_count()``, a division by zero without GPUs. :func:`install_cpu_shims`
