@@ -2,9 +2,12 @@
 CPU, fairseq's default pytorch_ddp backend) and 1 process, on the tiny fixture.
 
 16 training rows, 4 utterances per process per step, 2 epochs, Whisper frozen for 1 epoch.
-On 2 processes (GLOBAL_BATCH 8 -> update_freq 1) an epoch is 2 updates, on 1 process with the
-same per-process batch and update_freq (GLOBAL_BATCH 4) it is 4: the measured schedule, the
-unfreeze update and the LR decay must follow.
+On 2 processes (GLOBAL_BATCH 8 -> update_freq 1) an epoch is 2 updates. Row 5 on 1 process
+with the same global batch (update_freq 2) must train the same schedule and, without dropout,
+the same weights: each update sees the same utterances, so this checks DDP's averaging and our
+own for Whisper (kept out of DDP's reducer while freezing is configured). Row 7 on 1 process
+with the same per-process batch and update_freq (GLOBAL_BATCH 4) has 4 updates per epoch: the
+measured schedule, the unfreeze update and the LR decay must follow.
 """
 import os
 import re
@@ -71,22 +74,22 @@ def test_launch_plan_follows_world_size_and_slurm(data_dir, tmp_path):
     assert "--freeze-whisper-epochs 5" in slurm
 
 
-def run_row(script, nproc, data_dir, whisper_pt, mbart_dir, save_dir) -> str:
+def run_row(script, nproc, global_batch, data_dir, whisper_pt, mbart_dir, save_dir, *flags) -> str:
     env = recipe_env(data_dir, whisper_pt, mbart_dir, save_dir, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()),
-                     BATCH_SIZE="4", GLOBAL_BATCH=str(4 * nproc), MAX_EPOCH="2", FREEZE_EPOCHS="1", WARMUP="1")
-    proc = subprocess.run(["bash", str(ABLATIONS / script), "--cpu", "--eval-bleu-max-len-b", "4"],
+                     BATCH_SIZE="4", GLOBAL_BATCH=str(global_batch), MAX_EPOCH="2", FREEZE_EPOCHS="1", WARMUP="1")
+    proc = subprocess.run(["bash", str(ABLATIONS / script), "--cpu", "--eval-bleu-max-len-b", "4", *flags],
                           capture_output=True, text=True, env=env, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]  # torchrun: every rank exited cleanly
     return out
 
 
-def check_run(out, nproc, save_dir, original) -> int:
+def check_run(out, nproc, update_freq, save_dir, original) -> int:
     """The issue's list for one run; returns the unfreeze update."""
     m = SCHEDULE.search(out)
     assert m, out[-3000:]
     world, batches, per_epoch, total, unfreeze = map(int, m.groups())
-    assert (world, batches, per_epoch) == (nproc, 4 // nproc, 4 // nproc)  # 16 rows / 4 per batch / world
+    assert (world, batches, per_epoch) == (nproc, 4 // nproc, 4 // nproc // update_freq)  # 16 rows / 4 / world
     assert total == 2 * per_epoch and unfreeze == per_epoch  # 2 epochs, frozen for the first
     if nproc > 1:
         assert "distributed init (rank 1)" in out
@@ -114,16 +117,26 @@ def reload_and_decode(checkpoint: Path) -> list:
     return [task.decode_tokens(h[0]["tokens"]) for h in hyps]
 
 
-@pytest.mark.parametrize("script", ["row5_freeze.sh", "row7_cml.sh"])
+# script: [(processes, global batch)], expected unfreeze update per run, extra flags
+ROWS = {"row5_freeze.sh": ([(2, 8), (1, 8)], [2, 2], ("--dropout", "0", "--adapter-dropout", "0")),
+        "row7_cml.sh": ([(2, 8), (1, 4)], [2, 4], ())}
+
+
+@pytest.mark.parametrize("script", sorted(ROWS))
 def test_row_on_two_processes_and_one(script, data_dir, whisper_pt, mbart_dir, tmp_path):
     _, original = load_whisper_checkpoint(whisper_pt)
-    unfreeze = {}
-    for nproc in (2, 1):
+    runs, expected_unfreeze, flags = ROWS[script]
+    unfreeze = []
+    for nproc, global_batch in runs:
         save = tmp_path / f"np{nproc}"
-        out = run_row(script, nproc, data_dir, whisper_pt, mbart_dir, save)
-        unfreeze[nproc] = check_run(out, nproc, save, original)
+        out = run_row(script, nproc, global_batch, data_dir, whisper_pt, mbart_dir, save, *flags)
+        unfreeze.append(check_run(out, nproc, global_batch // (4 * nproc), save, original))
         if script.startswith("row7"):
             assert "| stm_st_loss " in out and "| erm_loss " in out
-    assert unfreeze == {2: 2, 1: 4}  # half the processes, twice the updates per epoch
+    assert unfreeze == expected_unfreeze  # same global batch: same schedule; else it follows the world size
+    if script.startswith("row5"):  # the same utterances per update, no dropout: the same weights
+        two, one = (torch.load(tmp_path / f"np{n}" / "checkpoint_last.pt", map_location="cpu")["model"]
+                    for n in (2, 1))
+        assert max((two[k] - one[k]).abs().max().item() for k in two) <= 1e-8
     hyps = reload_and_decode(tmp_path / "np2" / "checkpoint_last.pt")
     assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
