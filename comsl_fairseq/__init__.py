@@ -2,7 +2,8 @@
 
 Importing this package (``--user-dir comsl_fairseq``) registers the task
 ``comsl_speech_to_text``, the model ``whisper_mbart_composite`` with its
-architectures, the criterion ``comsl_multitask`` and the optimizer ``adam_grouped``.
+architectures, the criterion ``comsl_multitask``, the optimizer ``adam_grouped`` and the
+LR scheduler ``epoch_polynomial_decay``.
 
 The checkpoint allowlist is installed first: fairseq loads ``--path`` and
 ``checkpoint_last.pt`` only after the user dir is imported, and under
@@ -14,4 +15,8 @@ from comsl_fairseq import checkpoint_files, safe_globals
 safe_globals.allow_fairseq_checkpoints()
 checkpoint_files.install()
 
-from comsl_fairseq import criterions, models, optim, tasks  # noqa: E402,F401  (registers them)
+from comsl_fairseq.distributed import install_cpu_shims  # noqa: E402
+
+install_cpu_shims()  # fairseq's pytorch_ddp and torchrun in CPU processes (acts only without GPUs)
+
+from comsl_fairseq import criterions, lr_schedulers, models, optim, tasks  # noqa: E402,F401  (registers them)

@@ -20,7 +20,7 @@ def run_recipe(script, data_dir, whisper_pt, mbart_dir, save_dir, *extra, env_ex
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DATA=str(data_dir),
                SAVE_DIR=str(save_dir), ARCH="whisper_mbart_composite_tiny", WHISPER=str(whisper_pt),
                MBART=str(mbart_dir / "model.pt"), MT_TEACHER=str(mbart_dir / "model.pt"), BATCH_SIZE="8",
-               PSEUDO_SUBSETS="pseudo", **(env_extra or {}))
+               GLOBAL_BATCH="8", PSEUDO_SUBSETS="pseudo", **(env_extra or {}))
     proc = subprocess.run(["bash", str(ABLATIONS / script), "--cpu", *extra], capture_output=True, text=True,
                           env=env, timeout=600)
     out = proc.stdout + proc.stderr
@@ -57,7 +57,7 @@ def test_ablation_recipe_trains_two_updates(script, pseudo_data, whisper_pt, mba
         assert not state.get("criterion") and all(k.startswith(("encoder.", "decoder.")) for k in state["model"])
         assert not any("teacher" in k for k in state["model"])
     if script.startswith("row8"):
-        assert re.search(r"ComSL recipe: 32 training rows", out)  # train + pseudo
+        assert re.search(r"train,pseudo: kept 32 rows", out)  # train + pseudo
 
 
 def test_whisper_is_unchanged_while_frozen_and_trains_after(pseudo_data, whisper_pt, mbart_dir, tmp_path):
@@ -66,7 +66,8 @@ def test_whisper_is_unchanged_while_frozen_and_trains_after(pseudo_data, whisper
     def whisper_after(updates, save):
         # row 5's strategy with a 2-update freeze, weight decay 0.1 and a large learning rate
         run_recipe("row5_freeze.sh", pseudo_data, whisper_pt, mbart_dir, save, "--max-update", str(updates),
-                   "--freeze-whisper-updates", "2", "--lr", "1e-2", "--warmup-updates", "1")
+                   "--freeze-whisper-updates", "2", "--lr", "1e-2", "--warmup-updates", "1",
+                   env_extra={"FREEZE_EPOCHS": "0"})  # by updates only (by epochs: test_multiprocess_recipes)
         state = torch.load(save / "checkpoint_last.pt", map_location="cpu")["model"]
         return {k[len("encoder.whisper."):]: v for k, v in state.items() if k.startswith("encoder.whisper.")}
 

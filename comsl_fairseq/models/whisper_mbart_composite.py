@@ -32,6 +32,7 @@ from comsl_fairseq.checkpoints import (
     load_whisper_checkpoint,
     state_mismatch,
 )
+from comsl_fairseq.distributed import all_reduce_grads, broadcast_from_first_rank
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, HOP_LENGTH, Adapter
 from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, append_silence, log_mel, pad_or_cut
@@ -61,6 +62,10 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     freeze_whisper_updates: int = field(
         default=0, metadata={"help": "run the Whisper encoder without gradients for the first N updates "
                                      "(paper: 5 of 15 epochs); its weights do not change meanwhile"})
+    freeze_whisper_epochs: int = field(
+        default=0, metadata={"help": "run the Whisper encoder without gradients during the first N epochs (the "
+                                     "paper's unit: 5 of 15), decided at each epoch begin, whatever the number "
+                                     "of GPUs; combines with --freeze-whisper-updates (frozen while either holds)"})
     enc_grad_mult: float = field(
         default=1.0, metadata={"help": "multiply gradients flowing into the speech-only (H_s) and text-only "
                                        "(H_x) mBART encoder outputs (paper: 2.0)"})
@@ -115,18 +120,30 @@ class CompositeEncoder(FairseqEncoder):
         self.padding_idx = dictionary.pad()
         self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
         self.freeze_whisper_updates = cfg.freeze_whisper_updates
+        self.freeze_whisper_epochs = cfg.freeze_whisper_epochs
         self.num_updates = 0
+        self.epoch = 0  # set by the task at each epoch begin (training only)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def freezes_whisper(self) -> bool:
+        """Whether a freeze is configured at all (then DDP leaves Whisper to us: comsl_fairseq.distributed)."""
+        return self.freeze_whisper_updates > 0 or self.freeze_whisper_epochs > 0
+
     @property
     def whisper_frozen(self) -> bool:
         """The one place that decides the freezing policy: no gradients reach Whisper while
-        fewer than --freeze-whisper-updates updates are done, so neither the optimizer step
-        nor weight decay touches its weights (their .grad stays None)."""
-        return self.num_updates < self.freeze_whisper_updates
+        fewer than --freeze-whisper-updates updates are done or during the first
+        --freeze-whisper-epochs epochs, so neither the optimizer step nor weight decay touches
+        its weights (their .grad stays None)."""
+        by_epoch = self.freeze_whisper_epochs > 0 and self.epoch <= self.freeze_whisper_epochs
+        return self.num_updates < self.freeze_whisper_updates or by_epoch
 
     def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
         """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
@@ -236,6 +253,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         self.enc_grad_mult = enc_grad_mult
         self.stack_decoder_passes = stack_decoder_passes
         self.autocast_bf16 = autocast_bf16
+        self._whisper_synced = False  # see all_reduce_grads
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -361,6 +379,31 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             out["erm"] = (encoder_outs["speech"]["encoder_states"][erm_layer],
                           encoder_outs["concat_speech"]["encoder_states"][erm_layer], speech_mask)
         return out
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list:
+        """Read by torch DDP when it wraps the model: with a freeze configured, Whisper stays out
+        of DDP's reducer (see comsl_fairseq.distributed) and all_reduce_grads averages it."""
+        if not self.encoder.freezes_whisper:
+            return []
+        return [f"encoder.whisper.{name}" for name, _ in self.encoder.whisper.named_parameters()]
+
+    def all_reduce_grads(self) -> None:
+        """Called by fairseq's trainer once per update, after the backward passes, when this
+        model is not under legacy_ddp (which reduces everything itself): average the gradients
+        DDP was told to ignore, i.e. Whisper's once it is no longer frozen."""
+        if not self.encoder.freezes_whisper:
+            return
+        params = list(self.encoder.whisper.parameters())
+        if not self._whisper_synced:  # DDP copies rank 0's values only for the parameters it manages
+            broadcast_from_first_rank(params)
+            self._whisper_synced = True
+        if not self.encoder.whisper_frozen:
+            all_reduce_grads(params)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number for --freeze-whisper-epochs (the task calls this at each epoch begin)."""
+        self.encoder.set_epoch(epoch)
 
     def frozen_parameters(self) -> list:
         """Parameters that must not change at this update (Whisper while it is frozen)."""

@@ -6,6 +6,7 @@ from argparse import Namespace
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.models.bart.model import mbart_large_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
@@ -67,11 +68,32 @@ def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activat
 def build_mbart(dims: MbartDims, dictionary, **dropouts) -> tuple:
     """(TransformerEncoder, TransformerDecoder) sharing one token embedding, which is also
     the decoder's output projection."""
-    args = mbart_namespace(dims, **dropouts)
+    checkpoint = dropouts.pop("checkpoint_activations", False)
+    args = mbart_namespace(dims, **dropouts)  # fairseq's own (re-entrant) checkpoint wrapper stays off
     embed_tokens = nn.Embedding(len(dictionary), dims.dim, padding_idx=dictionary.pad())
     nn.init.normal_(embed_tokens.weight, mean=0, std=dims.dim ** -0.5)
     nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
-    return TransformerEncoder(args, dictionary, embed_tokens), TransformerDecoder(args, dictionary, embed_tokens)
+    encoder = TransformerEncoder(args, dictionary, embed_tokens)
+    decoder = TransformerDecoder(args, dictionary, embed_tokens)
+    if checkpoint:
+        recompute_in_backward(encoder.layers)
+        recompute_in_backward(decoder.layers)
+    return encoder, decoder
+
+
+def recompute_in_backward(layers) -> None:
+    """Activation checkpointing per layer with torch's non-re-entrant implementation (state
+    dict keys unchanged). fairseq's --checkpoint-activations wrapper is re-entrant: a layer used
+    by several passes of one forward (ComSL runs the mBART encoder up to 3 times, the decoder
+    up to 6) then reports its parameters ready several times per backward, which torch DDP
+    (--ddp-backend pytorch_ddp) refuses: "Expected to mark a variable ready only once"."""
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
 
 
 EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")

@@ -11,6 +11,7 @@ import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 from fairseq import metrics
 from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
@@ -18,8 +19,9 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from comsl_fairseq.arch_check import check_model_family
+from comsl_fairseq import training_schedule
 from comsl_fairseq import valid_bleu as vb
+from comsl_fairseq.arch_check import check_model_family
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.length_limits import LengthLimits
@@ -57,6 +59,12 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     fail_on_bad_input: bool = field(default=False, metadata={
         "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
+    # read to measure the training schedule from the epoch iterator (comsl_fairseq.training_schedule)
+    train_subset: str = II("dataset.train_subset")
+    update_freq: List[int] = II("optimization.update_freq")
+    max_epoch: int = II("optimization.max_epoch")
+    max_update: int = II("optimization.max_update")
+    skip_remainder_batch: bool = II("optimization.skip_remainder_batch")
 
 
 @register_task("comsl_speech_to_text", dataclass=ComslSpeechToTextConfig)
@@ -74,6 +82,8 @@ class ComslSpeechToTextTask(FairseqTask):
         self.building_from_checkpoint = False
         self.length_limits = None  # of the last model built: rows over them are skipped when read
         self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
+        self.schedule = None  # measured from the training epoch iterator
+        self._schedule_logged = False
         self.sequence_generator = None
         self.bpe = self.build_bpe()
         self.valid_langs = []  # source-language tags (e.g. "fr_XX") of the loaded validation splits
@@ -113,9 +123,30 @@ class ComslSpeechToTextTask(FairseqTask):
         """Language tag id -> its name in logs and metric keys, e.g. ``fr_XX``."""
         return self.tgt_dict[int(tag_id)].strip("[]")
 
-    def get_batch_iterator(self, dataset, *args, **kwargs):
-        """fairseq's iterator, with a stand-in for empty batches that is always readable."""
-        return readable_first_batch(super().get_batch_iterator(dataset, *args, **kwargs))
+    def get_batch_iterator(self, dataset, max_sentences=None, num_shards=1, epoch=1, **kwargs):
+        """fairseq's iterator, with a stand-in for empty batches that is always readable; for the
+        training set, also measure the schedule it implies."""
+        epoch_itr = super().get_batch_iterator(dataset, max_sentences=max_sentences, num_shards=num_shards,
+                                               epoch=epoch, **kwargs)
+        if dataset is self.datasets.get(self.cfg.train_subset):
+            freqs = list(self.cfg.update_freq)
+            self.schedule = training_schedule.MeasuredSchedule(
+                world_size=num_shards, batches_per_epoch=len(epoch_itr), batch_size=max_sentences,
+                update_freq=freqs[min(epoch, len(freqs)) - 1], skip_remainder_batch=self.cfg.skip_remainder_batch,
+                max_epoch=self.cfg.max_epoch, max_update=self.cfg.max_update)
+            training_schedule.publish(self.schedule)
+        return readable_first_batch(epoch_itr)
+
+    def begin_epoch(self, epoch, model):
+        """Whisper's epoch-based freeze is decided here, at every epoch begin (resumes included);
+        the first epoch this process trains also logs the measured schedule."""
+        if hasattr(model, "set_epoch"):
+            model.set_epoch(epoch)
+        if not self._schedule_logged and self.schedule is not None:
+            self._schedule_logged = True
+            enc = getattr(model, "encoder", None)
+            logger.info(self.schedule.describe(getattr(enc, "freeze_whisper_updates", 0),
+                                               getattr(enc, "freeze_whisper_epochs", 0)))
 
     @property
     def source_dictionary(self):

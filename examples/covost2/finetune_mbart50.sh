@@ -13,11 +13,12 @@
 #
 # Optimisation as the original's MT stage: dropout 0.3, attention dropout 0.1, lr 2e-5 with
 # 2,500 warm-up updates then linear decay to 0, 5 epochs, 20 sentences x 2 accumulation per
-# GPU, no gradient clipping. Updates per epoch are estimated from the manifests' row count.
+# GPU, no gradient clipping. The decay's length is measured, not estimated: epoch_polynomial_decay
+# decays over MT_MAX_EPOCH x the updates per epoch of fairseq's epoch iterator.
 #
 # Usage: DATA=... MBART=mbart50/model.pt SAVE_DIR=... finetune_mbart50.sh [more fairseq-train flags]
 # Environment (MT_ names, so that the ComSL stage's settings never leak in): TRAIN_SUBSET [train],
-#   VALID_SUBSET [dev], MT_BATCH_SIZE [20], MT_UPDATE_FREQ [2], NUM_GPUS [1], MT_MAX_EPOCH [5],
+#   VALID_SUBSET [dev], MT_BATCH_SIZE [20], MT_UPDATE_FREQ [2], MT_MAX_EPOCH [5],
 #   MT_LR [2e-5], MT_WARMUP [2500], MT_DROPOUT [0.3], MT_ATTENTION_DROPOUT [0.1], MT_ARCH [mbart50_text]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,23 +28,18 @@ TRAIN_SUBSET="${TRAIN_SUBSET:-train}"
 BATCH_SIZE="${MT_BATCH_SIZE:-20}"
 UPDATE_FREQ="${MT_UPDATE_FREQ:-2}"
 MAX_EPOCH="${MT_MAX_EPOCH:-5}"
-rows=0
 IFS=',' read -ra subsets <<< "$TRAIN_SUBSET"
 for s in "${subsets[@]}"; do
   [ -f "$DATA/$s.tsv" ] || { echo "missing manifest $DATA/$s.tsv" >&2; exit 2; }
-  rows=$((rows + $(wc -l < "$DATA/$s.tsv") - 1))
 done
-per_update=$((BATCH_SIZE * ${NUM_GPUS:-1} * UPDATE_FREQ))
-total_updates=$((((rows + per_update - 1) / per_update) * MAX_EPOCH))
-echo "MT stage: $rows training rows, $total_updates updates in all" >&2
 exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
   --text-only --train-subset "$TRAIN_SUBSET" --valid-subset "${VALID_SUBSET:-dev}" \
   --arch "${MT_ARCH:-mbart50_text}" --mbart-checkpoint "$MBART" \
   --dropout "${MT_DROPOUT:-0.3}" --attention-dropout "${MT_ATTENTION_DROPOUT:-0.1}" \
   --criterion comsl_multitask --st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0 --mt-weight 1 \
   --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.0 --clip-norm 0 \
-  --lr "${MT_LR:-2e-5}" --lr-scheduler polynomial_decay --power 1 --end-learning-rate 0 \
-  --warmup-updates "${MT_WARMUP:-2500}" --total-num-update "$total_updates" \
+  --lr "${MT_LR:-2e-5}" --lr-scheduler epoch_polynomial_decay --power 1 --end-learning-rate 0 \
+  --warmup-updates "${MT_WARMUP:-2500}" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --max-epoch "$MAX_EPOCH" \
   --required-batch-size-multiple 1 --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
   --log-format json --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"

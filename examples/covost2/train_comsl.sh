@@ -2,7 +2,8 @@
 # Shared ComSL training recipe (SPEC §4): one fairseq-train call with the paper's
 # optimisation settings; each script in ablations/ adds one row's loss flags.
 #
-# Usage: DATA=... SAVE_DIR=... [WHISPER=... MBART=...] train_comsl.sh [more fairseq-train flags]
+# Usage: [NPROC_PER_NODE=N NNODES= NODE_RANK= MASTER_ADDR= MASTER_PORT=] DATA=... SAVE_DIR=...
+#        [WHISPER=... MBART=...] train_comsl.sh [more fairseq-train flags]
 #
 # Environment (defaults in brackets):
 #   DATA          folder with the manifests and config.yaml (required)
@@ -13,19 +14,29 @@
 #                 on the CoVoST 2 transcript->translation pairs); required except for _tiny
 #   MT_TEACHER    frozen fine-tuned mBART for MT regularization (rows 6-8)
 #   TRAIN_SUBSET  [train] comma-separated manifests;  VALID_SUBSET [dev]
-#   BATCH_SIZE    [16] utterances per GPU per step;  NUM_GPUS [1];  UPDATE_FREQ [1]
-#   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000]
+#   BATCH_SIZE    [16] utterances per process (GPU) per step
+#   GLOBAL_BATCH  [512] utterances per update summed over all processes: --update-freq is set to
+#                 GLOBAL_BATCH / (BATCH_SIZE x world size), so 1, 8 or 32 GPUs train the same schedule
+#                 (512 = 16 per GPU x 32 GPUs, the original's 4 nodes of 8);  UPDATE_FREQ overrides it
 #   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
+#   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000];  DRY_RUN=1 prints the command instead of running it;
+#   PREFLIGHT=1 runs scripts/preflight.py with the same flags instead (checks, timed steps, estimates)
+# Launch (SPEC §8): world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
+#   NPROC_PER_NODE [every visible GPU; 1 with --cpu or without GPUs]  NNODES [1]  NODE_RANK [0]
+#   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]; under Slurm (one task per node) NNODES, NODE_RANK,
+#   MASTER_ADDR (first host of the job) and MASTER_PORT (from the job id) come from Slurm's variables.
 # Set by the row scripts (training strategies of the paper):
-#   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs
+#   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs (the task
+#                      decides at each epoch begin: --freeze-whisper-epochs)
 #   ENC_GRAD_MULT      [2.0, the original's default in every run] gradient multiplier on the
 #                      speech-only and text-only encoder outputs
 #   EVAL_BLEU_EVERY_NTH [4] dev BLEU (checkpoint selection: mean of per-language BLEU) decodes
 #                      every N-th dev utterance, as the original; 1 decodes all
 #   USE_MT_TEACHER=1   MT regularization by MT_TEACHER (required then), alpha 0.2
 #   USE_PSEUDO_ST=1    add the pseudo-ST manifests PSEUDO_SUBSETS (required then) to TRAIN_SUBSET
-# Updates per epoch are estimated from the manifests' row count and the effective batch;
-# they size the polynomial decay (power 2, down to 1e-7) and the Whisper freeze.
+# Updates per epoch are not estimated here: the task measures them from fairseq's epoch iterator
+# (world size, update freq, filtered rows) and logs "training schedule (measured): ..."; the LR
+# scheduler epoch_polynomial_decay decays over MAX_EPOCH x that many updates.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -35,8 +46,7 @@ ARCH="${ARCH:-whisper_mbart_composite_medium}"
 TRAIN_SUBSET="${TRAIN_SUBSET:-train}"
 VALID_SUBSET="${VALID_SUBSET:-dev}"
 BATCH_SIZE="${BATCH_SIZE:-16}"
-NUM_GPUS="${NUM_GPUS:-1}"
-UPDATE_FREQ="${UPDATE_FREQ:-1}"
+GLOBAL_BATCH="${GLOBAL_BATCH:-512}"
 MAX_EPOCH="${MAX_EPOCH:-15}"
 FREEZE_EPOCHS="${FREEZE_EPOCHS:-5}"
 LR="${LR:-2e-5}"
@@ -48,19 +58,48 @@ if [ "${USE_PSEUDO_ST:-0}" = 1 ]; then
   TRAIN_SUBSET="$TRAIN_SUBSET,$PSEUDO_SUBSETS"
 fi
 
-rows=0
-IFS=',' read -ra subsets <<< "$TRAIN_SUBSET"
-for s in "${subsets[@]}"; do
+for s in ${TRAIN_SUBSET//,/ }; do
   [ -f "$DATA/$s.tsv" ] || { echo "missing manifest $DATA/$s.tsv" >&2; exit 2; }
-  rows=$((rows + $(wc -l < "$DATA/$s.tsv") - 1))
 done
-per_update=$((BATCH_SIZE * NUM_GPUS * UPDATE_FREQ))
-updates_per_epoch=$(((rows + per_update - 1) / per_update))
-total_updates=$((updates_per_epoch * MAX_EPOCH))
+
+# ---- launch: world size, torchrun, global batch -> update freq
+on_cpu=0
+for a in "$@"; do if [ "$a" = --cpu ]; then on_cpu=1; fi; done
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+  NPROC_PER_NODE=1
+  if [ "$on_cpu" = 0 ]; then
+    gpus="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+    if [ "$gpus" -gt 0 ]; then NPROC_PER_NODE="$gpus"; fi
+  fi
+fi
+NNODES="${NNODES:-${SLURM_NNODES:-1}}"
+NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
+if [ -z "${MASTER_ADDR:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] && command -v scontrol >/dev/null; then
+  MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+fi
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-9500} % 10000))}"
+world=$((NPROC_PER_NODE * NNODES))
+if [ -z "${UPDATE_FREQ:-}" ]; then
+  per_step=$((BATCH_SIZE * world))
+  UPDATE_FREQ=$(((GLOBAL_BATCH + per_step - 1) / per_step))
+  if [ $((UPDATE_FREQ * per_step)) != "$GLOBAL_BATCH" ]; then
+    echo "warning: GLOBAL_BATCH $GLOBAL_BATCH is not a multiple of BATCH_SIZE x world size ($per_step):" \
+         "training with $((UPDATE_FREQ * per_step)) utterances per update" >&2
+  fi
+fi
+launch=(fairseq-train)
+distributed=()
+if [ "$world" -gt 1 ]; then
+  launch=(torchrun --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" --node-rank "$NODE_RANK"
+          --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" -m fairseq_cli.train)
+  distributed=(--distributed-world-size "$world")
+  if [ "$on_cpu" = 1 ]; then distributed+=(--distributed-backend gloo); fi
+fi
 
 strategy=(--enc-grad-mult "${ENC_GRAD_MULT:-2.0}")
 if [ "${FREEZE_WHISPER:-0}" = 1 ]; then
-  strategy+=(--freeze-whisper-updates $((updates_per_epoch * FREEZE_EPOCHS)))
+  strategy+=(--freeze-whisper-epochs "$FREEZE_EPOCHS")
 fi
 if [ "${USE_MT_TEACHER:-0}" = 1 ]; then
   : "${MT_TEACHER:?set MT_TEACHER to the fine-tuned mBART (finetune_mbart50.sh)}"
@@ -74,15 +113,22 @@ if [ "$ARCH" != whisper_mbart_composite_tiny ] && [ ${#pretrained[@]} -lt 4 ]; t
   echo "set WHISPER and MBART (pretrained checkpoints) for $ARCH" >&2; exit 2
 fi
 
-echo "ComSL recipe: $rows training rows, $updates_per_epoch updates/epoch, $total_updates updates in all" >&2
-exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" \
+echo "ComSL recipe: world size $world ($NNODES node(s) x $NPROC_PER_NODE process(es)), $BATCH_SIZE utterances" \
+     "per process x update_freq $UPDATE_FREQ = $((BATCH_SIZE * world * UPDATE_FREQ)) per update" >&2
+if [ "${PREFLIGHT:-0}" = 1 ]; then  # check inputs, time a few steps, estimate (scripts/preflight.py)
+  launch=(python "$root/scripts/preflight.py" --world-size "$world")
+  distributed=()
+fi
+run=(exec)
+if [ "${DRY_RUN:-0}" = 1 ]; then run=(printf '%q '); fi  # print the command instead of running it
+"${run[@]}" "${launch[@]}" "$DATA" --user-dir "$root/comsl_fairseq" "${distributed[@]}" \
   --task comsl_speech_to_text --config-yaml config.yaml \
   --train-subset "$TRAIN_SUBSET" --valid-subset "$VALID_SUBSET" \
   --arch "$ARCH" "${pretrained[@]}" --dropout 0.1 \
   --criterion comsl_multitask "${strategy[@]}" \
   --optimizer adam_grouped --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.1 \
-  --lr "$LR" --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --end-learning-rate 1e-7 --power 2 \
-  --total-num-update "$total_updates" --max-epoch "$MAX_EPOCH" \
+  --lr "$LR" --lr-scheduler epoch_polynomial_decay --warmup-updates "$WARMUP" --end-learning-rate 1e-7 --power 2 \
+  --max-epoch "$MAX_EPOCH" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1 \
   --save-dir "$SAVE_DIR" --keep-last-epochs "$KEEP_LAST_EPOCHS" \
   --log-format json --tensorboard-logdir "$TENSORBOARD_DIR" \

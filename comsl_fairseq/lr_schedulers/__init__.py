@@ -1,0 +1,1 @@
+from comsl_fairseq.lr_schedulers import epoch_polynomial_decay  # noqa: F401  (registers it)
