@@ -98,7 +98,8 @@ def collate(utts, d, rng):
     samples = []
     for i, (sec, ls, lt) in enumerate(utts):
         samples.append({
-            "index": i, "audio": torch.from_numpy(0.1 * rng.standard_normal(int(sec * SAMPLE_RATE)).astype(np.float32)),
+            "index": i, "utt_id": f"bench_{i}",
+            "audio": torch.from_numpy(0.1 * rng.standard_normal(int(sec * SAMPLE_RATE)).astype(np.float32)),
             "src_text": torch.tensor([fr, *rng.choice(words, ls), d.eos()]),
             "tgt_text": torch.tensor([en, *rng.choice(words, lt), d.eos()]), "src_lang": fr})
     return ds.collater(samples)

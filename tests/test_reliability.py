@@ -169,8 +169,9 @@ def test_non_finite_loss_names_the_term(data_dir):
     sample = ds.collater([ds[0], ds[1]])
     with torch.no_grad():
         model.encoder.adapter.conv2.conv.bias.fill_(float("nan"))  # poisons every speech branch, not MT
-    with pytest.raises(FloatingPointError, match=r"non-finite loss in term\(s\) \['st', 'asr', .*'stm_asr'"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss in term\(s\) \['st', 'asr', .*'stm_asr'") as e:
         criterion(model, sample)
+    assert f"utterances ['{ds.rows[0].id}', '{ds.rows[1].id}']" in str(e.value)  # manifest ids, not indices
     with pytest.raises(FloatingPointError) as e:
         criterion(model, sample)
     assert "'mt'" not in str(e.value)
