@@ -173,3 +173,19 @@ def test_bf16_autocast_option_trains(data_dir):
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert next(model.parameters()).dtype == torch.float32 and model.decoder.embed_tokens.weight.grad is not None
+
+
+def test_branch_table_routes_named_and_caller_defined_passes(loaded):
+    from comsl_fairseq.modules.branches import CONCAT_TEXT, TRANSLATION, Branch
+
+    _, task, model = loaded
+    short, long_, ds = short_and_long(task)
+    batch = ds.collater([short, long_])
+    with pytest.raises(ValueError, match=r"unknown branches \['mt_from_concat'\]"):
+        model(**batch["net_input"], branches=("st", "mt_from_concat"))
+    with torch.no_grad():
+        out = model(**batch["net_input"], cml_text_tokens=batch["transcript"],
+                    branches={"x": Branch(CONCAT_TEXT, TRANSLATION)})
+    assert set(out) == {"x"} and out["x"][0].shape == (*batch["target"].shape, len(task.target_dictionary))
+    with pytest.raises(ValueError, match="not a branch"):
+        Branch("speech", "nowhere")

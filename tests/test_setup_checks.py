@@ -29,4 +29,4 @@ def test_text_only_with_speech_terms_fails_at_setup(data_dir):
         task.build_criterion(cfg.criterion)
     cfg = fairseq_cfg(data_dir, "--text-only", "--st-weight", "0", "--asr-weight", "0", "--cml-weight", "0")
     criterion = tasks.setup_task(cfg.task).build_criterion(cfg.criterion)
-    assert criterion.branches() == ("mt",)
+    assert tuple(criterion.branches()) == ("mt",)

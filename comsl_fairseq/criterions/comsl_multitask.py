@@ -33,6 +33,7 @@ from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
 from comsl_fairseq.data.languages import MASK_SYMBOL
+from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
     def teacher(self):
         return self._frozen.get("teacher")
 
-    def branches(self) -> tuple:
-        """The decoder passes the active terms need, and nothing else."""
+    def branches(self) -> dict:
+        """{name: Branch} of the decoder passes the active terms need, and nothing else."""
         ddm = self.ddm_alpha > 0
         b = []
         if self.w["st"] > 0:
@@ -113,7 +114,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
             b.append("mt")  # also the DDM teacher
         if self.w["ctc"] > 0:
             b.append("ctc")
-        return tuple(b)
+        return branch_table(b)
 
     def mask_transcript(self, transcript: torch.Tensor) -> tuple:
         """x~: the transcript with --mask-prob of its maskable tokens replaced by <mask>."""
@@ -165,7 +166,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         token per sentence, so they read a little higher than over words alone.
         """
         # log p once per decoder pass (the largest tensors of a step), shared by the terms
-        lp = {name: T.log_probs(out[name][0]) for name in branches if name not in ("ctc", "mt_from_concat")}
+        lp = {name: T.log_probs(out[name][0]) for name in branches if name in TOKEN_BRANCHES}
         y, x, pad = sample["target"], sample["transcript"], self.padding_idx
         # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
         mt_teacher = lp["mt"].detach().exp() if self.ddm_alpha > 0 and "mt" in lp else None
@@ -257,8 +258,10 @@ class ComslMultitaskCriterion(FairseqCriterion):
         return True
 
 
-# The terms a logging output may hold, in log order.
-TERM_NAMES = ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm", "ctc")
+# The terms a logging output may hold: one per branch, and ERM.
+TERM_NAMES = (*BRANCHES, "erm")
+# Branches whose loss reads the decoder's token distribution (not CTC's frames).
+TOKEN_BRANCHES = tuple(name for name, b in BRANCHES.items() if b.decoder_input != FRAMES)
 
 
 def _ratio(num: str, den: str, scale: float, digits: int, meters) -> float:

@@ -6,10 +6,10 @@
         --> mBART-50 decoder, output projection tied to the shared token embedding
 
 The same mBART encoder also reads text (H_x) and the concatenation [masked transcript ;
-speech] (H_c, cross-modality learning), and the same decoder serves every branch. One
+speech] (H_c, cross-modality learning), and the same decoder serves every branch
+(modules/composite_encoder.py; the routing table is modules/branches.py). One
 ``forward`` computes every branch the criterion asks for, so that distributed data
-parallel sees a single forward per step; the speech embeddings (Whisper + adapter) are
-computed once and shared by the speech-only and concatenated passes.
+parallel sees a single forward per step.
 """
 import dataclasses
 import logging
@@ -20,8 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
-from fairseq.models.transformer import TransformerEncoder
+from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.modules import GradMultiply
 from omegaconf import open_dict
 
@@ -32,9 +31,11 @@ from comsl_fairseq.checkpoints import (
     load_whisper_checkpoint,
     state_mismatch,
 )
-from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
+from comsl_fairseq.modules.adapter import Adapter
+from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
+from comsl_fairseq.modules.composite_encoder import CompositeEncoder
 from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
-from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
+from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -86,127 +87,9 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     mbart_activation_fn: Optional[str] = field(default=None, metadata={"help": DIMS_HELP})
 
 
-class CompositeEncoder(FairseqEncoder):
-    """Speech path (Whisper -> adapter -> tag + mBART encoder) and text path (mBART encoder)."""
-
-    def __init__(self, cfg, dictionary, whisper: MaskedWhisperEncoder, adapter: Adapter,
-                 mbart: TransformerEncoder):
-        super().__init__(dictionary)
-        self.whisper = whisper
-        self.adapter = adapter
-        self.mbart = mbart
-        self.pad_seconds = float(cfg.whisper_pad_seconds)
-        self.padding_idx = dictionary.pad()
-        self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
-        self.freeze_whisper_updates = cfg.freeze_whisper_updates
-        self.num_updates = 0
-
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-
-    @property
-    def whisper_frozen(self) -> bool:
-        """The one place that decides the freezing policy: no gradients reach Whisper while
-        fewer than --freeze-whisper-updates updates are done, so neither the optimizer step
-        nor weight decay touches its weights (their .grad stays None)."""
-        return self.num_updates < self.freeze_whisper_updates
-
-    def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
-        """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
-
-        The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
-        output enters unscaled (SPEC §2)."""
-        if self.pad_seconds > 0:
-            audio, audio_lengths, n_cut = pad_or_cut(audio, audio_lengths, self.pad_seconds)
-            if n_cut:
-                self.n_cut += n_cut
-                logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
-                               n_cut, self.pad_seconds, self.n_cut)
-        with torch.no_grad() if self.whisper_frozen else nullcontext():
-            mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
-            h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
-        speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/8 x Cm
-        tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
-        x = torch.cat([tag.to(speech.dtype), speech], dim=1)
-        mask = torch.cat([speech_mask.new_zeros(speech_mask.size(0), 1), speech_mask], dim=1)
-        return x, mask
-
-    def text_embeddings(self, tokens) -> tuple:
-        """tokens B x T -> (scaled token embeddings B x T x C, padding mask B x T)."""
-        return self.mbart.embed_scale * self.mbart.embed_tokens(tokens), tokens.eq(self.padding_idx)
-
-    def encode(self, embeddings, padding_mask, return_all_hiddens: bool = False) -> dict:
-        """Run the mBART encoder on input embeddings (token scale already applied).
-
-        Mirrors ``TransformerEncoderBase.forward_scriptable`` from the embedding sum on,
-        so any mix of token and speech embeddings can enter: learned positions are
-        computed from the padding mask, then layernorm_embedding, dropout and the layers.
-        embeddings: B x T x C  ->  fairseq encoder-out dict with T x B x C tensors.
-        """
-        m = self.mbart
-        # Learned positions are looked up from token ids; only pad vs non-pad matters to them.
-        pseudo_tokens = torch.full(padding_mask.shape, self.padding_idx + 1, dtype=torch.long,
-                                   device=padding_mask.device).masked_fill(padding_mask, self.padding_idx)
-        x = embeddings + m.embed_positions(pseudo_tokens)
-        x = m.dropout_module(m.layernorm_embedding(x))
-        has_pads = bool(padding_mask.any())
-        if has_pads:
-            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
-        x = x.transpose(0, 1)  # B x T x C -> T x B x C (fairseq layout from here on)
-        states = [x] if return_all_hiddens else []
-        for layer in m.layers:
-            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None)
-            if return_all_hiddens:
-                states.append(x)
-        if m.layer_norm is not None:
-            x = m.layer_norm(x)
-        return {
-            "encoder_out": [x],  # T x B x C
-            "encoder_padding_mask": [padding_mask],  # B x T
-            "encoder_embedding": [embeddings],  # B x T x C
-            "encoder_states": states,  # [T x B x C] per layer input/output
-            "src_tokens": [],
-            "src_lengths": [(~padding_mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)],
-        }
-
-    @staticmethod
-    def part(encoder_out: dict, start: int, end: int | None = None) -> dict:
-        """Frames [start, end) of an encoder output, for the decoder to attend to (H_c^x, H_c^s)."""
-        x, mask = encoder_out["encoder_out"][0][start:end], encoder_out["encoder_padding_mask"][0][:, start:end]
-        return {"encoder_out": [x], "encoder_padding_mask": [mask], "encoder_embedding": [],
-                "encoder_states": [s[start:end] for s in encoder_out["encoder_states"]], "src_tokens": [],
-                "src_lengths": [(~mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)]}
-
-    def forward(self, src_tokens, src_lengths, src_lang_tags=None, return_all_hiddens: bool = False,
-                text_input: bool = False, **unused):
-        """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset). With
-        ``text_input`` (MT decoding) ``src_tokens`` are transcript tokens for the text path."""
-        if text_input:
-            return self.forward_text(src_tokens, return_all_hiddens)
-        x, mask = self.speech_embeddings(src_tokens, src_lengths, src_lang_tags)
-        return self.encode(x, mask, return_all_hiddens)
-
-    def forward_text(self, src_text_tokens, return_all_hiddens: bool = False):
-        """The text path: ``[src_tag] x1..xn </s>`` -> mBART encoder output."""
-        x, mask = self.text_embeddings(src_text_tokens)
-        return self.encode(x, mask, return_all_hiddens)
-
-    def reorder_encoder_out(self, encoder_out, new_order):
-        return self.mbart.reorder_encoder_out(encoder_out, new_order)
-
-    def max_positions(self):
-        """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s)."""
-        return self.whisper.n_ctx * 2 * HOP_LENGTH
-
-
 @register_model("whisper_mbart_composite", dataclass=WhisperMbartCompositeConfig)
 class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
-
-    # "mt_from_concat" (H_c^x -> translation) feeds no loss: the original computes it anyway,
-    # and scripts/benchmark.py requests it only to time the original's pass structure.
-    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc", "mt_from_concat")
 
     def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0, stack_decoder_passes: bool = False,
                  autocast_bf16: bool = False):
@@ -268,65 +151,35 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                 branches=("st",), erm_layer: int = 0, **unused):
         """Every requested branch in one call.
 
-        Branches (encoder output -> decoder input):
-            st      H_s   -> translation      asr     H_s   -> transcript
-            mt      H_x   -> translation      stm_st  H_c^s -> translation
-            stm_asr H_c^s -> transcript       mtp     H_c^x -> transcript
-            ctc     H_s frame-wise through the output projection (our optional auxiliary loss)
+        ``branches``: names of modules/branches.py's table (or a {name: Branch} mapping);
         ``cml_text_tokens`` is the masked transcript x~ of the concatenated pass. With
         ``erm_layer`` k > 0 the result also holds "erm": (layer-k output of the speech-only
         pass, of the speech part of the concatenated pass, speech padding mask B x T).
-        Returns {branch: (logits B x T x V, extra)}.
+        Returns {branch: (logits B x T x V, extra)}; CTC's entry is (T x B x V, mask B x T).
         """
-        unknown = set(branches) - set(self.BRANCHES)
-        if unknown:
-            raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
-        autocast = nullcontext()
-        if self.autocast_bf16:
-            device = (src_tokens if src_tokens is not None else src_text_tokens).device.type
-            autocast = torch.autocast(device, dtype=torch.bfloat16)
-        with autocast:
-            return self._forward_branches(src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
-                                          src_text_tokens, prev_transcript_tokens, cml_text_tokens, branches,
-                                          erm_layer)
-
-    def _forward_branches(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens, src_text_tokens,
-                          prev_transcript_tokens, cml_text_tokens, branches, erm_layer):
-        enc = self.encoder
-        speech_only = bool({"st", "asr", "ctc"} & set(branches)) or erm_layer > 0
-        concat = bool({"stm_st", "stm_asr", "mtp", "mt_from_concat"} & set(branches)) or erm_layer > 0
-        encoder_outs = {}
-        if speech_only or concat:
-            speech, speech_mask = enc.speech_embeddings(src_tokens, src_lengths, src_lang_tags)  # shared
-        if speech_only:
-            encoder_outs["speech"] = self._grad_mult(enc.encode(speech, speech_mask, erm_layer > 0))
-        if "mt" in branches:
-            encoder_outs["text"] = self._grad_mult(enc.forward_text(src_text_tokens))
-        if concat:
-            if cml_text_tokens is None:
-                raise ValueError("the cross-modality branches need cml_text_tokens (the masked transcript)")
-            text, text_mask = enc.text_embeddings(cml_text_tokens)  # B x Tx x C
-            both = enc.encode(torch.cat([text, speech.to(text.dtype)], dim=1),
-                              torch.cat([text_mask, speech_mask], dim=1), erm_layer > 0)
-            encoder_outs["concat_text"] = enc.part(both, 0, text.size(1))
-            encoder_outs["concat_speech"] = enc.part(both, text.size(1))
-        source = {"st": "speech", "asr": "speech", "mt": "text", "stm_st": "concat_speech",
-                  "stm_asr": "concat_speech", "mtp": "concat_text", "mt_from_concat": "concat_text"}
-        transcript_input = {"asr", "stm_asr", "mtp"}
-        out = {}
-        if "ctc" in branches:  # frame-wise vocabulary logits of H_s (T x B x V), tied output projection
-            h = encoder_outs["speech"]
-            out["ctc"] = (self.decoder.output_layer(h["encoder_out"][0]), h["encoder_padding_mask"][0])
-        for inputs, names in (("transcript", [b for b in branches if b in transcript_input]),
-                              ("translation", [b for b in branches if b not in transcript_input and b != "ctc"])):
-            prev = prev_transcript_tokens if inputs == "transcript" else prev_output_tokens
-            out.update(self._decode(prev, {name: encoder_outs[source[name]] for name in names}))
-        if erm_layer > 0:
-            n_layers = len(enc.mbart.layers)
-            if erm_layer > n_layers:
-                raise ValueError(f"--erm-layer {erm_layer} exceeds the mBART encoder's {n_layers} layers")
-            out["erm"] = (encoder_outs["speech"]["encoder_states"][erm_layer],
-                          encoder_outs["concat_speech"]["encoder_states"][erm_layer], speech_mask)
+        table = branch_table(branches)
+        needed = {b.encoder_output for b in table.values()} | ({SPEECH, CONCAT_SPEECH} if erm_layer > 0 else set())
+        device = (src_tokens if src_tokens is not None else src_text_tokens).device
+        with torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast_bf16 else nullcontext():
+            h = self.encoder.branch_outputs(needed, src_tokens, src_lengths, src_lang_tags, src_text_tokens,
+                                            cml_text_tokens, return_all_hiddens=erm_layer > 0)
+            for name in (SPEECH, TEXT):  # --enc-grad-mult acts on H_s and H_x only
+                if name in h:
+                    h[name] = self._grad_mult(h[name])
+            out = {}
+            for name, branch in table.items():
+                if branch.decoder_input == FRAMES:  # frame-wise vocabulary logits T x B x V, tied projection
+                    eo = h[branch.encoder_output]
+                    out[name] = (self.decoder.output_layer(eo["encoder_out"][0]), eo["encoder_padding_mask"][0])
+            for inputs, prev in ((TRANSCRIPT, prev_transcript_tokens), (TRANSLATION, prev_output_tokens)):
+                out.update(self._decode(prev, {name: h[branch.encoder_output] for name, branch in table.items()
+                                               if branch.decoder_input == inputs}))
+            if erm_layer > 0:
+                n_layers = len(self.encoder.mbart.layers)
+                if erm_layer > n_layers:
+                    raise ValueError(f"--erm-layer {erm_layer} exceeds the mBART encoder's {n_layers} layers")
+                out["erm"] = (h[SPEECH]["encoder_states"][erm_layer], h[CONCAT_SPEECH]["encoder_states"][erm_layer],
+                              h[SPEECH]["encoder_padding_mask"][0])
         return out
 
     def frozen_parameters(self) -> list:
