@@ -4,7 +4,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.checkpoints import CheckpointError, MbartDims, WhisperDims
 from comsl_fairseq.modules.adapter import speech_lengths
 from tests.builders import build_task_and_model
 
@@ -63,7 +63,10 @@ def test_all_branches_in_one_forward(loaded):
 
 def test_dims_are_saved_in_the_config(loaded):
     cfg, _, model = loaded
-    assert cfg.model.whisper_dim == 64 and cfg.model.mbart_dim == 32 and cfg.model.whisper_n_mels == 80
+    whisper, mbart = WhisperDims.from_cfg(cfg.model), MbartDims.from_cfg(cfg.model)
+    assert (whisper.n_audio_state, whisper.n_mels, whisper.n_audio_layer) == (64, 80, 2)
+    assert (mbart.dim, mbart.ffn_dim, mbart.encoder_layers, mbart.max_positions) == (32, 64, 2, 1024)
+    assert cfg.model.whisper_dims == whisper.to_cfg() and "whisper_dim" not in cfg.model
     assert model.encoder.mbart.embed_tokens is model.decoder.embed_tokens
     assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
 

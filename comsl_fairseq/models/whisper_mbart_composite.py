@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ from omegaconf import open_dict
 
 from comsl_fairseq.checkpoints import (
     CheckpointError,
+    MbartDims,
+    WhisperDims,
     load_mbart_checkpoint,
     load_strict,
     load_whisper_checkpoint,
@@ -34,15 +36,13 @@ from comsl_fairseq.checkpoints import (
 from comsl_fairseq.modules.adapter import Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
 from comsl_fairseq.modules.composite_encoder import CompositeEncoder
-from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
+from comsl_fairseq.modules.mbart import build_mbart, load_mbart_weights
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
 
 logger = logging.getLogger(__name__)
 
-WHISPER_DIMS = ("whisper_n_mels", "whisper_n_ctx", "whisper_dim", "whisper_heads", "whisper_layers")
-MBART_DIMS = ("mbart_dim", "mbart_ffn_dim", "mbart_heads", "mbart_encoder_layers", "mbart_decoder_layers",
-              "mbart_max_positions", "mbart_activation_fn")
-DIMS_HELP = "read from the checkpoint (or the tiny preset) and saved with the model; do not set by hand"
+DIMS_HELP = ("read from the checkpoint (or the tiny preset) and saved with the model, so that a trained model "
+             "is rebuilt without the pretrained files; do not set by hand")
 
 
 @dataclass
@@ -73,18 +73,8 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
     activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
     adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter FFNs"})
-    whisper_n_mels: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_n_ctx: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_ffn_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_encoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_decoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_max_positions: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_activation_fn: Optional[str] = field(default=None, metadata={"help": DIMS_HELP})
+    whisper_dims: Any = field(default=None, metadata={"help": "Whisper encoder shape (WhisperDims); " + DIMS_HELP})
+    mbart_dims: Any = field(default=None, metadata={"help": "mBART shape (MbartDims); " + DIMS_HELP})
 
 
 @register_model("whisper_mbart_composite", dataclass=WhisperMbartCompositeConfig)
@@ -100,47 +90,33 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        # When fairseq rebuilds a trained model (fairseq-generate --path, the MT teacher),
-        # its weights come from that checkpoint: the pretrained files are not read again.
-        from_checkpoint = getattr(task, "building_from_checkpoint", False)
+        """Dims already in ``cfg`` mean the model is being rebuilt from its own checkpoint
+        (fairseq-generate --path, resuming, the MT teacher): its weights follow from that
+        checkpoint, so the pretrained files are not read again. Otherwise the dims come
+        from --whisper-checkpoint / --mbart-checkpoint (or the tiny preset) and are saved
+        in ``cfg``."""
         _fill_missing_defaults(cfg)
-        whisper_state = mbart_state = None
-        if cfg.whisper_checkpoint and not from_checkpoint:
-            dims, whisper_state = load_whisper_checkpoint(cfg.whisper_checkpoint)
-            with open_dict(cfg):
-                cfg.whisper_n_mels, cfg.whisper_n_ctx = dims["n_mels"], dims["n_audio_ctx"]
-                cfg.whisper_dim, cfg.whisper_heads = dims["n_audio_state"], dims["n_audio_head"]
-                cfg.whisper_layers = dims["n_audio_layer"]
-            _check_arch_size(cfg)  # before reading a large mBART file
-        if cfg.mbart_checkpoint and not from_checkpoint:
-            hp, mbart_state = load_mbart_checkpoint(cfg.mbart_checkpoint)
-            dims = MbartDims.from_hparams(hp, cfg.mbart_checkpoint)
-            with open_dict(cfg):
-                cfg.mbart_dim, cfg.mbart_ffn_dim, cfg.mbart_heads = dims.dim, dims.ffn_dim, dims.heads
-                cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = dims.encoder_layers, dims.decoder_layers
-                cfg.mbart_max_positions, cfg.mbart_activation_fn = dims.max_positions, dims.activation_fn
-        for names, flag in ((WHISPER_DIMS, "--whisper-checkpoint"), (MBART_DIMS, "--mbart-checkpoint")):
-            unset = [n for n in names if getattr(cfg, n) is None]
-            if unset:
-                raise ValueError(f"--arch {cfg._name}: {flag} is required (only "
-                                 "whisper_mbart_composite_tiny has random-init shapes)")
+        whisper_dims, whisper_state = _whisper_part(cfg)
+        mbart_dims, mbart_state = _mbart_part(cfg)
+        with open_dict(cfg):
+            cfg.whisper_dims, cfg.mbart_dims = whisper_dims.to_cfg(), mbart_dims.to_cfg()
 
         dictionary = task.target_dictionary
-        whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
-                                       cfg.whisper_heads, cfg.whisper_layers)
-        adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout)
-        mbart_encoder, decoder = build_mbart(MbartDims.from_model_cfg(cfg), dictionary, dropout=cfg.dropout,
+        d = whisper_dims
+        whisper = MaskedWhisperEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
+        whisper.checkpoint_activations = cfg.checkpoint_activations
+        adapter = Adapter(d.n_audio_state, mbart_dims.dim, dropout=cfg.adapter_dropout)
+        mbart_encoder, decoder = build_mbart(mbart_dims, dictionary, dropout=cfg.dropout,
                                              attention_dropout=cfg.attention_dropout,
                                              activation_dropout=cfg.activation_dropout,
                                              checkpoint_activations=cfg.checkpoint_activations)
-        whisper.checkpoint_activations = cfg.checkpoint_activations
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
         model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
                     stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16)
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
-                        cfg.whisper_layers, cfg.whisper_dim, cfg.whisper_n_mels)
+                        d.n_audio_layer, d.n_audio_state, d.n_mels)
         if mbart_state is not None:
             load_mbart_weights(mbart_encoder, decoder, mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
                                task.dictionary_path)
@@ -231,11 +207,38 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 _ARCH_WHISPER_DIM = {"whisper_mbart_composite_medium": 1024, "whisper_mbart_composite_large": 1280}
 
 
-def _check_arch_size(cfg) -> None:
-    expected = _ARCH_WHISPER_DIM.get(cfg._name)
-    if expected is not None and cfg.whisper_dim != expected:
-        raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
-                              f"{cfg.whisper_checkpoint} has {cfg.whisper_dim}")
+def _whisper_part(cfg) -> tuple:
+    """(WhisperDims, encoder state or None): saved dims (rebuilding: no file read), else the
+    --whisper-checkpoint's, else the arch's random-init preset."""
+    dims = WhisperDims.from_cfg(cfg)
+    if dims is not None:
+        return dims, None
+    if cfg.whisper_checkpoint:
+        dims, state = load_whisper_checkpoint(cfg.whisper_checkpoint)
+        expected = _ARCH_WHISPER_DIM.get(cfg._name)
+        if expected is not None and dims.n_audio_state != expected:  # before reading a large mBART file
+            raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
+                                  f"{cfg.whisper_checkpoint} has {dims.n_audio_state}")
+        return dims, state
+    return _random_init_preset(cfg, "--whisper-checkpoint")[0], None
+
+
+def _mbart_part(cfg) -> tuple:
+    """(MbartDims, encoder-decoder state or None), by the same rule as :func:`_whisper_part`."""
+    dims = MbartDims.from_cfg(cfg)
+    if dims is not None:
+        return dims, None
+    if cfg.mbart_checkpoint:
+        return load_mbart_checkpoint(cfg.mbart_checkpoint)
+    return _random_init_preset(cfg, "--mbart-checkpoint")[1], None
+
+
+def _random_init_preset(cfg, flag: str) -> tuple:
+    preset = RANDOM_INIT_DIMS.get(cfg._name)
+    if preset is None:
+        raise ValueError(f"--arch {cfg._name}: {flag} is required (only whisper_mbart_composite_tiny has "
+                         "random-init shapes)")
+    return preset
 
 
 def _fill_missing_defaults(cfg) -> None:
@@ -245,11 +248,6 @@ def _fill_missing_defaults(cfg) -> None:
         for f in dataclasses.fields(WhisperMbartCompositeConfig):
             if f.name not in cfg:
                 setattr(cfg, f.name, f.default)
-
-
-def _default(cfg, name, value) -> None:
-    if getattr(cfg, name, None) is None:
-        setattr(cfg, name, value)
 
 
 @register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_medium")
@@ -264,14 +262,15 @@ def whisper_mbart_composite_large(cfg):
 
 @register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_tiny")
 def whisper_mbart_composite_tiny(cfg):
-    """For tests and the demo. Shapes below apply only to a part without a checkpoint
-    (random init); a given checkpoint's dims always win."""
-    if not getattr(cfg, "whisper_checkpoint", None):
-        for name, value in (("whisper_n_mels", 80), ("whisper_n_ctx", 1500), ("whisper_dim", 128),
-                            ("whisper_heads", 2), ("whisper_layers", 3)):
-            _default(cfg, name, value)
-    if not getattr(cfg, "mbart_checkpoint", None):
-        for name, value in (("mbart_dim", 128), ("mbart_ffn_dim", 512), ("mbart_heads", 2),
-                            ("mbart_encoder_layers", 2), ("mbart_decoder_layers", 2),
-                            ("mbart_max_positions", 1024), ("mbart_activation_fn", "gelu")):
-            _default(cfg, name, value)
+    """For tests and the demo: a part without a checkpoint gets the shapes of
+    :data:`RANDOM_INIT_DIMS` (random init); a given checkpoint's dims always win."""
+
+
+# Shapes of the parts built without a checkpoint, per arch (random init; tests and the demo).
+RANDOM_INIT_DIMS = {
+    "whisper_mbart_composite_tiny": (
+        WhisperDims(n_mels=80, n_audio_ctx=1500, n_audio_state=128, n_audio_head=2, n_audio_layer=3),
+        MbartDims(dim=128, ffn_dim=512, heads=2, encoder_layers=2, decoder_layers=2, max_positions=1024,
+                  activation_fn="gelu"),
+    ),
+}

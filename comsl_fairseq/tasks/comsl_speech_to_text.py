@@ -63,7 +63,6 @@ class ComslSpeechToTextTask(FairseqTask):
         self.dictionary_path = str(data_cfg.vocab_filename)
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
-        self.building_from_checkpoint = False
         self.sequence_generator = None
         self.bpe = self.build_bpe()
 
@@ -107,15 +106,9 @@ class ComslSpeechToTextTask(FairseqTask):
 
     # ----------------------------------------------------------------- model
     def build_model(self, cfg, from_checkpoint=False):
-        # The model reads this to skip re-loading pretrained files when fairseq rebuilds
-        # a trained model from its own checkpoint (fairseq passes the flag no further).
         if not from_checkpoint:
             check_model_setup(cfg)
-        self.building_from_checkpoint = from_checkpoint
-        try:
-            model = super().build_model(cfg, from_checkpoint)
-        finally:
-            self.building_from_checkpoint = False
+        model = super().build_model(cfg, from_checkpoint)
         if self.cfg.eval_bleu:
             if self.cfg.text_only:
                 raise ValueError("--eval-bleu decodes speech; it cannot be combined with --text-only")
