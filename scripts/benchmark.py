@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-SAMPLE_RATE = 16_000
+from whisper.audio import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,9 @@ from contextlib import nullcontext
 import torch
 from fairseq.models import FairseqEncoder
 from fairseq.models.transformer import TransformerEncoder
+from whisper.audio import N_SAMPLES_PER_TOKEN
 
-from comsl_fairseq.modules.adapter import HOP_LENGTH, Adapter
+from comsl_fairseq.modules.adapter import Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, CONCAT_TEXT, SPEECH, TEXT
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel, pad_or_cut
 
@@ -158,4 +159,4 @@ class CompositeEncoder(FairseqEncoder):
 
     def max_positions(self):
         """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s)."""
-        return self.whisper.n_ctx * 2 * HOP_LENGTH
+        return self.whisper.n_ctx * N_SAMPLES_PER_TOKEN
