@@ -1,37 +1,14 @@
 """The SPEC §7 command lines, end to end, as a user runs them (subprocesses)."""
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BIN = Path(sys.executable).parent
-USER_DIR = str(Path(__file__).resolve().parents[1] / "comsl_fairseq")
+from tests.builders import generate_cmd, run, train_cmd
 
-
-def run(tool, *args, cwd=None):
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{out[-4000:]}")
-    return out
-
-
-def train_cmd(data, whisper, mbart, save_dir, *extra):
-    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
-            "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev",
-            "--arch", "whisper_mbart_composite_tiny", "--whisper-checkpoint", whisper,
-            "--mbart-checkpoint", mbart, "--criterion", "comsl_multitask", "--optimizer", "adam",
-            "--lr", "1e-4", "--batch-size", "8", "--max-update", "3", "--save-dir", save_dir, "--cpu", *extra]
-
-
-def generate_cmd(data, ckpt, *extra):
-    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
-            "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", ckpt, "--beam", "5",
-            "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]
+pytestmark = pytest.mark.subprocess
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comsl_fairseq.checkpoints import CheckpointError, MbartDims, WhisperDims
-from comsl_fairseq.modules.adapter import speech_lengths
+from comsl_fairseq.modules.lengths import speech_lengths
 from tests.builders import build_task_and_model
 
 
@@ -172,7 +172,11 @@ def test_bf16_autocast_option_trains(data_dir):
     task.load_dataset("test")
     ds = task.dataset("test")
     criterion = task.build_criterion(cfg.criterion)
+    dtypes = []  # of matrix products in the mBART encoder and decoder: bf16 only if the flag took effect
+    for layer in (model.encoder.mbart.layers[0].fc1, model.decoder.layers[0].fc1):
+        layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     loss, _, log = criterion(model.train(), ds.collater([ds[0], ds[1]]))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert next(model.parameters()).dtype == torch.float32 and model.decoder.embed_tokens.weight.grad is not None
