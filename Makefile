@@ -52,6 +52,10 @@ $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt Makefile
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+.PHONY: test-quick
+test-quick: install
+	$(PY) -m pytest -q -m "not slow and not subprocess" $(PYTEST_ARGS) tests
+
 test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS) tests
 

@@ -1,18 +1,25 @@
 """Strict loading of the pretrained parts: an openai-whisper ``.pt`` and a fairseq
-mBART-50 ``model.pt`` (SPEC §2). Nothing is downloaded; every mismatch is named.
+mBART-50 ``model.pt`` (SPEC §2), and their dimensions. Nothing is downloaded; every
+mismatch is named.
+
+Each part's shape is one small object, as whisper's ``ModelDimensions``:
+:class:`WhisperDims` and :class:`MbartDims` are read from a pretrained checkpoint
+(``from_checkpoint``), saved in our model's config (``to_cfg`` -> ``whisper_dims`` /
+``mbart_dims``) and read back from it (``from_cfg``) when a trained model is rebuilt.
 
 Both files are read with torch's weights-only unpickler (the default since torch 2.6);
 fairseq checkpoints need the classes allowlisted in :mod:`comsl_fairseq.safe_globals`.
 """
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
-
-WHISPER_DIM_KEYS = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
 
 # mBART hyper-parameters read from the checkpoint's saved args / cfg.model.
 MBART_DIM_KEYS = ("encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "encoder_attention_heads",
@@ -27,6 +34,93 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what differs."""
 
 
+def _saved(cfg, key: str):
+    """A model-config entry (DictConfig, dict or Namespace); None when absent."""
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+
+@dataclass(frozen=True)
+class WhisperDims:
+    """The Whisper audio encoder's shape; field names are openai-whisper's ``ModelDimensions``."""
+
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+
+    # flat fields of model configs saved before this object existed, in field order
+    LEGACY_CFG = ("whisper_n_mels", "whisper_n_ctx", "whisper_dim", "whisper_heads", "whisper_layers")
+
+    @classmethod
+    def from_checkpoint(cls, dims: dict, source) -> "WhisperDims":
+        """From an openai-whisper checkpoint's ``dims`` dict."""
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in dims]
+        if missing:
+            raise CheckpointError(f"{source}: 'dims' lacks {missing}")
+        out = cls(**{f.name: int(dims[f.name]) for f in dataclasses.fields(cls)})
+        if out.n_mels not in (80, 128):
+            raise CheckpointError(f"{source}: n_mels={out.n_mels}; Whisper's front end supports 80 or 128")
+        return out
+
+    @classmethod
+    def from_cfg(cls, cfg) -> Optional["WhisperDims"]:
+        """From our model config's ``whisper_dims`` (or the flat fields of older checkpoints);
+        None when the config holds none, i.e. the model is not being rebuilt."""
+        saved = _saved(cfg, "whisper_dims")
+        if saved is not None:
+            return cls(**{f.name: int(saved[f.name]) for f in dataclasses.fields(cls)})
+        if _saved(cfg, "whisper_dim") is not None:
+            return cls(*(int(_saved(cfg, k)) for k in cls.LEGACY_CFG))
+        return None
+
+    def to_cfg(self) -> dict:
+        """The entry saved as the model config's ``whisper_dims``."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MbartDims:
+    """The mBART encoder-decoder's shape (encoder and decoder share width, FFN and heads)."""
+
+    dim: int
+    ffn_dim: int
+    heads: int
+    encoder_layers: int
+    decoder_layers: int
+    max_positions: int
+    activation_fn: str
+
+    LEGACY_CFG = ("mbart_dim", "mbart_ffn_dim", "mbart_heads", "mbart_encoder_layers", "mbart_decoder_layers",
+                  "mbart_max_positions", "mbart_activation_fn")
+
+    @classmethod
+    def from_checkpoint(cls, hp: dict, source) -> "MbartDims":
+        """From a fairseq mBART checkpoint's saved hyper-parameters (:data:`MBART_DIM_KEYS`)."""
+        if hp["encoder_embed_dim"] != hp["decoder_embed_dim"]:
+            raise CheckpointError(f"{source}: encoder and decoder widths differ; ComSL shares one embedding")
+        if hp["encoder_ffn_embed_dim"] != hp["decoder_ffn_embed_dim"] or \
+                hp["encoder_attention_heads"] != hp["decoder_attention_heads"]:
+            raise CheckpointError(f"{source}: encoder and decoder FFN widths or heads differ")
+        return cls(hp["encoder_embed_dim"], hp["encoder_ffn_embed_dim"], hp["encoder_attention_heads"],
+                   hp["encoder_layers"], hp["decoder_layers"],
+                   min(hp["max_source_positions"], hp["max_target_positions"]), hp["activation_fn"])
+
+    @classmethod
+    def from_cfg(cls, cfg) -> Optional["MbartDims"]:
+        """From our model config's ``mbart_dims`` (or older flat fields); None when absent."""
+        saved = _saved(cfg, "mbart_dims")
+        if saved is not None:
+            return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+        if _saved(cfg, "mbart_dim") is not None:
+            return cls(*(_saved(cfg, k) for k in cls.LEGACY_CFG))
+        return None
+
+    def to_cfg(self) -> dict:
+        """The entry saved as the model config's ``mbart_dims``."""
+        return dataclasses.asdict(self)
+
+
 def _load(path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -38,20 +132,14 @@ def _load(path, what: str) -> dict:
 
 
 def load_whisper_checkpoint(path) -> tuple:
-    """Read an openai-whisper checkpoint. Returns (dims, encoder_state) where ``dims``
-    has the keys of :data:`WHISPER_DIM_KEYS` and ``encoder_state`` the ``encoder.*``
-    tensors without their prefix."""
+    """Read an openai-whisper checkpoint. Returns (:class:`WhisperDims`, encoder_state),
+    the latter the ``encoder.*`` tensors without their prefix."""
     ckpt = _load(path, "Whisper")
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not an openai-whisper checkpoint: expected keys 'dims' and "
                               f"'model_state_dict', found {keys}")
-    missing = [k for k in WHISPER_DIM_KEYS if k not in ckpt["dims"]]
-    if missing:
-        raise CheckpointError(f"{path}: 'dims' lacks {missing}")
-    dims = {k: int(ckpt["dims"][k]) for k in WHISPER_DIM_KEYS}
-    if dims["n_mels"] not in (80, 128):
-        raise CheckpointError(f"{path}: n_mels={dims['n_mels']}; Whisper's front end supports 80 or 128")
+    dims = WhisperDims.from_checkpoint(ckpt["dims"], path)
     state = {k[len("encoder."):]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
     if not state:
         raise CheckpointError(f"{path}: model_state_dict has no encoder.* tensors")
@@ -59,8 +147,8 @@ def load_whisper_checkpoint(path) -> tuple:
 
 
 def load_mbart_checkpoint(path) -> tuple:
-    """Read a fairseq mBART(-50) ``model.pt``. Returns (hparams, state_dict): ``hparams``
-    holds :data:`MBART_DIM_KEYS` from the saved args or cfg."""
+    """Read a fairseq mBART(-50) ``model.pt`` (or the mBART part of one of our checkpoints).
+    Returns (:class:`MbartDims`, state_dict)."""
     from fairseq import checkpoint_utils
 
     path = Path(path)
@@ -85,9 +173,7 @@ def load_mbart_checkpoint(path) -> tuple:
     wrong = {k: get(k) for k, v in MBART_REQUIRED.items() if bool(get(k)) != v}
     if wrong:
         raise CheckpointError(f"{path}: not an mBART-shaped model, expected {MBART_REQUIRED}, found {wrong}")
-    if get("encoder_embed_dim") != get("decoder_embed_dim"):
-        raise CheckpointError(f"{path}: encoder and decoder widths differ; ComSL shares one embedding")
-    hparams = {k: get(k) for k in MBART_DIM_KEYS}
+    dims = MbartDims.from_checkpoint({k: get(k) for k in MBART_DIM_KEYS}, path)
     state = ckpt["model"]
     emb = state.get("encoder.embed_tokens.weight")
     if emb is None:
@@ -96,7 +182,7 @@ def load_mbart_checkpoint(path) -> tuple:
         if key in state and not torch.equal(state[key], emb):
             raise CheckpointError(f"{path}: {key} differs from encoder.embed_tokens.weight; "
                                   "ComSL needs mBART's shared embeddings")
-    return hparams, state
+    return dims, state
 
 
 def state_mismatch(own: dict, state: dict, limit: int = 20) -> list:
@@ -115,17 +201,11 @@ def state_mismatch(own: dict, state: dict, limit: int = 20) -> list:
 
 
 def _mbart_part_of_comsl_checkpoint(ckpt: dict) -> tuple:
-    """(hparams, encoder.*/decoder.* state) of a comsl_fairseq checkpoint, e.g. the MT stage's."""
-    cfg = ckpt["cfg"]["model"]
-    hparams = {"encoder_embed_dim": cfg.mbart_dim, "decoder_embed_dim": cfg.mbart_dim,
-               "encoder_ffn_embed_dim": cfg.mbart_ffn_dim, "decoder_ffn_embed_dim": cfg.mbart_ffn_dim,
-               "encoder_layers": cfg.mbart_encoder_layers, "decoder_layers": cfg.mbart_decoder_layers,
-               "encoder_attention_heads": cfg.mbart_heads, "decoder_attention_heads": cfg.mbart_heads,
-               "max_source_positions": cfg.mbart_max_positions, "max_target_positions": cfg.mbart_max_positions,
-               "activation_fn": cfg.mbart_activation_fn}
+    """(MbartDims, encoder.*/decoder.* state) of a comsl_fairseq checkpoint, e.g. the MT stage's."""
+    dims = MbartDims.from_cfg(ckpt["cfg"]["model"])
     state = {k.replace("encoder.mbart.", "encoder.", 1): v for k, v in ckpt["model"].items()
              if k.startswith(("encoder.mbart.", "decoder."))}
-    return hparams, state
+    return dims, state
 
 
 def load_strict(module: nn.Module, state: dict, source: str, what: str) -> None:

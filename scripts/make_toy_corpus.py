@@ -27,10 +27,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 import yaml
+from whisper.audio import SAMPLE_RATE
 
 logger = logging.getLogger("make_toy_corpus")
 
-SAMPLE_RATE = 16_000
 # espeak-ng voice variants: (variant, words per minute, pitch 0-99); each utterance also
 # gets a small seeded jitter of speed and pitch.
 VARIANTS = [("m1", 150, 45), ("f2", 170, 70), ("m3", 130, 30), ("f4", 185, 60), ("m7", 160, 40)]

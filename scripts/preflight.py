@@ -119,11 +119,13 @@ def load_inputs(cfg, report: Report, n_clips: int):
     except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         report.check("checkpoints vs --arch and dictionary", False, str(e))
         return None
-    m = cfg.model
+    from comsl_fairseq.checkpoints import MbartDims, WhisperDims
+
+    w, mb = WhisperDims.from_cfg(cfg.model), MbartDims.from_cfg(cfg.model)  # filled in by build_model
+    speech = f"Whisper {w.n_audio_layer} layers d={w.n_audio_state} {w.n_mels} mels; " if w is not None else ""
     report.check("checkpoints vs --arch and dictionary", True,
-                 f"--arch {m._name}: Whisper {m.whisper_layers} layers d={m.whisper_dim} {m.whisper_n_mels} mels; "
-                 f"mBART {m.mbart_encoder_layers}+{m.mbart_decoder_layers} layers d={m.mbart_dim}; "
-                 f"{model.decoder.embed_tokens.weight.size(0)} embedding rows")
+                 f"--arch {cfg.model._name}: {speech}mBART {mb.encoder_layers}+{mb.decoder_layers} layers "
+                 f"d={mb.dim}; {model.decoder.embed_tokens.weight.size(0)} embedding rows")
     train = task.dataset(cfg.dataset.train_subset)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_clips].tolist()
     bad = [train.rows[i].id for i in picks if train[i] is None]
@@ -193,18 +195,22 @@ def parameter_table(model) -> dict:
 
 def random_weights(args, report: Report) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
+    import tempfile
+
     import numpy as np
-    from benchmark import ARCHS, build, collate, synthetic_dictionary
+    from benchmark import arch_dims, build, collate, synthetic_data_folder
 
     import comsl_fairseq  # noqa: F401
 
     size = args.arch.rsplit("_", 1)[-1]
-    if size not in ARCHS:
-        report.check("arch", False, f"--arch {args.arch}: one of whisper_mbart_composite_{{{','.join(ARCHS)}}}")
+    if size not in ("tiny", "medium", "large"):
+        report.check("arch", False, f"--arch {args.arch}: one of whisper_mbart_composite_{{tiny,medium,large}}")
         return
     device = torch.device(args.device)
-    d = synthetic_dictionary(ARCHS[size]["vocab"])
-    model, criterion, _ = build(size, 0.0, d, device)
+    tmp = tempfile.TemporaryDirectory(prefix="comsl_preflight_")
+    data = synthetic_data_folder(Path(tmp.name), arch_dims(size)[2])
+    model, criterion, task = build(size, 0.0, data, device)
+    d = task.target_dictionary
     table = parameter_table(model)
     for name, n in table.items():
         report.value(f"parameters, {name}", f"{n:,}")

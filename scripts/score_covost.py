@@ -18,12 +18,12 @@ import json
 import sys
 from pathlib import Path
 
+from comsl_fairseq.data.languages import COVOST_X_EN, COVOST_X_EN_LANGS
 from comsl_fairseq.generate_log import read_generate_log
 from comsl_fairseq.scoring import asr_scores, corpus_scores
 
-GROUPS = {"high": ["fr", "de", "ca", "es"], "medium": ["fa", "it", "ru", "pt", "zh-CN"],
-          "low": ["nl", "tr", "et", "mn", "ar", "lv", "sl", "sv-SE", "ta", "ja", "id", "cy"]}
-ALL = [lang for group in GROUPS.values() for lang in group]
+GROUPS = {name: list(langs) for name, langs in COVOST_X_EN.items()}
+ALL = list(COVOST_X_EN_LANGS)
 # ComSL Large, CoVoST 2 test BLEU, as published (15 of 21 languages) and the averages.
 PAPER_LARGE = {"fr": 38.8, "de": 36.0, "ca": 35.3, "es": 40.4, "ru": 49.2, "zh-CN": 21.4, "nl": 39.7, "tr": 33.6,
                "et": 19.2, "mn": 2.9, "ar": 41.4, "lv": 21.3, "sl": 31.6, "ja": 21.3, "id": 46.6}

@@ -4,9 +4,14 @@
 - an mBART-50-style folder: ``sentence.bpe.model``, ``dict.txt`` (pieces, no tags) and a
   fairseq ``model.pt`` of a ``BARTModel`` (mbart_large layout, pre-norm) with
   dict + 52 ML50 tags + ``<mask>`` embedding rows, saved with its ``args`` Namespace;
-- a speech data folder: wav/flac clips, SPEC §3 manifests and ``config.yaml``.
+- a speech data folder: wav/flac clips, SPEC §3 manifests and ``config.yaml``;
+
+and the helpers that tests share: the SPEC §7 command lines and running them.
 """
 import random
+import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
@@ -165,3 +170,38 @@ def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
     return cfg, task, model
+
+
+def copy_data(data_dir: Path, dest: Path) -> Path:
+    """A private copy of a (session) data folder, for tests that add manifests to it."""
+    shutil.copytree(data_dir, dest, dirs_exist_ok=True)
+    return dest
+
+
+BIN = Path(sys.executable).parent
+USER_DIR = str(Path(__file__).resolve().parents[1] / "comsl_fairseq")
+
+
+def run(tool, *args, cwd=None):
+    """Run a console tool of the venv (fairseq-train, ...); its output, or an AssertionError."""
+    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{out[-4000:]}")
+    return out
+
+
+def train_cmd(data, whisper, mbart, save_dir, *extra):
+    """The SPEC §7 fairseq-train command line."""
+    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
+            "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev",
+            "--arch", "whisper_mbart_composite_tiny", "--whisper-checkpoint", whisper,
+            "--mbart-checkpoint", mbart, "--criterion", "comsl_multitask", "--optimizer", "adam",
+            "--lr", "1e-4", "--batch-size", "8", "--max-update", "3", "--save-dir", save_dir, "--cpu", *extra]
+
+
+def generate_cmd(data, ckpt, *extra):
+    """The SPEC §7 fairseq-generate command line."""
+    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
+            "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", ckpt, "--beam", "5",
+            "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]

@@ -1,37 +1,14 @@
 """The SPEC §7 command lines, end to end, as a user runs them (subprocesses)."""
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BIN = Path(sys.executable).parent
-USER_DIR = str(Path(__file__).resolve().parents[1] / "comsl_fairseq")
+from tests.builders import generate_cmd, run, train_cmd
 
-
-def run(tool, *args, cwd=None):
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{out[-4000:]}")
-    return out
-
-
-def train_cmd(data, whisper, mbart, save_dir, *extra):
-    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
-            "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev",
-            "--arch", "whisper_mbart_composite_tiny", "--whisper-checkpoint", whisper,
-            "--mbart-checkpoint", mbart, "--criterion", "comsl_multitask", "--optimizer", "adam",
-            "--lr", "1e-4", "--batch-size", "8", "--max-update", "3", "--save-dir", save_dir, "--cpu", *extra]
-
-
-def generate_cmd(data, ckpt, *extra):
-    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
-            "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", ckpt, "--beam", "5",
-            "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]
+pytestmark = pytest.mark.subprocess
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +53,27 @@ def test_checkpoint_reloads_with_weights_only(trained):
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt / "checkpoint_last.pt")])
     reloaded = models[0].state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in state["model"].items())
-    assert cfg.model.whisper_dim == 64  # the dims travel with the checkpoint
+    assert cfg.model.whisper_dims["n_audio_state"] == 64  # the dims travel with the checkpoint
+
+
+def test_checkpoint_with_the_older_flat_dims_still_loads(trained, tmp_path):
+    """Checkpoints written before WhisperDims / MbartDims saved flat whisper_* / mbart_* fields."""
+    from fairseq import checkpoint_utils
+
+    ckpt, _ = trained
+    state = torch.load(ckpt / "checkpoint_last.pt", map_location="cpu")
+    model_cfg = state["cfg"]["model"]
+    whisper, mbart = model_cfg.pop("whisper_dims"), model_cfg.pop("mbart_dims")
+    model_cfg.update(whisper_n_mels=whisper["n_mels"], whisper_n_ctx=whisper["n_audio_ctx"],
+                     whisper_dim=whisper["n_audio_state"], whisper_heads=whisper["n_audio_head"],
+                     whisper_layers=whisper["n_audio_layer"], mbart_dim=mbart["dim"], mbart_ffn_dim=mbart["ffn_dim"],
+                     mbart_heads=mbart["heads"], mbart_encoder_layers=mbart["encoder_layers"],
+                     mbart_decoder_layers=mbart["decoder_layers"], mbart_max_positions=mbart["max_positions"],
+                     mbart_activation_fn=mbart["activation_fn"])
+    torch.save(state, tmp_path / "old.pt")
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "old.pt")])
+    assert all(torch.equal(models[0].state_dict()[k], v) for k, v in state["model"].items())
+    assert cfg.model.whisper_dims == whisper  # the pretrained files (deleted) were not needed
 
 
 def test_resume_continues_from_checkpoint_last(trained, data_dir, whisper_pt, mbart_dir, tmp_path):

@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")  # test-only dependency (requ
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.subprocess
 def test_converted_hf_mbart_matches_transformers(mbart_dir, data_dir, tmp_path):
     import sentencepiece as spm
 

@@ -14,6 +14,8 @@ import soundfile as sf
 
 from tests.builders import synth_clip
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "examples" / "covost2" / "README.md"
 

@@ -73,8 +73,8 @@ def test_full_objective_equals_spec_combination(setup):
     total = 0.35 * st + 0.35 * asr + 0.2 * mt + 0.1 * cml
     assert torch.allclose(loss, total, rtol=1e-5)
     for key in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm"):
-        assert f"{key}_loss" in log and log[f"{key}_ntokens"] > 0
-    assert log["mtp_ntokens"] == int(masked.sum()) > 0
+        assert f"{key}_loss" in log and int(log[f"{key}_ntokens"]) > 0
+    assert int(log["mtp_ntokens"]) == int(masked.sum()) > 0
     assert not (masked & ~sample["transcript"].ne(PAD)).any()
 
 
@@ -144,5 +144,51 @@ def test_mt_teacher_is_frozen_in_eval_mode_and_not_saved(setup, mbart_dir):
                             prev_output_tokens=sample["net_input"]["prev_output_tokens"])[0]
     y = sample["target"]
     expected = 0.8 * ce(mt, y) + 0.2 * soft_ce(mt, p_teacher, y)
-    assert abs(log["mt_loss"] - expected.item()) < 1e-4 * expected.item()
-    assert abs(log["mt_loss"] - ce(mt, y).item()) > 1e-3  # the teacher's share is really there
+    assert abs(float(log["mt_loss"]) - expected.item()) < 1e-4 * expected.item()
+    assert abs(float(log["mt_loss"]) - ce(mt, y).item()) > 1e-3  # the teacher's share is really there
+
+
+def test_logging_outputs_hold_tensors_that_reduce_metrics_sums(setup):
+    from fairseq import metrics
+
+    criterion, model, sample, _ = setup("--erm-layer", "2")
+    torch.manual_seed(0)
+    _, _, log = criterion(model.eval(), sample)
+    terms = ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm")
+    for key in ("loss",) + tuple(f"{t}_{part}" for t in terms for part in ("loss", "ntokens", "correct")):
+        assert torch.is_tensor(log[key]) and log[key].dim() == 0, key  # no .item() per term
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics([log, log])  # two identical steps: per-token figures unchanged
+        values = agg.get_smoothed_values()
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    for t in terms:
+        scale = 1.0 if t == "erm" else 1 / ln2
+        assert values[f"{t}_loss"] == pytest.approx(float(log[f"{t}_loss"] / log[f"{t}_ntokens"]) * scale, abs=1e-3)
+    assert values["st_acc"] == pytest.approx(100 * float(log["st_correct"]) / float(log["st_ntokens"]), abs=0.01)
+    assert "erm_acc" not in values and not any(k.startswith("_") for k in values)
+
+
+def test_reduce_false_gives_one_loss_per_sentence(setup):
+    criterion, model, sample, _ = setup("--erm-layer", "2")
+    model.eval()
+    torch.manual_seed(5)
+    summed, _, _ = criterion(model, sample)
+    torch.manual_seed(5)
+    per_sentence, _, log = criterion(model, sample, reduce=False)
+    assert per_sentence.shape == (sample["nsentences"],)
+    assert torch.allclose(per_sentence.sum(), summed, rtol=1e-5)
+    assert (per_sentence > 0).all() and torch.allclose(log["loss"], summed.detach(), rtol=1e-5)
+
+
+def test_mask_prob_zero_masks_nothing(setup):
+    criterion, model, sample, _ = setup("--mask-prob", "0", "--erm-layer", "2")
+    tokens, masked = criterion.mask_transcript(sample["transcript"])
+    assert not masked.any() and torch.equal(tokens, sample["transcript"])
+    loss, _, log = criterion(model, sample)
+    assert int(log["mtp_ntokens"]) == 0 and float(log["mtp_loss"]) == 0.0 and torch.isfinite(loss)
+
+
+def test_erm_layer_is_clamped_without_changing_the_option(setup):
+    criterion, model, sample, _ = setup()  # --erm-layer 4 (the default), 2 mBART encoder layers
+    assert criterion.erm_layer_for(model) == 2
+    assert criterion.erm_layer == 4  # a deeper model later still gets layer 4

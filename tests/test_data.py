@@ -8,15 +8,15 @@ import yaml
 
 from comsl_fairseq.data.audio import AudioError, read_audio
 from comsl_fairseq.data.config import DataConfig, DataConfigError
-from comsl_fairseq.data.languages import COVOST_X_EN, ML50_TAGS, mbart_tag
+from comsl_fairseq.data.languages import COVOST_X_EN, COVOST_X_EN_LANGS, ML50_TAGS, mbart_tag
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
 from comsl_fairseq.data.vocabulary import VocabularyError, build_dictionary
-from tests.builders import MANIFEST_HEADER, build_task_and_model, synth_clip
+from tests.builders import MANIFEST_HEADER, build_task_and_model, copy_data, synth_clip
 
 
 def test_every_covost_language_has_a_tag():
-    codes = [c for group in COVOST_X_EN.values() for c in group] + ["en"]
-    assert len(codes) == 22
+    codes = list(COVOST_X_EN_LANGS) + ["en"]
+    assert len(set(codes)) == 22 and sorted(COVOST_X_EN_LANGS) == sorted(c for g in COVOST_X_EN.values() for c in g)
     tags = {c: mbart_tag(c) for c in codes}
     assert tags["zh-CN"] == "zh_CN" and tags["sv-SE"] == "sv_SE" and tags["fr"] == "fr_XX"
     assert tags["cy"] == "cy_GB" and tags["ca"] == "ca_ES" and tags["ja"] == "ja_XX"
@@ -106,6 +106,7 @@ def test_read_audio_resamples_downmixes_and_reads_zip_entries(tmp_path):
 
 
 def test_dataset_skips_missing_and_overlong_clips(data_dir, tmp_path, caplog):
+    data_dir = copy_data(data_dir, tmp_path / "data")  # the session's folder stays as it is
     lines = (data_dir / "train.tsv").read_text(encoding="utf-8").splitlines()
     header, first, second = lines[0], lines[1].split("\t"), lines[2].split("\t")
     first[1] = "does_not_exist.wav"

@@ -9,6 +9,9 @@ import soundfile as sf
 
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.vocabulary import build_dictionary
+from tests.builders import run, train_cmd
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +57,6 @@ def test_toy_corpus_rerun_reuses_clips(toy):
 
 
 def test_translate_script(data_dir, tmp_path):
-    from tests.test_cli import run, train_cmd  # the §7 training command
-
     ckpt = tmp_path / "ckpt"
     run(*train_cmd(data_dir, "", "", ckpt, "--max-update", "1", "--disable-validation"))
     clips = sorted((data_dir / "clips").glob("test_*"))

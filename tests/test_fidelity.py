@@ -152,7 +152,7 @@ def test_every_nth_dev_utterance_is_decoded(data_dir, mbart_dir):
 
 
 def test_trailing_silence_is_read_and_keeps_batch_invariance(data_dir, whisper_pt):
-    from comsl_fairseq.modules.adapter import speech_lengths
+    from comsl_fairseq.modules.lengths import speech_lengths
 
     outs = {}
     for silence in ("0", "0.5"):

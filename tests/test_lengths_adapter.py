@@ -1,7 +1,9 @@
 """The length helper and the adapter's padding handling (SPEC §2)."""
 import torch
+import whisper.audio
 
-from comsl_fairseq.modules.adapter import Adapter, conv_output_lengths, padding_mask, speech_lengths
+from comsl_fairseq.modules.adapter import Adapter
+from comsl_fairseq.modules.lengths import conv_output_lengths, padding_mask, speech_lengths
 
 
 def test_conv_output_lengths_match_real_convolutions():
@@ -16,6 +18,10 @@ def test_speech_lengths_of_whisper_window():
     assert lengths["mel"].tolist() == [3000, 100, 100, 101]
     assert lengths["whisper"].tolist() == [1500, 50, 50, 51]
     assert lengths["adapter"].tolist() == [375, 13, 13, 13]
+    # upstream whisper's own constants: its 30 s window gives its 3000 mel frames and 1500 encoder frames
+    full = speech_lengths(torch.tensor([whisper.audio.N_SAMPLES]))
+    assert int(full["mel"]) == whisper.audio.N_FRAMES and int(full["whisper"]) * whisper.audio.N_SAMPLES_PER_TOKEN == \
+        whisper.audio.N_SAMPLES
 
 
 def test_padding_mask():

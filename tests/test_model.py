@@ -4,8 +4,8 @@ from argparse import Namespace
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import CheckpointError
-from comsl_fairseq.modules.adapter import speech_lengths
+from comsl_fairseq.checkpoints import CheckpointError, MbartDims, WhisperDims
+from comsl_fairseq.modules.lengths import speech_lengths
 from tests.builders import build_task_and_model
 
 
@@ -63,7 +63,10 @@ def test_all_branches_in_one_forward(loaded):
 
 def test_dims_are_saved_in_the_config(loaded):
     cfg, _, model = loaded
-    assert cfg.model.whisper_dim == 64 and cfg.model.mbart_dim == 32 and cfg.model.whisper_n_mels == 80
+    whisper, mbart = WhisperDims.from_cfg(cfg.model), MbartDims.from_cfg(cfg.model)
+    assert (whisper.n_audio_state, whisper.n_mels, whisper.n_audio_layer) == (64, 80, 2)
+    assert (mbart.dim, mbart.ffn_dim, mbart.encoder_layers, mbart.max_positions) == (32, 64, 2, 1024)
+    assert cfg.model.whisper_dims == whisper.to_cfg() and "whisper_dim" not in cfg.model
     assert model.encoder.mbart.embed_tokens is model.decoder.embed_tokens
     assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
 
@@ -169,7 +172,27 @@ def test_bf16_autocast_option_trains(data_dir):
     task.load_dataset("test")
     ds = task.dataset("test")
     criterion = task.build_criterion(cfg.criterion)
+    dtypes = []  # of matrix products in the mBART encoder and decoder: bf16 only if the flag took effect
+    for layer in (model.encoder.mbart.layers[0].fc1, model.decoder.layers[0].fc1):
+        layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     loss, _, log = criterion(model.train(), ds.collater([ds[0], ds[1]]))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert next(model.parameters()).dtype == torch.float32 and model.decoder.embed_tokens.weight.grad is not None
+
+
+def test_branch_table_routes_named_and_caller_defined_passes(loaded):
+    from comsl_fairseq.modules.branches import CONCAT_TEXT, TRANSLATION, Branch
+
+    _, task, model = loaded
+    short, long_, ds = short_and_long(task)
+    batch = ds.collater([short, long_])
+    with pytest.raises(ValueError, match=r"unknown branches \['mt_from_concat'\]"):
+        model(**batch["net_input"], branches=("st", "mt_from_concat"))
+    with torch.no_grad():
+        out = model(**batch["net_input"], cml_text_tokens=batch["transcript"],
+                    branches={"x": Branch(CONCAT_TEXT, TRANSLATION)})
+    assert set(out) == {"x"} and out["x"][0].shape == (*batch["target"].shape, len(task.target_dictionary))
+    with pytest.raises(ValueError, match="not a branch"):
+        Branch("speech", "nowhere")

@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from comsl_fairseq.checkpoints import load_whisper_checkpoint
+from tests.builders import copy_data
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "examples" / "covost2" / "ablations"
@@ -34,10 +37,12 @@ def test_there_is_one_script_per_row_and_the_baseline():
 
 
 @pytest.fixture(scope="module")
-def pseudo_data(data_dir):
-    """The fixture's train manifest again, as a stand-in pseudo-ST manifest for row 8."""
-    shutil.copy(data_dir / "train.tsv", data_dir / "pseudo.tsv")
-    return data_dir
+def pseudo_data(data_dir, tmp_path_factory):
+    """A copy of the data folder with its train manifest again, as a stand-in pseudo-ST
+    manifest for row 8."""
+    data = copy_data(data_dir, tmp_path_factory.mktemp("pseudo_data"))
+    shutil.copy(data / "train.tsv", data / "pseudo.tsv")
+    return data
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

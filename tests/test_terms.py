@@ -134,3 +134,38 @@ def test_masking_a_batch_with_nothing_maskable_returns_at_once():
     tokens = torch.tensor([[50, 2, PAD], [50, 2, PAD]])
     out, masked = T.mask_tokens(tokens, torch.zeros_like(tokens, dtype=torch.bool), 0.15, 99)
     assert torch.equal(out, tokens) and not masked.any()
+
+
+def test_mask_prob_zero_masks_nothing():
+    tokens = torch.tensor([[50, 5, 6, 7, 2], [50, 5, 2, PAD, PAD]])
+    maskable = ~torch.isin(tokens, torch.tensor([50, 2, PAD]))
+    out, masked = T.mask_tokens(tokens, maskable, 0.0, 99)
+    assert torch.equal(out, tokens) and not masked.any()
+
+
+def test_unreduced_terms_are_per_sentence_sums():
+    logits, teacher, target = random_case(6)
+    lp = T.log_probs(logits)
+    for fn in (lambda r: T.token_cross_entropy(lp, target, PAD, reduce=r),
+               lambda r: T.distilled_cross_entropy(lp, target, PAD, torch.softmax(teacher, -1), 0.8, reduce=r)):
+        per, total = fn(False), fn(True)
+        assert per.loss.shape == (3,) and close(per.loss.sum().item(), total.loss.item())
+        assert torch.equal(per.n_tokens, total.n_tokens)
+    ref_first, _ = ref_ce(logits[:1].numpy(), target[:1].numpy())
+    assert close(T.token_cross_entropy(lp, target, PAD, reduce=False).loss[0].item(), ref_first)
+
+
+def test_ctc_targets_skip_dropped_ids_without_boolean_indexing():
+    torch.manual_seed(0)
+    tag, eos, blank = 50, 2, 0
+    transcript = torch.tensor([[tag, 5, 6, 7, eos], [tag, 8, eos, PAD, PAD]])
+    logits = torch.randn(12, 2, 60)  # T x B x V; frame 0 (the tag) is skipped
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[1, 9:] = True
+    r = T.ctc_on_speech(logits, mask, transcript, torch.tensor([tag, eos, PAD]), blank)
+    lp = torch.log_softmax(logits[1:].float(), -1)
+    ref = torch.nn.functional.ctc_loss(lp, torch.tensor([5, 6, 7, 8]), torch.tensor([11, 8]), torch.tensor([3, 1]),
+                                       blank=blank, reduction="sum", zero_infinity=True)
+    assert int(r.n_tokens) == 4 and close(r.loss.item(), ref.item())
+    per = T.ctc_on_speech(logits, mask, transcript, torch.tensor([tag, eos, PAD]), blank, reduce=False)
+    assert per.loss.shape == (2,) and close(per.loss.sum().item(), ref.item())

@@ -12,7 +12,7 @@ from tests.builders import synth_clip
 
 def build_pair(path):
     dims, state = load_whisper_checkpoint(path)
-    args = (dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"], dims["n_audio_layer"])
+    args = (dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
     ours, upstream = MaskedWhisperEncoder(*args), AudioEncoder(*args)
     ours.load_state_dict(state)
     upstream.load_state_dict(state)
@@ -24,11 +24,11 @@ def test_parity_with_openai_whisper_on_30s(fixture, request):
     ours, upstream, dims = build_pair(request.getfixturevalue(fixture))
     rng = np.random.default_rng(0)
     audio = torch.from_numpy(synth_clip(30.0, rng))
-    mel = whisper.audio.log_mel_spectrogram(audio, dims["n_mels"]).unsqueeze(0)  # 1 x n_mels x 3000
+    mel = whisper.audio.log_mel_spectrogram(audio, dims.n_mels).unsqueeze(0)  # 1 x n_mels x 3000
     with torch.no_grad():
         ref = upstream(mel)
         out, lengths, mask = ours(mel, torch.tensor([mel.size(-1)]))
-    assert out.shape == ref.shape == (1, 1500, dims["n_audio_state"])
+    assert out.shape == ref.shape == (1, 1500, dims.n_audio_state)
     assert not mask.any() and lengths.tolist() == [1500]
     diff = (out - ref).abs().max().item()
     print(f"whisper parity ({fixture}): max abs diff {diff:.2e}")

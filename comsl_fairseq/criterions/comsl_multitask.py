@@ -22,15 +22,18 @@ then does not depend on batch size, as in fairseq's translation criteria.
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
-from fairseq import metrics
+from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
 from comsl_fairseq.data.languages import MASK_SYMBOL
+from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class ComslMultitaskConfig(FairseqDataclass):
     mt_teacher: Optional[str] = field(default=None, metadata={
         "help": "frozen fine-tuned mBART (fairseq model.pt, or a comsl_fairseq checkpoint) for MT regularization"})
     mask_prob: float = field(default=0.15, metadata={
-        "help": "share of transcript tokens replaced by <mask> in the CML input (never tags, </s>, padding)"})
+        "help": "share of transcript tokens replaced by <mask> in the CML input (never tags, </s>, padding; "
+                "at least one per sentence, none with 0)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
     ctc_weight: float = field(default=0.0, metadata={
@@ -76,6 +80,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
+        self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
         self.blank_idx = task.target_dictionary.bos()  # <s> never occurs in targets: the CTC blank
@@ -95,8 +100,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
     def teacher(self):
         return self._frozen.get("teacher")
 
-    def branches(self) -> tuple:
-        """The decoder passes the active terms need, and nothing else."""
+    def branches(self) -> dict:
+        """{name: Branch} of the decoder passes the active terms need, and nothing else."""
         ddm = self.ddm_alpha > 0
         b = []
         if self.w["st"] > 0:
@@ -109,78 +114,108 @@ class ComslMultitaskCriterion(FairseqCriterion):
             b.append("mt")  # also the DDM teacher
         if self.w["ctc"] > 0:
             b.append("ctc")
-        return tuple(b)
+        return branch_table(b)
 
     def mask_transcript(self, transcript: torch.Tensor) -> tuple:
         """x~: the transcript with --mask-prob of its maskable tokens replaced by <mask>."""
-        special = self.special_ids.to(transcript.device)
+        special = self._special_ids_on(transcript.device)
         maskable = ~torch.isin(transcript, special)
         return T.mask_tokens(transcript, maskable, self.mask_prob, self.mask_idx)
 
+    def _special_ids_on(self, device) -> torch.Tensor:
+        """Tags, </s> and padding on ``device``, copied there once rather than every step."""
+        if self.special_ids.device != device:
+            self.special_ids = self.special_ids.to(device)
+        return self.special_ids
+
     def forward(self, model, sample, reduce=True):
+        """Returns (loss, sample_size, logging output).
+
+        ``loss`` is the weighted sum of the terms over the batch or, with ``reduce=False``,
+        one weighted sum per sentence (B). The logging output holds tensors, as fairseq's
+        own criteria do: ``reduce_metrics`` sums them, so the only host-device
+        synchronisation here is the one finiteness check per step.
+        """
         branches = self.branches()
-        net_input = sample["net_input"]
-        kwargs = {}
-        cml = self.w["cml"] > 0
-        if cml:
+        kwargs, masked = {}, None
+        if self.w["cml"] > 0:
             kwargs["cml_text_tokens"], masked = self.mask_transcript(sample["transcript"])
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
-        out = model(**net_input, branches=branches, **kwargs)
-        # log p once per decoder pass (the largest tensors of a step), shared by the terms
-        lp = {name: T.log_probs(out[name][0]) for name in branches if name not in ("ctc", "mt_from_concat")}
-        y, x, pad = sample["target"], sample["transcript"], self.padding_idx
-        # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
-        mt_teacher = lp["mt"].detach().exp() if self.ddm_alpha > 0 and "mt" in lp else None
-
-        results = {}
-        if "st" in branches:
-            results["st"] = T.distilled_cross_entropy(lp["st"], y, pad, mt_teacher, self.ddm_alpha)
-        if "asr" in branches:
-            results["asr"] = T.token_cross_entropy(lp["asr"], x, pad)
-        if self.w["mt"] > 0:
-            teacher = None
-            if self.teacher is not None:
-                self.teacher.to(y.device)
-                with torch.no_grad():
-                    teacher = torch.softmax(self.teacher(net_input["src_text_tokens"],
-                                                         prev_output_tokens=net_input["prev_output_tokens"])[0].float(),
-                                            dim=-1)
-            results["mt"] = T.distilled_cross_entropy(lp["mt"], y, pad, teacher, self.mt_reg_alpha)
-        if cml:
-            results["stm_asr"] = T.token_cross_entropy(lp["stm_asr"], x, pad)
-            results["stm_st"] = T.distilled_cross_entropy(lp["stm_st"], y, pad, mt_teacher, self.ddm_alpha)
-            results["mtp"] = T.token_cross_entropy(lp["mtp"], x, pad, count=masked)
-            if "erm" in out:
-                results["erm"] = T.embedding_representation_matching(*out["erm"])
-
-        if "ctc" in branches:
-            results["ctc"] = T.ctc_on_speech(*out["ctc"], x, self.special_ids.to(x.device), self.blank_idx)
-        loss = sum(self.w[k] * results[k].loss for k in ("st", "asr", "mt", "ctc") if k in results)
-        if cml:
-            cml_loss = (results["stm_asr"].loss + results["stm_st"].loss + results["mtp"].loss) / 3
-            if "erm" in results:
-                cml_loss = cml_loss + self.w["erm"] * results["erm"].loss
-            loss = loss + self.w["cml"] * cml_loss
-
-        if not torch.isfinite(loss):
+        out = model(**sample["net_input"], branches=branches, **kwargs)
+        results = self.compute_terms(out, sample, branches, masked, reduce)
+        loss = self.weighted_sum(results)
+        if not bool(torch.isfinite(loss).all()):
             self.report_non_finite(results, sample, model)
 
         log = {"ntokens": sample["ntokens"], "nsentences": sample["nsentences"], "sample_size": sample["ntokens"],
-               "loss": loss.detach().item()}
+               "loss": loss.detach().sum()}
         for name, r in results.items():
-            log[f"{name}_loss"] = r.loss.detach().item()
+            log[f"{name}_loss"] = r.loss.detach().sum()
             log[f"{name}_ntokens"] = r.n_tokens
             log[f"{name}_correct"] = r.n_correct
         return loss, sample["ntokens"], log
 
+    def compute_terms(self, out: dict, sample, branches, masked, reduce: bool) -> dict:
+        """{term: TermResult} from the model's branch outputs (SPEC §4).
+
+        The target (and transcript) starts with the language tag that decoding forces with
+        --prefix-size 1. It counts in every token loss and accuracy, as in the original
+        ComSL code and mBART-50 fine-tuning (fairseq's --ignore-prefix-size 0): its loss
+        becomes a near-constant after the first updates, and accuracies include one easy
+        token per sentence, so they read a little higher than over words alone.
+        """
+        # log p once per decoder pass (the largest tensors of a step), shared by the terms
+        lp = {name: T.log_probs(out[name][0]) for name in branches if name in TOKEN_BRANCHES}
+        y, x, pad = sample["target"], sample["transcript"], self.padding_idx
+        # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
+        mt_teacher = lp["mt"].detach().exp() if self.ddm_alpha > 0 and "mt" in lp else None
+        results = {}
+        if "st" in branches:
+            results["st"] = T.distilled_cross_entropy(lp["st"], y, pad, mt_teacher, self.ddm_alpha, reduce)
+        if "asr" in branches:
+            results["asr"] = T.token_cross_entropy(lp["asr"], x, pad, reduce=reduce)
+        if self.w["mt"] > 0:
+            results["mt"] = T.distilled_cross_entropy(lp["mt"], y, pad, self.teacher_probs(sample), self.mt_reg_alpha,
+                                                      reduce)
+        if self.w["cml"] > 0:
+            results["stm_asr"] = T.token_cross_entropy(lp["stm_asr"], x, pad, reduce=reduce)
+            results["stm_st"] = T.distilled_cross_entropy(lp["stm_st"], y, pad, mt_teacher, self.ddm_alpha, reduce)
+            results["mtp"] = T.token_cross_entropy(lp["mtp"], x, pad, count=masked, reduce=reduce)
+            if "erm" in out:
+                results["erm"] = T.embedding_representation_matching(*out["erm"], reduce=reduce)
+        if "ctc" in branches:
+            results["ctc"] = T.ctc_on_speech(*out["ctc"], x, self._special_ids_on(x.device), self.blank_idx, reduce)
+        return results
+
+    def teacher_probs(self, sample) -> torch.Tensor | None:
+        """p_teacher(y | x) of the frozen MT teacher (B x T x V), or None without one."""
+        if self.teacher is None:
+            return None
+        net_input = sample["net_input"]
+        self.teacher.to(sample["target"].device)
+        with torch.no_grad():
+            logits = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"])[0]
+        return torch.softmax(logits.float(), dim=-1)
+
+    def weighted_sum(self, results: dict) -> torch.Tensor:
+        """0.35 ST + 0.35 ASR + 0.2 MT + 0.1 ((STM-ASR + STM-ST + MTP) / 3 + 0.2 ERM) (+ CTC)."""
+        loss = sum(self.w[k] * results[k].loss for k in ("st", "asr", "mt", "ctc") if k in results)
+        if self.w["cml"] > 0:
+            cml_loss = (results["stm_asr"].loss + results["stm_st"].loss + results["mtp"].loss) / 3
+            if "erm" in results:
+                cml_loss = cml_loss + self.w["erm"] * results["erm"].loss
+            loss = loss + self.w["cml"] * cml_loss
+        return loss
+
     def report_non_finite(self, results: dict, sample, model) -> None:
-        """Name the term(s) whose loss is NaN or infinite. Under fp16/AMP an overflow is
-        fairseq's loss scaler's business (it skips the step), so we only warn there; in
-        full precision it is a real fault and stops training with the names."""
-        bad = [name for name, r in results.items() if not torch.isfinite(r.loss)]
-        ids = sample["id"].tolist()[:10]
-        msg = f"non-finite loss in term(s) {bad or ['(weighted sum)']} for batch ids {ids}"
+        """Name the term(s) whose loss is NaN or infinite, and the utterances (manifest ids).
+        Under fp16/AMP an overflow is fairseq's loss scaler's business (it skips the step),
+        so we only warn there; in full precision it is a real fault and stops training."""
+        bad = [name for name, r in results.items() if not bool(torch.isfinite(r.loss).all())]
+        ids = list(sample.get("utt_id") or [f"#{i}" for i in sample["id"].tolist()])
+        shown = ids[:10] + ([f"... {len(ids) - 10} more"] if len(ids) > 10 else [])
+        msg = f"non-finite loss in term(s) {bad or ['(weighted sum)']} for the batch of utterances {shown}"
         low_precision = torch.is_autocast_enabled() or next(model.parameters()).dtype in (torch.float16,
                                                                                           torch.bfloat16)
         if low_precision:
@@ -189,30 +224,47 @@ class ComslMultitaskCriterion(FairseqCriterion):
         raise FloatingPointError(msg)
 
     def erm_layer_for(self, model) -> int:
+        """--erm-layer, clamped to the model's mBART encoder depth (said once in the log)."""
         n_layers = len(model.encoder.mbart.layers)
-        if self.erm_layer > n_layers:
+        if self.erm_layer > n_layers and n_layers not in self._erm_clamp_noted:
+            self._erm_clamp_noted.add(n_layers)
             logger.warning("--erm-layer %d > %d mBART encoder layers: using layer %d", self.erm_layer, n_layers,
                            n_layers)
-            self.erm_layer = n_layers
-        return self.erm_layer
+        return min(self.erm_layer, n_layers)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
+        """Sum the logging outputs (tensors stay on their device) and derive each term's
+        per-token loss and accuracy only when a log line is written."""
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         sample_size = total("sample_size")
         if sample_size > 0:
             metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        for name in ("st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm", "ctc"):
-            n = total(f"{name}_ntokens")
-            if n > 0:
-                # token losses in bits per token, as fairseq logs; ERM as mean distance per frame
-                scale = 1.0 if name == "erm" else 1 / math.log(2)
-                metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n * scale, n, round=3)
-                if name not in ("erm", "ctc"):
-                    metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_correct") / n, n, round=2)
+        for name in TERM_NAMES:
+            if not any(f"{name}_ntokens" in log for log in logging_outputs):
+                continue
+            for part in ("loss", "ntokens", "correct"):
+                metrics.log_scalar_sum(f"_{name}_{part}", total(f"{name}_{part}"))
+            # token losses in bits per token, as fairseq logs; ERM as mean distance per frame
+            scale = 1.0 if name == "erm" else 1 / math.log(2)
+            metrics.log_derived(f"{name}_loss", partial(_ratio, f"_{name}_loss", f"_{name}_ntokens", scale, 3))
+            if name not in ("erm", "ctc"):
+                metrics.log_derived(f"{name}_acc", partial(_ratio, f"_{name}_correct", f"_{name}_ntokens", 100.0, 2))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+# The terms a logging output may hold: one per branch, and ERM.
+TERM_NAMES = (*BRANCHES, "erm")
+# Branches whose loss reads the decoder's token distribution (not CTC's frames).
+TOKEN_BRANCHES = tuple(name for name, b in BRANCHES.items() if b.decoder_input != FRAMES)
+
+
+def _ratio(num: str, den: str, scale: float, digits: int, meters) -> float:
+    """A derived metric: sum of ``num`` / sum of ``den`` (0 when nothing was counted)."""
+    n = utils.item(meters[den].sum)
+    return safe_round(scale * utils.item(meters[num].sum) / n, digits) if n > 0 else 0.0

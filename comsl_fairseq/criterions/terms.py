@@ -5,7 +5,9 @@ H_c = on the concatenation [emb(x~) ; speech embeddings], x~ being the transcrip
 some tokens replaced by <mask>; H_c^x and H_c^s are its text and speech parts.
 p(. | H) is the shared decoder's distribution; softCE(q || p) = -sum_v q_v log p_v with q
 detached. Every term is a sum over the tokens (or frames) it counts, as in the original
-code, returned as a :class:`TermResult` with the counts needed to log it.
+code (``reduce=False``: one sum per sentence, B), returned as a :class:`TermResult` with
+the counts needed to log it. The counts stay tensors on the loss's device: reading them
+as Python numbers would stall the GPU once per term and step (fairseq sums them later).
 
 Token terms take log-probabilities (``log_probs(logits)``), computed once per decoder pass
 by the criterion: ST, for one, needs them for its CE and for its DDM share, and the MT
@@ -20,9 +22,14 @@ import torch.nn.functional as F
 
 @dataclass
 class TermResult:
-    loss: torch.Tensor  # summed over counted tokens / frames
-    n_tokens: int  # tokens (frames for ERM) the loss is summed over
-    n_correct: int  # of those, tokens whose argmax equals the target (0 for ERM)
+    loss: torch.Tensor  # summed over counted tokens / frames: a scalar, or B sums with reduce=False
+    n_tokens: torch.Tensor  # 0-dim: tokens (frames for ERM) the loss is summed over
+    n_correct: torch.Tensor  # 0-dim: of those, tokens whose argmax equals the target (0 for ERM, CTC)
+
+
+def _total(x: torch.Tensor, reduce: bool) -> torch.Tensor:
+    """B x T -> the batch sum (a scalar), or with ``reduce=False`` one sum per sentence (B)."""
+    return x.sum() if reduce else x.sum(dim=1)
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -31,7 +38,7 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
-                        count: torch.Tensor | None = None) -> TermResult:
+                        count: torch.Tensor | None = None, reduce: bool = True) -> TermResult:
     """CE(p(target | H), target) summed over non-pad target tokens.
 
     The ST, ASR and MT cross-entropies, STM-ASR = CE(p(x | H_c^s), x), and MTP =
@@ -40,22 +47,22 @@ def token_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
     """
     keep = target.ne(pad) if count is None else target.ne(pad) & count
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # B x T
-    loss = nll.masked_fill(~keep, 0.0).sum()
+    loss = _total(nll.masked_fill(~keep, 0.0), reduce)
     with torch.no_grad():
         correct = (lprobs.argmax(-1).eq(target) & keep).sum()
-    return TermResult(loss, int(keep.sum()), int(correct))
+    return TermResult(loss, keep.sum(), correct)
 
 
 def soft_cross_entropy(student_lprobs: torch.Tensor, teacher_probs: torch.Tensor, target: torch.Tensor,
-                       pad: int) -> torch.Tensor:
+                       pad: int, reduce: bool = True) -> torch.Tensor:
     """softCE(q || p) = -sum_v q_v log p_v with the teacher distribution q detached, summed
     over the non-pad positions of ``target`` (B x T)."""
     per_token = -(teacher_probs.detach() * student_lprobs).sum(-1)  # B x T
-    return per_token.masked_fill(target.eq(pad), 0.0).sum()
+    return _total(per_token.masked_fill(target.eq(pad), 0.0), reduce)
 
 
 def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
-                            teacher_probs: torch.Tensor | None, alpha: float) -> TermResult:
+                            teacher_probs: torch.Tensor | None, alpha: float, reduce: bool = True) -> TermResult:
     """(1 - alpha) CE(p, y) + alpha softCE(p_teacher || p); plain CE without a teacher.
 
     - ST with decoder distribution matching (DDM): p = p(y | H_s), teacher = the same
@@ -65,15 +72,15 @@ def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int
       alpha = --mt-reg-alpha (0.2).
     Accuracy is that of p against the reference.
     """
-    ce = token_cross_entropy(lprobs, target, pad)
+    ce = token_cross_entropy(lprobs, target, pad, reduce=reduce)
     if teacher_probs is None or alpha == 0:
         return ce
-    loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(lprobs, teacher_probs, target, pad)
+    loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(lprobs, teacher_probs, target, pad, reduce)
     return TermResult(loss, ce.n_tokens, ce.n_correct)
 
 
 def embedding_representation_matching(h_speech: torch.Tensor, h_concat: torch.Tensor,
-                                      padding_mask: torch.Tensor) -> TermResult:
+                                      padding_mask: torch.Tensor, reduce: bool = True) -> TermResult:
     """ERM: sum over speech frames of || h_s/|h_s| - h_c^s/|h_c^s| ||_2.
 
     h_speech: T x B x C, mBART-encoder layer-k output of the speech-only pass;
@@ -83,18 +90,21 @@ def embedding_representation_matching(h_speech: torch.Tensor, h_concat: torch.Te
     a = F.normalize(h_speech.float(), dim=-1)
     b = F.normalize(h_concat.float(), dim=-1)
     dist = (a - b).norm(dim=-1).transpose(0, 1)  # B x T
-    keep = ~padding_mask
-    return TermResult(dist.masked_fill(padding_mask, 0.0).sum(), int(keep.sum()), 0)
+    n_frames = (~padding_mask).sum()
+    return TermResult(_total(dist.masked_fill(padding_mask, 0.0), reduce), n_frames, torch.zeros_like(n_frames))
 
 
 def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, prob: float, mask_idx: int) -> tuple:
     """Replace round(prob * n) of each sentence's maskable tokens by ``mask_idx`` (at
-    least one where a sentence has any), chosen uniformly without replacement.
+    least one where a sentence has any, unless ``prob`` is 0: then nothing is masked),
+    chosen uniformly without replacement.
 
     tokens, maskable: B x T (maskable excludes tags, </s> and padding). Returns
     (masked tokens, B x T bool of masked positions). One vectorised draw, no retry loop:
     a batch with nothing maskable comes back unchanged.
     """
+    if prob <= 0:
+        return tokens, torch.zeros_like(maskable)
     n = maskable.sum(dim=1)  # B
     k = torch.where(n > 0, torch.clamp((n.float() * prob).round().long(), min=1), torch.zeros_like(n))
     scores = torch.rand(tokens.shape, device=tokens.device).masked_fill(~maskable, 2.0)
@@ -104,7 +114,7 @@ def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, prob: float, mask_
 
 
 def ctc_on_speech(logits: torch.Tensor, padding_mask: torch.Tensor, transcript: torch.Tensor,
-                  drop: torch.Tensor, blank: int) -> TermResult:
+                  drop: torch.Tensor, blank: int, reduce: bool = True) -> TermResult:
     """CTC(transcript | H_s): an auxiliary alignment loss of ours, not in the paper.
 
     logits: T x B x V frame-wise outputs of the speech path (frame 0, the language tag,
@@ -115,8 +125,11 @@ def ctc_on_speech(logits: torch.Tensor, padding_mask: torch.Tensor, transcript: 
     lprobs = log_probs(logits[1:])  # (T-1) x B x V
     input_lengths = (~padding_mask[:, 1:]).sum(dim=1)
     keep = ~torch.isin(transcript, drop)
-    targets = transcript[keep]
+    # B x L padded targets: each row's kept tokens moved to its front in order (a stable sort,
+    # no boolean indexing, which would wait for the device to count them)
+    targets = transcript.gather(1, (~keep).long().argsort(dim=1, stable=True))
     target_lengths = keep.sum(dim=1)
-    loss = F.ctc_loss(lprobs, targets, input_lengths, target_lengths, blank=blank, reduction="sum",
-                      zero_infinity=True)
-    return TermResult(loss, int(target_lengths.sum()), 0)
+    loss = F.ctc_loss(lprobs, targets, input_lengths, target_lengths, blank=blank,
+                      reduction="sum" if reduce else "none", zero_infinity=True)
+    n = target_lengths.sum()
+    return TermResult(loss, n, torch.zeros_like(n))

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+from whisper.audio import SAMPLE_RATE  # Whisper's input rate (16 kHz); every clip is brought to it
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000  # Whisper's input rate; every clip is brought to it
 _ZIP_ENTRY = re.compile(r"^(?P<path>.+\.zip):(?P<offset>\d+):(?P<length>\d+)$")
 
 

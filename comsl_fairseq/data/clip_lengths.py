@@ -10,9 +10,9 @@ the clip is read, and the mismatch is described in the units the user may have u
 from pathlib import Path
 
 import soundfile as sf
+from whisper.audio import HOP_LENGTH
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, resolve_audio_path
-from comsl_fairseq.modules.adapter import HOP_LENGTH
 
 # A clip shorter than one hop has no log-mel frame at all; Whisper's front end cannot
 # read it (the crash with min_audio_seconds: 0), whatever min_audio_seconds says.

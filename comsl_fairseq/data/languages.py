@@ -27,6 +27,8 @@ COVOST_X_EN = {
     "medium": ("fa", "it", "ru", "pt", "zh-CN"),
     "low": ("nl", "tr", "et", "mn", "ar", "lv", "sl", "sv-SE", "ta", "ja", "id", "cy"),
 }
+# All 21 source languages, high to low resource.
+COVOST_X_EN_LANGS = tuple(code for group in COVOST_X_EN.values() for code in group)
 
 
 def tag_symbol(tag: str) -> str:

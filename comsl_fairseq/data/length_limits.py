@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from comsl_fairseq.modules.adapter import speech_lengths
+from comsl_fairseq.modules.lengths import speech_lengths
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Every batch carries all three (SPEC §3, needed by the multi-task objective):
     net_input.prev_transcript_tokens B x Tx long  </s> [src_tag] x1..xn   (ASR decoder input)
     target                          B x Ty long   [tgt_tag] y1..ym </s>
     transcript                      B x Tx long   [src_tag] x1..xn </s>
+    utt_id                          B      str    manifest ids (``id`` holds dataset indices)
 
 The waveform (not features) is batched: the model computes Whisper's log-mel itself,
 per clip, on the training device. It is keyed ``src_tokens`` because fairseq's
@@ -123,7 +124,7 @@ class SpeechTextDataset(FairseqDataset):
     def __getitem__(self, index):
         row = self.rows[index]
         if self.text_only:
-            return {"index": index, "audio": torch.zeros(1), "src_text": self.src_text[index],
+            return {"index": index, "utt_id": row.id, "audio": torch.zeros(1), "src_text": self.src_text[index],
                     "tgt_text": self.tgt_text[index], "src_lang": self.src_lang[index]}
         try:
             wav, notes = read_audio(row.audio, self.audio_root)
@@ -150,6 +151,7 @@ class SpeechTextDataset(FairseqDataset):
                             self.split, row.id, note)
         return {
             "index": index,
+            "utt_id": row.id,
             "audio": torch.from_numpy(wav),
             "src_text": self.src_text[index],
             "tgt_text": self.tgt_text[index],
@@ -173,6 +175,7 @@ class SpeechTextDataset(FairseqDataset):
         src_text_lengths = torch.tensor([len(t) for t in src_text], dtype=torch.long)
         batch = {
             "id": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "utt_id": [s["utt_id"] for s in samples],
             "nsentences": len(samples),
             "ntokens": int(tgt_lengths.sum()),
             "net_input": {

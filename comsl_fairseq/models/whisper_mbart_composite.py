@@ -6,44 +6,45 @@
         --> mBART-50 decoder, output projection tied to the shared token embedding
 
 The same mBART encoder also reads text (H_x) and the concatenation [masked transcript ;
-speech] (H_c, cross-modality learning), and the same decoder serves every branch. One
+speech] (H_c, cross-modality learning), and the same decoder serves every branch
+(modules/composite_encoder.py; the routing table is modules/branches.py). One
 ``forward`` computes every branch the criterion asks for, so that distributed data
-parallel sees a single forward per step; the speech embeddings (Whisper + adapter) are
-computed once and shared by the speech-only and concatenated passes.
+parallel sees a single forward per step.
 """
 import dataclasses
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
-from fairseq.models.transformer import TransformerEncoder
+from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.modules import GradMultiply
 from omegaconf import open_dict
 
 from comsl_fairseq.checkpoints import (
     CheckpointError,
+    MbartDims,
+    WhisperDims,
     load_mbart_checkpoint,
     load_strict,
     load_whisper_checkpoint,
     state_mismatch,
 )
 from comsl_fairseq.distributed import all_reduce_grads, broadcast_from_first_rank
-from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, HOP_LENGTH, Adapter
-from comsl_fairseq.modules.mbart import MbartDims, build_mbart, load_mbart_weights
-from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, append_silence, log_mel, pad_or_cut
+from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, Adapter
+from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
+from comsl_fairseq.modules.composite_encoder import CompositeEncoder
+from comsl_fairseq.modules.mbart import build_mbart, load_mbart_weights
+from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
 from comsl_fairseq.optim.adam_grouped import mark_no_weight_decay
 
 logger = logging.getLogger(__name__)
 
-WHISPER_DIMS = ("whisper_n_mels", "whisper_n_ctx", "whisper_dim", "whisper_heads", "whisper_layers")
-MBART_DIMS = ("mbart_dim", "mbart_ffn_dim", "mbart_heads", "mbart_encoder_layers", "mbart_decoder_layers",
-              "mbart_max_positions", "mbart_activation_fn")
-DIMS_HELP = "read from the checkpoint (or the tiny preset) and saved with the model; do not set by hand"
+DIMS_HELP = ("read from the checkpoint (or the tiny preset) and saved with the model, so that a trained model "
+             "is rebuilt without the pretrained files; do not set by hand")
 
 
 @dataclass
@@ -89,163 +90,13 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     text_only_model: bool = field(default=False, metadata={
         "help": "build only the mBART encoder-decoder, no Whisper and no adapter (the MT stage); set by "
                 "--arch mbart50_text, whose checkpoints hold no speech weights"})
-    whisper_n_mels: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_n_ctx: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    whisper_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_ffn_dim: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_heads: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_encoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_decoder_layers: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_max_positions: Optional[int] = field(default=None, metadata={"help": DIMS_HELP})
-    mbart_activation_fn: Optional[str] = field(default=None, metadata={"help": DIMS_HELP})
-
-
-class CompositeEncoder(FairseqEncoder):
-    """Speech path (Whisper -> adapter -> tag + mBART encoder) and text path (mBART encoder)."""
-
-    def __init__(self, cfg, dictionary, whisper: MaskedWhisperEncoder, adapter: Adapter,
-                 mbart: TransformerEncoder):
-        super().__init__(dictionary)
-        self.whisper = whisper
-        self.adapter = adapter
-        self.mbart = mbart
-        self.pad_seconds = float(cfg.whisper_pad_seconds)
-        self.trailing_silence = float(cfg.whisper_trailing_silence)
-        if self.trailing_silence and self.pad_seconds:
-            raise ValueError("--whisper-trailing-silence applies to --whisper-pad-seconds 0 only (a fixed "
-                             "length already ends in silence)")
-        self.padding_idx = dictionary.pad()
-        self.n_cut = 0  # clips cut to the fixed padding length so far (fixed-padding mode only)
-        self.freeze_whisper_updates = cfg.freeze_whisper_updates
-        self.freeze_whisper_epochs = cfg.freeze_whisper_epochs
-        self.num_updates = 0
-        self.epoch = 0  # set by the task at each epoch begin (training only)
-
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def freezes_whisper(self) -> bool:
-        """Whether a freeze is configured at all (then DDP leaves Whisper to us: comsl_fairseq.distributed)."""
-        return self.freeze_whisper_updates > 0 or self.freeze_whisper_epochs > 0
-
-    @property
-    def whisper_frozen(self) -> bool:
-        """The one place that decides the freezing policy: no gradients reach Whisper while
-        fewer than --freeze-whisper-updates updates are done or during the first
-        --freeze-whisper-epochs epochs, so neither the optimizer step nor weight decay touches
-        its weights (their .grad stays None)."""
-        by_epoch = self.freeze_whisper_epochs > 0 and self.epoch <= self.freeze_whisper_epochs
-        return self.num_updates < self.freeze_whisper_updates or by_epoch
-
-    def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
-        """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
-
-        The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
-        output enters unscaled (SPEC §2)."""
-        if self.whisper is None:
-            raise ValueError("this model has no speech encoder (a text-only MT-stage model, --arch mbart50_text): "
-                             "train it with --text-only and only the MT term, decode it with --decode-task mt")
-        if self.pad_seconds > 0:
-            audio, audio_lengths, n_cut = pad_or_cut(audio, audio_lengths, self.pad_seconds)
-            if n_cut:
-                self.n_cut += n_cut
-                logger.warning("cut %d clip(s) to --whisper-pad-seconds %g (%d so far)",
-                               n_cut, self.pad_seconds, self.n_cut)
-        elif self.trailing_silence > 0:
-            audio, audio_lengths = append_silence(audio, audio_lengths, self.trailing_silence, self.max_positions())
-        with torch.no_grad() if self.whisper_frozen else nullcontext():
-            mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
-            h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
-        speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/8 x Cm
-        tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
-        x = torch.cat([tag.to(speech.dtype), speech], dim=1)
-        mask = torch.cat([speech_mask.new_zeros(speech_mask.size(0), 1), speech_mask], dim=1)
-        return x, mask
-
-    def text_embeddings(self, tokens) -> tuple:
-        """tokens B x T -> (scaled token embeddings B x T x C, padding mask B x T)."""
-        return self.mbart.embed_scale * self.mbart.embed_tokens(tokens), tokens.eq(self.padding_idx)
-
-    def encode(self, embeddings, padding_mask, return_all_hiddens: bool = False) -> dict:
-        """Run the mBART encoder on input embeddings (token scale already applied).
-
-        Mirrors ``TransformerEncoderBase.forward_scriptable`` from the embedding sum on,
-        so any mix of token and speech embeddings can enter: learned positions are
-        computed from the padding mask, then layernorm_embedding, dropout and the layers.
-        embeddings: B x T x C  ->  fairseq encoder-out dict with T x B x C tensors.
-        """
-        m = self.mbart
-        # Learned positions are looked up from token ids; only pad vs non-pad matters to them.
-        pseudo_tokens = torch.full(padding_mask.shape, self.padding_idx + 1, dtype=torch.long,
-                                   device=padding_mask.device).masked_fill(padding_mask, self.padding_idx)
-        x = embeddings + m.embed_positions(pseudo_tokens)
-        x = m.dropout_module(m.layernorm_embedding(x))
-        has_pads = bool(padding_mask.any())
-        if has_pads:
-            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
-        x = x.transpose(0, 1)  # B x T x C -> T x B x C (fairseq layout from here on)
-        states = [x] if return_all_hiddens else []
-        for layer in m.layers:
-            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None)
-            if return_all_hiddens:
-                states.append(x)
-        if m.layer_norm is not None:
-            x = m.layer_norm(x)
-        return {
-            "encoder_out": [x],  # T x B x C
-            "encoder_padding_mask": [padding_mask],  # B x T
-            "encoder_embedding": [embeddings],  # B x T x C
-            "encoder_states": states,  # [T x B x C] per layer input/output
-            "src_tokens": [],
-            "src_lengths": [(~padding_mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)],
-        }
-
-    @staticmethod
-    def part(encoder_out: dict, start: int, end: int | None = None) -> dict:
-        """Frames [start, end) of an encoder output, for the decoder to attend to (H_c^x, H_c^s)."""
-        x, mask = encoder_out["encoder_out"][0][start:end], encoder_out["encoder_padding_mask"][0][:, start:end]
-        return {"encoder_out": [x], "encoder_padding_mask": [mask], "encoder_embedding": [],
-                "encoder_states": [s[start:end] for s in encoder_out["encoder_states"]], "src_tokens": [],
-                "src_lengths": [(~mask).sum(dim=1, dtype=torch.int32).reshape(-1, 1)]}
-
-    def forward(self, src_tokens, src_lengths, src_lang_tags=None, return_all_hiddens: bool = False,
-                text_input: bool = False, **unused):
-        """The speech path; ``src_tokens`` is the B x S waveform (see SpeechTextDataset). With
-        ``text_input`` (MT decoding) ``src_tokens`` are transcript tokens for the text path."""
-        if text_input:
-            return self.forward_text(src_tokens, return_all_hiddens)
-        x, mask = self.speech_embeddings(src_tokens, src_lengths, src_lang_tags)
-        return self.encode(x, mask, return_all_hiddens)
-
-    def forward_text(self, src_text_tokens, return_all_hiddens: bool = False):
-        """The text path: ``[src_tag] x1..xn </s>`` -> mBART encoder output."""
-        x, mask = self.text_embeddings(src_text_tokens)
-        return self.encode(x, mask, return_all_hiddens)
-
-    def reorder_encoder_out(self, encoder_out, new_order):
-        return self.mbart.reorder_encoder_out(encoder_out, new_order)
-
-    def max_positions(self):
-        """Longest input in audio samples: Whisper's window (n_ctx frames at 50/s); no limit
-        of the text-only model (its inputs are transcripts; the task limits their length)."""
-        return None if self.whisper is None else self.whisper.n_ctx * 2 * HOP_LENGTH
+    whisper_dims: Any = field(default=None, metadata={"help": "Whisper encoder shape (WhisperDims); " + DIMS_HELP})
+    mbart_dims: Any = field(default=None, metadata={"help": "mBART shape (MbartDims); " + DIMS_HELP})
 
 
 @register_model("whisper_mbart_composite", dataclass=WhisperMbartCompositeConfig)
 class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
-
-    # "mt_from_concat" (H_c^x -> translation) feeds no loss: the original computes it anyway,
-    # and scripts/benchmark.py requests it only to time the original's pass structure.
-    BRANCHES = ("st", "asr", "mt", "stm_st", "stm_asr", "mtp", "ctc", "mt_from_concat")
 
     def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0, stack_decoder_passes: bool = False,
                  autocast_bf16: bool = False):
@@ -257,45 +108,32 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        # When fairseq rebuilds a trained model (fairseq-generate --path, the MT teacher),
-        # its weights come from that checkpoint: the pretrained files are not read again.
-        from_checkpoint = getattr(task, "building_from_checkpoint", False)
+        """Dims already in ``cfg`` mean the model is being rebuilt from its own checkpoint
+        (fairseq-generate --path, resuming, the MT teacher): its weights follow from that
+        checkpoint, so the pretrained files are not read again. Otherwise the dims come
+        from --whisper-checkpoint / --mbart-checkpoint (or the tiny preset) and are saved
+        in ``cfg``."""
         _fill_missing_defaults(cfg)
-        whisper_state = mbart_state = None
         if cfg.text_only_model and cfg.whisper_checkpoint:
             raise ValueError(f"--arch {cfg._name} has no speech encoder: drop --whisper-checkpoint")
-        if cfg.whisper_checkpoint and not from_checkpoint:
-            dims, whisper_state = load_whisper_checkpoint(cfg.whisper_checkpoint)
-            with open_dict(cfg):
-                cfg.whisper_n_mels, cfg.whisper_n_ctx = dims["n_mels"], dims["n_audio_ctx"]
-                cfg.whisper_dim, cfg.whisper_heads = dims["n_audio_state"], dims["n_audio_head"]
-                cfg.whisper_layers = dims["n_audio_layer"]
-            _check_arch_size(cfg)  # before reading a large mBART file
-        if cfg.mbart_checkpoint and not from_checkpoint:
-            hp, mbart_state = load_mbart_checkpoint(cfg.mbart_checkpoint)
-            dims = MbartDims.from_hparams(hp, cfg.mbart_checkpoint)
-            with open_dict(cfg):
-                cfg.mbart_dim, cfg.mbart_ffn_dim, cfg.mbart_heads = dims.dim, dims.ffn_dim, dims.heads
-                cfg.mbart_encoder_layers, cfg.mbart_decoder_layers = dims.encoder_layers, dims.decoder_layers
-                cfg.mbart_max_positions, cfg.mbart_activation_fn = dims.max_positions, dims.activation_fn
-        parts = ((MBART_DIMS, "--mbart-checkpoint"),)
+        whisper_dims = whisper_state = None  # the text-only model (MT stage) has no speech path
         if not cfg.text_only_model:
-            parts = ((WHISPER_DIMS, "--whisper-checkpoint"),) + parts
-        for names, flag in parts:
-            unset = [n for n in names if getattr(cfg, n) is None]
-            if unset:
-                raise ValueError(f"--arch {cfg._name}: {flag} is required (only "
-                                 "whisper_mbart_composite_tiny has random-init shapes)")
+            whisper_dims, whisper_state = _whisper_part(cfg)
+        mbart_dims, mbart_state = _mbart_part(cfg)
+        with open_dict(cfg):
+            cfg.whisper_dims = whisper_dims.to_cfg() if whisper_dims is not None else None
+            cfg.mbart_dims = mbart_dims.to_cfg()
 
         dictionary = task.target_dictionary
-        whisper = adapter = None  # the text-only model (MT stage) has no speech path
-        if not cfg.text_only_model:
-            whisper = MaskedWhisperEncoder(cfg.whisper_n_mels, cfg.whisper_n_ctx, cfg.whisper_dim,
-                                           cfg.whisper_heads, cfg.whisper_layers)
+        d = whisper_dims
+        whisper = adapter = None
+        if d is not None:
+            whisper = MaskedWhisperEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head,
+                                           d.n_audio_layer)
             whisper.checkpoint_activations = cfg.checkpoint_activations
-            adapter = Adapter(cfg.whisper_dim, cfg.mbart_dim, dropout=cfg.adapter_dropout,
+            adapter = Adapter(d.n_audio_state, mbart_dims.dim, dropout=cfg.adapter_dropout,
                               activation=str(cfg.adapter_activation))
-        mbart_encoder, decoder = build_mbart(MbartDims.from_model_cfg(cfg), dictionary, dropout=cfg.dropout,
+        mbart_encoder, decoder = build_mbart(mbart_dims, dictionary, dropout=cfg.dropout,
                                              attention_dropout=cfg.attention_dropout,
                                              activation_dropout=cfg.activation_dropout,
                                              checkpoint_activations=cfg.checkpoint_activations)
@@ -305,7 +143,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
-                        cfg.whisper_layers, cfg.whisper_dim, cfg.whisper_n_mels)
+                        d.n_audio_layer, d.n_audio_state, d.n_mels)
         if mbart_state is not None:
             load_mbart_weights(mbart_encoder, decoder, mbart_state, cfg.mbart_checkpoint, task.n_pretrained_rows,
                                task.dictionary_path)
@@ -319,65 +157,35 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                 branches=("st",), erm_layer: int = 0, **unused):
         """Every requested branch in one call.
 
-        Branches (encoder output -> decoder input):
-            st      H_s   -> translation      asr     H_s   -> transcript
-            mt      H_x   -> translation      stm_st  H_c^s -> translation
-            stm_asr H_c^s -> transcript       mtp     H_c^x -> transcript
-            ctc     H_s frame-wise through the output projection (our optional auxiliary loss)
+        ``branches``: names of modules/branches.py's table (or a {name: Branch} mapping);
         ``cml_text_tokens`` is the masked transcript x~ of the concatenated pass. With
         ``erm_layer`` k > 0 the result also holds "erm": (layer-k output of the speech-only
         pass, of the speech part of the concatenated pass, speech padding mask B x T).
-        Returns {branch: (logits B x T x V, extra)}.
+        Returns {branch: (logits B x T x V, extra)}; CTC's entry is (T x B x V, mask B x T).
         """
-        unknown = set(branches) - set(self.BRANCHES)
-        if unknown:
-            raise ValueError(f"unknown branches {sorted(unknown)}; known: {self.BRANCHES}")
-        autocast = nullcontext()
-        if self.autocast_bf16:
-            device = (src_tokens if src_tokens is not None else src_text_tokens).device.type
-            autocast = torch.autocast(device, dtype=torch.bfloat16)
-        with autocast:
-            return self._forward_branches(src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
-                                          src_text_tokens, prev_transcript_tokens, cml_text_tokens, branches,
-                                          erm_layer)
-
-    def _forward_branches(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens, src_text_tokens,
-                          prev_transcript_tokens, cml_text_tokens, branches, erm_layer):
-        enc = self.encoder
-        speech_only = bool({"st", "asr", "ctc"} & set(branches)) or erm_layer > 0
-        concat = bool({"stm_st", "stm_asr", "mtp", "mt_from_concat"} & set(branches)) or erm_layer > 0
-        encoder_outs = {}
-        if speech_only or concat:
-            speech, speech_mask = enc.speech_embeddings(src_tokens, src_lengths, src_lang_tags)  # shared
-        if speech_only:
-            encoder_outs["speech"] = self._grad_mult(enc.encode(speech, speech_mask, erm_layer > 0))
-        if "mt" in branches:
-            encoder_outs["text"] = self._grad_mult(enc.forward_text(src_text_tokens))
-        if concat:
-            if cml_text_tokens is None:
-                raise ValueError("the cross-modality branches need cml_text_tokens (the masked transcript)")
-            text, text_mask = enc.text_embeddings(cml_text_tokens)  # B x Tx x C
-            both = enc.encode(torch.cat([text, speech.to(text.dtype)], dim=1),
-                              torch.cat([text_mask, speech_mask], dim=1), erm_layer > 0)
-            encoder_outs["concat_text"] = enc.part(both, 0, text.size(1))
-            encoder_outs["concat_speech"] = enc.part(both, text.size(1))
-        source = {"st": "speech", "asr": "speech", "mt": "text", "stm_st": "concat_speech",
-                  "stm_asr": "concat_speech", "mtp": "concat_text", "mt_from_concat": "concat_text"}
-        transcript_input = {"asr", "stm_asr", "mtp"}
-        out = {}
-        if "ctc" in branches:  # frame-wise vocabulary logits of H_s (T x B x V), tied output projection
-            h = encoder_outs["speech"]
-            out["ctc"] = (self.decoder.output_layer(h["encoder_out"][0]), h["encoder_padding_mask"][0])
-        for inputs, names in (("transcript", [b for b in branches if b in transcript_input]),
-                              ("translation", [b for b in branches if b not in transcript_input and b != "ctc"])):
-            prev = prev_transcript_tokens if inputs == "transcript" else prev_output_tokens
-            out.update(self._decode(prev, {name: encoder_outs[source[name]] for name in names}))
-        if erm_layer > 0:
-            n_layers = len(enc.mbart.layers)
-            if erm_layer > n_layers:
-                raise ValueError(f"--erm-layer {erm_layer} exceeds the mBART encoder's {n_layers} layers")
-            out["erm"] = (encoder_outs["speech"]["encoder_states"][erm_layer],
-                          encoder_outs["concat_speech"]["encoder_states"][erm_layer], speech_mask)
+        table = branch_table(branches)
+        needed = {b.encoder_output for b in table.values()} | ({SPEECH, CONCAT_SPEECH} if erm_layer > 0 else set())
+        device = (src_tokens if src_tokens is not None else src_text_tokens).device
+        with torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast_bf16 else nullcontext():
+            h = self.encoder.branch_outputs(needed, src_tokens, src_lengths, src_lang_tags, src_text_tokens,
+                                            cml_text_tokens, return_all_hiddens=erm_layer > 0)
+            for name in (SPEECH, TEXT):  # --enc-grad-mult acts on H_s and H_x only
+                if name in h:
+                    h[name] = self._grad_mult(h[name])
+            out = {}
+            for name, branch in table.items():
+                if branch.decoder_input == FRAMES:  # frame-wise vocabulary logits T x B x V, tied projection
+                    eo = h[branch.encoder_output]
+                    out[name] = (self.decoder.output_layer(eo["encoder_out"][0]), eo["encoder_padding_mask"][0])
+            for inputs, prev in ((TRANSCRIPT, prev_transcript_tokens), (TRANSLATION, prev_output_tokens)):
+                out.update(self._decode(prev, {name: h[branch.encoder_output] for name, branch in table.items()
+                                               if branch.decoder_input == inputs}))
+            if erm_layer > 0:
+                n_layers = len(self.encoder.mbart.layers)
+                if erm_layer > n_layers:
+                    raise ValueError(f"--erm-layer {erm_layer} exceeds the mBART encoder's {n_layers} layers")
+                out["erm"] = (h[SPEECH]["encoder_states"][erm_layer], h[CONCAT_SPEECH]["encoder_states"][erm_layer],
+                              h[SPEECH]["encoder_padding_mask"][0])
         return out
 
     @property
@@ -464,11 +272,38 @@ def _embedding_rows_hint(own: dict, state: dict) -> str:
 _ARCH_WHISPER_DIM = {"whisper_mbart_composite_medium": 1024, "whisper_mbart_composite_large": 1280}
 
 
-def _check_arch_size(cfg) -> None:
-    expected = _ARCH_WHISPER_DIM.get(cfg._name)
-    if expected is not None and cfg.whisper_dim != expected:
-        raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
-                              f"{cfg.whisper_checkpoint} has {cfg.whisper_dim}")
+def _whisper_part(cfg) -> tuple:
+    """(WhisperDims, encoder state or None): saved dims (rebuilding: no file read), else the
+    --whisper-checkpoint's, else the arch's random-init preset."""
+    dims = WhisperDims.from_cfg(cfg)
+    if dims is not None:
+        return dims, None
+    if cfg.whisper_checkpoint:
+        dims, state = load_whisper_checkpoint(cfg.whisper_checkpoint)
+        expected = _ARCH_WHISPER_DIM.get(cfg._name)
+        if expected is not None and dims.n_audio_state != expected:  # before reading a large mBART file
+            raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
+                                  f"{cfg.whisper_checkpoint} has {dims.n_audio_state}")
+        return dims, state
+    return _random_init_preset(cfg, "--whisper-checkpoint")[0], None
+
+
+def _mbart_part(cfg) -> tuple:
+    """(MbartDims, encoder-decoder state or None), by the same rule as :func:`_whisper_part`."""
+    dims = MbartDims.from_cfg(cfg)
+    if dims is not None:
+        return dims, None
+    if cfg.mbart_checkpoint:
+        return load_mbart_checkpoint(cfg.mbart_checkpoint)
+    return _random_init_preset(cfg, "--mbart-checkpoint")[1], None
+
+
+def _random_init_preset(cfg, flag: str) -> tuple:
+    preset = RANDOM_INIT_DIMS.get(cfg._name)
+    if preset is None:
+        raise ValueError(f"--arch {cfg._name}: {flag} is required (only whisper_mbart_composite_tiny has "
+                         "random-init shapes)")
+    return preset
 
 
 # Options whose default changed when they were introduced: a checkpoint written before
@@ -485,11 +320,6 @@ def _fill_missing_defaults(cfg) -> None:
                 setattr(cfg, f.name, _LEGACY_DEFAULTS.get(f.name, f.default))
 
 
-def _default(cfg, name, value) -> None:
-    if getattr(cfg, name, None) is None:
-        setattr(cfg, name, value)
-
-
 @register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_medium")
 def whisper_mbart_composite_medium(cfg):
     """Whisper medium encoder + mBART-50 large (~0.95 B); dims come from the checkpoints."""
@@ -502,17 +332,8 @@ def whisper_mbart_composite_large(cfg):
 
 @register_model_architecture("whisper_mbart_composite", "whisper_mbart_composite_tiny")
 def whisper_mbart_composite_tiny(cfg):
-    """For tests and the demo. Shapes below apply only to a part without a checkpoint
-    (random init); a given checkpoint's dims always win."""
-    if not getattr(cfg, "whisper_checkpoint", None):
-        for name, value in (("whisper_n_mels", 80), ("whisper_n_ctx", 1500), ("whisper_dim", 128),
-                            ("whisper_heads", 2), ("whisper_layers", 3)):
-            _default(cfg, name, value)
-    if not getattr(cfg, "mbart_checkpoint", None):
-        for name, value in (("mbart_dim", 128), ("mbart_ffn_dim", 512), ("mbart_heads", 2),
-                            ("mbart_encoder_layers", 2), ("mbart_decoder_layers", 2),
-                            ("mbart_max_positions", 1024), ("mbart_activation_fn", "gelu")):
-            _default(cfg, name, value)
+    """For tests and the demo: a part without a checkpoint gets the shapes of
+    :data:`RANDOM_INIT_DIMS` (random init); a given checkpoint's dims always win."""
 
 
 @register_model_architecture("whisper_mbart_composite", "mbart50_text")
@@ -522,3 +343,13 @@ def mbart50_text(cfg):
     ComSL rows (--mbart-checkpoint), is their MT teacher (--mt-teacher) and writes the
     pseudo labels, all of which read only its mBART part."""
     cfg.text_only_model = True
+
+
+# Shapes of the parts built without a checkpoint, per arch (random init; tests and the demo).
+RANDOM_INIT_DIMS = {
+    "whisper_mbart_composite_tiny": (
+        WhisperDims(n_mels=80, n_audio_ctx=1500, n_audio_state=128, n_audio_head=2, n_audio_layer=3),
+        MbartDims(dim=128, ffn_dim=512, heads=2, encoder_layers=2, decoder_layers=2, max_positions=1024,
+                  activation_fn="gelu"),
+    ),
+}

@@ -3,7 +3,6 @@ loading (with the two tag rows ComSL adds), and the frozen MT teacher (SPEC §2,
 """
 import logging
 from argparse import Namespace
-from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
@@ -12,39 +11,10 @@ from fairseq.models.bart.model import mbart_large_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from torch import nn
 
-from comsl_fairseq.checkpoints import CheckpointError, load_mbart_checkpoint, load_strict
+from comsl_fairseq.checkpoints import CheckpointError, MbartDims, load_mbart_checkpoint, load_strict
 from comsl_fairseq.data.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class MbartDims:
-    """mBART shape, read from a checkpoint (or the tiny preset)."""
-
-    dim: int
-    ffn_dim: int
-    heads: int
-    encoder_layers: int
-    decoder_layers: int
-    max_positions: int
-    activation_fn: str
-
-    @classmethod
-    def from_hparams(cls, hp: dict, source) -> "MbartDims":
-        """From :func:`load_mbart_checkpoint`'s hyper-parameters."""
-        if hp["encoder_ffn_embed_dim"] != hp["decoder_ffn_embed_dim"] or \
-                hp["encoder_attention_heads"] != hp["decoder_attention_heads"]:
-            raise CheckpointError(f"{source}: encoder and decoder FFN widths or heads differ")
-        return cls(hp["encoder_embed_dim"], hp["encoder_ffn_embed_dim"], hp["encoder_attention_heads"],
-                   hp["encoder_layers"], hp["decoder_layers"],
-                   min(hp["max_source_positions"], hp["max_target_positions"]), hp["activation_fn"])
-
-    @classmethod
-    def from_model_cfg(cls, cfg) -> "MbartDims":
-        """From our model config's ``mbart_*`` fields."""
-        return cls(cfg.mbart_dim, cfg.mbart_ffn_dim, cfg.mbart_heads, cfg.mbart_encoder_layers,
-                   cfg.mbart_decoder_layers, cfg.mbart_max_positions, cfg.mbart_activation_fn)
 
 
 def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
@@ -153,8 +123,7 @@ class MbartTextModel(FairseqEncoderDecoderModel):
 def load_mbart_text_model(path, dictionary, n_pretrained_rows: int, dict_path) -> MbartTextModel:
     """A translation model from a fairseq mBART ``model.pt`` (e.g. mBART-50 fine-tuned on the
     transcript -> translation pairs) or from one of our checkpoints (its mBART part)."""
-    hp, state = load_mbart_checkpoint(path)
-    dims = MbartDims.from_hparams(hp, path)
+    dims, state = load_mbart_checkpoint(path)
     encoder, decoder = build_mbart(dims, dictionary)
     load_mbart_weights(encoder, decoder, state, path, n_pretrained_rows, dict_path)
     logger.info("mBART text model from %s: %d+%d layers, d=%d", path, dims.encoder_layers, dims.decoder_layers,

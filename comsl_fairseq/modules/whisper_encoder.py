@@ -10,7 +10,7 @@ module differs from upstream in three ways, and in nothing else:
 3. padded frames are re-zeroed between conv1 and the stride-2 conv2.
 
 With a 30 s input and no padding the result equals ``AudioEncoder.forward`` on the same
-weights (tests/test_parity.py). The state-dict keys are upstream's, so an openai-whisper
+weights (tests/test_whisper_encoder.py). The state-dict keys are upstream's, so an openai-whisper
 checkpoint's ``encoder.*`` tensors load unchanged.
 
 ``log_mel`` computes Whisper's log-mel features for a padded batch of waveforms, each
@@ -21,10 +21,10 @@ import logging
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from whisper.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filters
+from whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES_PER_TOKEN, SAMPLE_RATE, mel_filters
 from whisper.model import AudioEncoder, MultiHeadAttention
 
-from comsl_fairseq.modules.adapter import conv_output_lengths, mel_frames, padding_mask
+from comsl_fairseq.modules.lengths import conv_output_lengths, mel_frames, padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class MaskedWhisperEncoder(AudioEncoder):
         lengths = conv_output_lengths(mel_lengths)
         T = x.size(1)
         if T > self.n_ctx:
-            raise ValueError(f"input of {T * 2 * HOP_LENGTH / SAMPLE_RATE:.1f} s exceeds the Whisper "
-                             f"encoder's {self.n_ctx * 2 * HOP_LENGTH / SAMPLE_RATE:.0f} s window")
+            raise ValueError(f"input of {T * N_SAMPLES_PER_TOKEN / SAMPLE_RATE:.1f} s exceeds the Whisper "
+                             f"encoder's {self.n_ctx * N_SAMPLES_PER_TOKEN / SAMPLE_RATE:.0f} s window")
         x = (x + self.positional_embedding[:T]).to(x.dtype)
         mask = padding_mask(lengths, T)  # B x T, True at padding
         attend = None if not mask.any() else ~mask[:, None, None, :]

@@ -30,6 +30,7 @@ from comsl_fairseq.data.stand_in_batch import readable_first_batch
 from comsl_fairseq.data.vocab_fingerprint import KEY as VOCABULARY_KEY
 from comsl_fairseq.data.vocab_fingerprint import check_vocabulary, vocabulary_fingerprint
 from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
+from comsl_fairseq.setup_checks import check_criterion_setup, check_model_setup
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class ComslSpeechToTextTask(FairseqTask):
         self.dictionary_path = str(data_cfg.vocab_filename)
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
-        self.building_from_checkpoint = False
         self.length_limits = None  # of the last model built: rows over them are skipped when read
         self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
         self.schedule = None  # measured from the training epoch iterator
@@ -178,13 +178,9 @@ class ComslSpeechToTextTask(FairseqTask):
     # ----------------------------------------------------------------- model
     def build_model(self, cfg, from_checkpoint=False):
         check_model_family(cfg)
-        # The model reads this to skip re-loading pretrained files when fairseq rebuilds
-        # a trained model from its own checkpoint (fairseq passes the flag no further).
-        self.building_from_checkpoint = from_checkpoint
-        try:
-            model = super().build_model(cfg, from_checkpoint)
-        finally:
-            self.building_from_checkpoint = False
+        if not from_checkpoint:
+            check_model_setup(cfg)
+        model = super().build_model(cfg, from_checkpoint)
         self.length_limits = LengthLimits.of_model(model) or self.length_limits
         if self.cfg.eval_bleu_every_nth < 1:
             raise ValueError(f"--eval-bleu-every-nth must be >= 1, got {self.cfg.eval_bleu_every_nth}")
@@ -195,20 +191,19 @@ class ComslSpeechToTextTask(FairseqTask):
             self.sequence_generator = self.build_generator([model], gen_args)
         return model
 
+    def build_criterion(self, cfg, from_checkpoint=False):
+        check_criterion_setup(cfg, self.cfg.text_only)
+        return super().build_criterion(cfg, from_checkpoint)
+
     def optimizer_step(self, optimizer, model, update_num):
         """While Whisper is frozen its parameters must not move. They get no gradient, but
         a distributed wrapper (legacy_ddp) fills missing gradients with zeros, and AdamW's
         decoupled weight decay would still shrink the weights: drop those gradients so the
-        optimizer skips the parameters altogether."""
+        optimizer skips the parameters altogether. (--fp16, whose FP16Optimizer has copied
+        the gradients already, is refused with freezing when the model is built.)"""
         frozen = model.frozen_parameters() if hasattr(model, "frozen_parameters") else []
-        if frozen:
-            if type(optimizer).__name__ == "FP16Optimizer" and not getattr(self, "_warned_fp16", False):
-                self._warned_fp16 = True
-                logger.warning("--fp16 keeps flattened fp32 master weights, which weight decay changes even for "
-                               "frozen Whisper parameters; use --amp or --memory-efficient-fp16 with "
-                               "--freeze-whisper-updates")
-            for p in frozen:
-                p.grad = None
+        for p in frozen:
+            p.grad = None
         super().optimizer_step(optimizer, model, update_num)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):

@@ -33,11 +33,11 @@ import yaml
 from tqdm import tqdm
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
+from comsl_fairseq.data.languages import COVOST_X_EN_LANGS
 
 logger = logging.getLogger("prep_covost2")
 
-COVOST_X_EN = ["fr", "de", "es", "ca", "it", "ru", "zh-CN", "pt", "fa", "et", "mn", "nl", "tr", "ar", "sv-SE", "lv",
-               "sl", "ta", "ja", "id", "cy"]
+COVOST_X_EN = list(COVOST_X_EN_LANGS)
 SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
 MANIFEST_COLUMNS = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
