@@ -24,4 +24,4 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_
   --lr "${LR:-3e-5}" --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-2500}" \
   --batch-size "${BATCH_SIZE:-32}" --max-epoch "${MAX_EPOCH:-3}" --required-batch-size-multiple 1 \
   --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
-  --log-format json --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"
+  --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"

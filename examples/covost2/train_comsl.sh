@@ -82,6 +82,6 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" \
   --total-num-update "$total_updates" --max-epoch "$MAX_EPOCH" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1 \
   --save-dir "$SAVE_DIR" --keep-last-epochs "$KEEP_LAST_EPOCHS" \
-  --log-format json --tensorboard-logdir "$TENSORBOARD_DIR" \
+  --tensorboard-logdir "$TENSORBOARD_DIR" \
   --eval-bleu --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   "$@"
