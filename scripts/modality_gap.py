@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--config-yaml", default="config.yaml", help="data config name inside --data")
     p.add_argument("--beam", type=int, default=5, help="beam size of every decode")
     p.add_argument("--batch-size", type=int, default=16, help="sentences per decoding batch")
-    p.add_argument("--generate-args", default="", help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
+    p.add_argument("--generate-args", default="",
+                   help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the gap intervals")
     p.add_argument("--force", action="store_true", help="decode again even where DIR holds decodes")
     args = p.parse_args(argv)

@@ -49,6 +49,7 @@ def pseudo_data(data_dir, tmp_path_factory):
 def test_ablation_recipe_trains_two_updates(script, pseudo_data, whisper_pt, mbart_dir, tmp_path):
     out = run_recipe(script, pseudo_data, whisper_pt, mbart_dir, tmp_path / "ckpt", "--max-update", "2")
     assert "num_updates 2" in out
+    assert list((tmp_path / "ckpt" / "tensorboard").rglob("events.out.tfevents.*"))  # TENSORBOARD_DIR default
     train_line = [line for line in out.splitlines() if "| train | epoch" in line][-1]
     expected = {"row1": ["st"], "row2": ["st", "mt"], "row7": ["st", "asr", "mt", "stm_asr", "stm_st", "mtp", "erm"]}
     for key in expected.get(script[:4], ["st"]):

@@ -42,4 +42,4 @@ exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_
   --warmup-updates "${MT_WARMUP:-2500}" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --max-epoch "$MAX_EPOCH" \
   --required-batch-size-multiple 1 --save-dir "$SAVE_DIR" --keep-last-epochs 1 \
-  --log-format json --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"
+  --tensorboard-logdir "${TENSORBOARD_DIR:-$SAVE_DIR/tensorboard}" "$@"

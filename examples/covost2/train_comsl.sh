@@ -131,7 +131,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then run=(printf '%q '); fi  # print the command ins
   --max-epoch "$MAX_EPOCH" \
   --batch-size "$BATCH_SIZE" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1 \
   --save-dir "$SAVE_DIR" --keep-last-epochs "$KEEP_LAST_EPOCHS" \
-  --log-format json --tensorboard-logdir "$TENSORBOARD_DIR" \
+  --tensorboard-logdir "$TENSORBOARD_DIR" \
   --eval-bleu --eval-bleu-per-language --eval-bleu-every-nth "${EVAL_BLEU_EVERY_NTH:-4}" \
   --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
   "$@"
