@@ -5,7 +5,7 @@ logged interval (update n/N, losses, speed, elapsed time, ETA) and every validat
     fairseq-train ... --log-format json 2>&1 | python scripts/train_progress.py --total 1500 --log train.log
 
 fairseq's warnings and errors and any traceback are printed as they are, so a failing run shows
-why; Python warnings (e.g. deprecations inside torch) stay in the log file only. The exit status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
+why; library notices (hydra, Python warnings inside torch) stay in the log file only. The exit status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
 """
 import argparse
 import json
@@ -38,17 +38,17 @@ def main(argv=None) -> int:
     p.add_argument("--log", required=True, help="file that receives the whole log")
     args = p.parse_args(argv)
     start = time.monotonic()
-    after_warning = False
+    in_traceback = False
     with open(args.log, "w", encoding="utf-8") as log:
         for line in sys.stdin:
             log.write(line)
             log.flush()
             rec = _record(line)
             if rec is None:
-                # a Python warning is "file:line: XWarning: text" and one indented source line
-                quiet = "| INFO |" in line or "Warning: " in line or (after_warning and line.startswith("  "))
-                after_warning = "Warning: " in line
-                if not quiet:
+                # fairseq's own warnings and errors, and any traceback from its first line on;
+                # library chatter (hydra notices, Python warnings) stays in the log file
+                in_traceback = in_traceback or line.startswith("Traceback")
+                if in_traceback or any(f"| {level} |" in line for level in ("WARNING", "ERROR", "CRITICAL")):
                     print(line, end="", flush=True)
                 continue
             elapsed = time.monotonic() - start
