@@ -2,12 +2,16 @@
 
 One module fixture trains the tiny model for 3 updates on a private copy of the test data
 (dictionary and SentencePiece model inside it), decodes the test split with
-fairseq-generate, exports the model, and then deletes the data folder: everything after
-that loads from the exported folder alone.
+fairseq-generate (its own main(), in this process), exports the model with
+scripts/export_model.py, and then deletes the data folder: everything after that loads
+from the exported folder alone. The command is run in this process too (each new
+interpreter costs the fairseq import), except once to check the console entry and the
+lazy import.
 """
 import json
 import math
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -25,9 +29,29 @@ from tests.test_cli import generate_cmd, run, train_cmd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "comsl_fairseq.inference.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+def cli(capsys, *args) -> tuple:
+    """(exit status, stdout, stderr) of comsl-translate run in this process."""
+    from comsl_fairseq.inference.cli import main
+
+    message = ""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as e:
+        status, message = (e.code, "") if isinstance(e.code, int) else (1, str(e.code))
+    out, err = capsys.readouterr()
+    return status, out, err + message
+
+
+def fairseq_generate(data, ckpt, results: Path, *extra) -> str:
+    """fairseq-generate's own main() on our §7 command line; returns what it writes."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import generate
+
+    argv = generate_cmd(data, ckpt, *extra, "--results-path", results)[1:]
+    generate.main(convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])))
+    return (results / "generate-test.txt").read_text()
 
 
 def generate_hypotheses(out: str, manifest: Path) -> dict:
@@ -53,12 +77,11 @@ def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
     ckpt = tmp / "ckpt" / "checkpoint_last.pt"
     generated = {}
     for task in ("st", "asr"):
-        out = run(*generate_cmd(data, ckpt, "--decode-task", task, "--max-len-b", "12"))
-        (tmp / f"generate-{task}.txt").write_text(out)
+        out = fairseq_generate(data, ckpt, tmp / f"generate-{task}", "--decode-task", task, "--max-len-b", "12")
         generated[task] = generate_hypotheses(out, data / "test.tsv")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_model.py"), ckpt, tmp / "model",
-                           "--score-log", tmp / "generate-st.txt"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    export_script = runpy.run_path(str(ROOT / "scripts" / "export_model.py"), run_name="export_model")
+    assert export_script["main"]([str(ckpt), str(tmp / "model"), "--score-log",
+                                  str(tmp / "generate-st" / "generate-test.txt")]) == 0
     clips = Path(shutil.copytree(data / "clips", tmp / "clips"))
     manifest = (data / "test.tsv").read_text()
     shutil.rmtree(data)  # from here on only the exported folder exists
@@ -155,14 +178,6 @@ def test_api_accepts_arrays_and_nbest(exported, translator):
         translator.translate(path, src_lang="xx")
 
 
-def test_lazy_api_import_keeps_user_dir_import_light():
-    code = ("import sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
-            "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
-            "print(SpeechTranslator.__module__)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "comsl_fairseq.inference.translator", proc.stderr
-
-
 @pytest.fixture(scope="module")
 def long_recording(tmp_path_factory):
     """Ten espeak-ng sentences with 1.5-3.5 s of silence between them (~40 s, over the window)."""
@@ -186,7 +201,7 @@ def test_segments_never_exceed_the_limit(long_recording):
     wav = read_audio(str(long_recording[0]), Path("/"))[0]
     segments = speech_segments(wav, SegmenterConfig(max_seconds=2.0, min_silence_ms=2000))
     assert segments and all(e - s <= 2.0 * 16000 for s, e in segments)
-    assert all(a[1] <= b[0] for a, b in zip(segments, segments[1:]))
+    assert all(a[1] <= b[0] for a, b in zip(segments, segments[1:], strict=False))
     assert split_evenly(0, 10, 4) == [(0, 3), (3, 6), (6, 10)] and split_evenly(5, 8, 4) == [(5, 8)]
     assert speech_segments(np.zeros(16000 * 5, np.float32)) == []
 
@@ -210,13 +225,26 @@ def test_subtitle_writers():
         "task": "st"}
 
 
-def test_cli_folder_skips_bad_files_and_reports_speed(exported, tmp_path):
-    folder = tmp_path / "in"
-    shutil.copytree(exported["clips"], folder)
+@pytest.fixture(scope="module")
+def bad_folder(exported, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in")
+    shutil.copytree(exported["clips"], folder, dirs_exist_ok=True)
     (folder / "broken.wav").write_bytes(b"RIFF not really a wav")
     (folder / "empty.flac").write_bytes(b"")
-    proc = cli(exported["model"], folder, tmp_path / "missing.wav", "--src-lang", "fr", "--max-len-b", "8",
-               "--format", "jsonl", "--no-progress")
+    return folder
+
+
+def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(exported, bad_folder, tmp_path):
+    """In a fresh interpreter: ``import comsl_fairseq`` loads no inference code (the API is a
+    lazy attribute), then ``python -m comsl_fairseq.inference.cli`` runs over a folder."""
+    code = ("import runpy, sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
+            "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
+            "assert SpeechTranslator.__module__ == 'comsl_fairseq.inference.translator'; "
+            "sys.argv = ['comsl-translate'] + sys.argv[1:]; "
+            "runpy.run_module('comsl_fairseq.inference.cli', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, str(exported["model"]), str(bad_folder),
+                           str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
+                           "jsonl", "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     n_good = len(list(exported["clips"].iterdir()))
     records = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -224,20 +252,27 @@ def test_cli_folder_skips_bad_files_and_reports_speed(exported, tmp_path):
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 3, proc.stderr
     assert any("broken.wav: cannot decode audio" in line for line in skipped)
+    assert any("empty.flac: cannot decode audio" in line for line in skipped)
     assert any("missing.wav: no such file or folder" in line for line in skipped)
     assert f"translated {n_good} of {n_good + 3} input(s); 3 skipped" in proc.stderr
     assert re.search(r"start-up: model load \d+\.\d+ s, imports \d+\.\d+ s", proc.stderr)
     assert re.search(r"real-time factor: \d+\.\d+ \(decoding .*model load excluded.*utterances/s", proc.stderr)
 
-    only_bad = cli(exported["model"], folder / "broken.wav", "--src-lang", "fr", "--no-progress")
-    assert only_bad.returncode == 1 and "translated 0 of 1 input(s)" in only_bad.stderr
+
+def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folder, capsys):
+    status, _, err = cli(capsys, exported["model"], bad_folder / "broken.wav", bad_folder / "empty.flac",
+                         "--src-lang", "fr", "--no-progress")
+    assert status == 1 and "translated 0 of 2 input(s); 2 skipped" in err
+    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav", sorted(bad_folder.glob("t*"))[0],
+                           "--src-lang", "fr", "--max-len-b", "4", "--no-progress")
+    assert status == 0 and len(out.splitlines()) == 1 and "translated 1 of 2 input(s); 1 skipped" in err
 
 
-def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path):
+def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path, capsys):
     path, placed = long_recording
-    proc = cli(exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
-               "--output-dir", tmp_path / "subs", "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
+                         "--output-dir", tmp_path / "subs", "--no-progress")
+    assert status == 0, err[-3000:]
     srt = (tmp_path / "subs" / "long.srt").read_text()
     cues = re.findall(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n", srt)
     assert [int(c[0]) for c in cues] == list(range(1, len(placed) + 1)), srt
@@ -245,25 +280,28 @@ def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path):
         t = [int(x) for x in c[1:]]
         assert abs(t[0] * 3600 + t[1] * 60 + t[2] + t[3] / 1000 - start) < 0.5
         assert abs(t[4] * 3600 + t[5] * 60 + t[6] + t[7] / 1000 - end) < 0.5
+    status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--segment", "never", "--no-progress")
+    assert status == 1 and "longer than the model's 30 s window" in err
 
 
-def test_cli_manifest_with_row_languages_and_asr(exported, tmp_path):
+def test_cli_manifest_with_row_languages_and_asr(exported, tmp_path, capsys):
     rows = exported["test_rows"]
     (tmp_path / "clips").symlink_to(exported["clips"])
     (tmp_path / "config.yaml").write_text("audio_root: clips\n")
     header = "id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n"
     (tmp_path / "test.tsv").write_text(header + "".join("\t".join(r[:7]) + "\n" for r in rows))
-    proc = cli(exported["model"], tmp_path / "test.tsv", "--task", "asr", "--max-len-b", "12", "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = dict(line.split("\t", 1) for line in proc.stdout.splitlines())
+    status, out, err = cli(capsys, exported["model"], tmp_path / "test.tsv", "--task", "asr", "--max-len-b", "12",
+                           "--no-progress")
+    assert status == 0, err[-3000:]
+    got = dict(line.split("\t", 1) for line in out.splitlines())
     expected = exported["generated"]["asr"]
     assert got == {f"{tmp_path / 'test.tsv'}:{uid}": expected[uid][0] for uid in expected}
 
 
-def test_cli_refuses_bad_usage_before_loading(exported, tmp_path):
-    proc = cli(exported["model"], exported["clips"], "--src-lang", "xx")
-    assert proc.returncode != 0 and "unknown language code 'xx'" in proc.stderr
-    proc = cli(exported["model"], exported["clips"], "--src-lang", "fr", "--format", "srt")
-    assert proc.returncode != 0 and "needs --output-dir" in proc.stderr
-    proc = cli(tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
-    assert proc.returncode != 0 and "not found" in proc.stderr
+def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
+    status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "xx")
+    assert status != 0 and "unknown language code 'xx'" in err
+    status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "fr", "--format", "srt")
+    assert status != 0 and "needs --output-dir" in err
+    status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
+    assert status != 0 and "not found" in err
