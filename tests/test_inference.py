@@ -113,7 +113,7 @@ def test_export_folder_is_self_contained(exported):
     assert info["parameters"]["total"] == n_params
     card = (model / "README.md").read_text()
     assert "whisper_mbart_composite_tiny" in card and "de-en" in card
-    assert re.search(r"\| test \| 5 \| 6 \| \d+(\.\d+)? \| `nrefs:1\|case:mixed\|eff:no\|tok:13a", card), card
+    assert re.search(r"\| test \| 5 \| 6 \| \d+(\.\d+)? \| `nrefs:1\\\|case:mixed\\\|eff:no\\\|tok:13a", card), card
 
 
 def _model_params(exported):

@@ -20,6 +20,9 @@ from comsl_fairseq.inference.subtitles import FORMATS, WRITERS
 
 logger = logging.getLogger(__name__)
 
+CHUNK_BATCHES = 8  # files read and decoded together, in batches: length sorting needs a pool
+CHUNK_SAMPLES = 20 * 60 * 16_000  # ... but no more than 20 minutes of audio in memory
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="comsl-translate", description=__doc__.split("\n\n")[0])
@@ -116,6 +119,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     imports = process_age()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO
     from comsl_fairseq.data.audio import AudioError, read_audio
     from comsl_fairseq.data.languages import mbart_tag
     from comsl_fairseq.inference.inputs import collect
@@ -139,16 +143,19 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     with tqdm(total=len(items), unit="file", disable=True if args.no_progress else None, file=sys.stderr) as bar:
-        for start in range(0, len(items), args.batch_size):
-            chunk, waves = [], []
-            for item in items[start:start + args.batch_size]:
-                try:
-                    waves.append(read_audio(item.field, item.root)[0])
-                    chunk.append(item)
-                except AudioError as e:
-                    run.fail(item.name, str(e), e.reason, bar)
-                    bar.update(1)
-            translate_chunk(translator, args, run, chunk, waves, bar)
+        chunk, waves = [], []
+        for n, item in enumerate(items, start=1):
+            try:
+                waves.append(read_audio(item.field, item.root)[0])
+                chunk.append(item)
+            except AudioError as e:
+                run.fail(item.name, str(e), e.reason, bar)
+                bar.update(1)
+            # Decode several batches' worth at once (sorted by length inside), bounded in memory.
+            if n == len(items) or len(chunk) >= CHUNK_BATCHES * args.batch_size or \
+                    sum(w.size for w in waves) >= CHUNK_SAMPLES:
+                translate_chunk(translator, args, run, chunk, waves, bar)
+                chunk, waves = [], []
     run.summary(imports, translator.load_seconds, translator.device)
     return 0 if run.done else 1
 
@@ -171,29 +178,27 @@ def load_translator(args):
 
 
 def translate_chunk(translator, args, run: Run, chunk: list, waves: list, bar) -> None:
-    """Decode the readable items of a chunk, grouped by language pair."""
-    groups = {}
-    for item, wav in zip(chunk, waves, strict=True):
-        groups.setdefault((item.src_lang or args.src_lang, item.tgt_lang or args.tgt_lang), []).append((item, wav))
-    for (src, tgt), members in groups.items():
-        try:
-            results = translator.translate_batch([w for _, w in members], src, tgt, task=args.task,
-                                                 segment=args.segment, names=[i.name for i, _ in members],
-                                                 skip_errors=True)
-            errors = dict(translator.errors)
-        except RuntimeError as e:  # a decoding failure: retry one by one to find the culprit
-            if len(members) > 1:
-                for member in members:
-                    translate_chunk(translator, args, run, [member[0]], [member[1]], bar)
-                continue
-            results, errors = [None], {0: e}
-        for k, ((item, _), result) in enumerate(zip(members, results, strict=True)):
-            if result is None:
-                err = errors[k]
-                run.fail(item.name, str(err), getattr(err, "reason", "decoding error"), bar)
-            else:
-                run.emit(item, result)
-            bar.update(1)
+    """Decode the readable items of a chunk together (languages may differ row by row)."""
+    if not chunk:
+        return
+    try:
+        results = translator.translate_batch(
+            waves, [i.src_lang or args.src_lang for i in chunk], [i.tgt_lang or args.tgt_lang for i in chunk],
+            task=args.task, segment=args.segment, names=[i.name for i in chunk], skip_errors=True)
+        errors = dict(translator.errors)
+    except RuntimeError as e:  # a decoding failure: retry one by one to find the culprit
+        if len(chunk) > 1:
+            for item, wav in zip(chunk, waves, strict=True):
+                translate_chunk(translator, args, run, [item], [wav], bar)
+            return
+        results, errors = [None], {0: e}
+    for k, (item, result) in enumerate(zip(chunk, results, strict=True)):
+        if result is None:
+            err = errors[k]
+            run.fail(item.name, str(err), getattr(err, "reason", "decoding error"), bar)
+        else:
+            run.emit(item, result)
+        bar.update(1)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f} M"
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.1f} kB"
+
+
 def _table(header: tuple, rows: list) -> list:
+    """A Markdown table; ``|`` inside a cell (sacreBLEU signatures) is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
 def model_card(info: dict, folder: Path) -> str:
@@ -71,6 +76,6 @@ def model_card(info: dict, folder: Path) -> str:
     else:
         lines.append("None given at export (`export_model.py ... --score-log generate-test.txt`).")
     lines += ["", "## Files", ""]
-    lines += _table(("file", "size"), [(p.name, f"{p.stat().st_size / 1e6:.2f} MB")
+    lines += _table(("file", "size"), [(p.name, _size(p.stat().st_size))
                                        for p in sorted(folder.iterdir()) if p.is_file() and p.name != "README.md"])
     return "\n".join(lines) + "\n"

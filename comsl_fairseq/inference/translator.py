@@ -97,6 +97,8 @@ class _Piece:
     start: int  # samples
     end: int
     wav: np.ndarray = field(repr=False)
+    src_idx: int  # source tag (encoder input)
+    prefix_idx: int  # forced first output token: the target tag (st) or the source tag (asr)
     hypotheses: list = field(default_factory=list)
 
 
@@ -228,17 +230,24 @@ class SpeechTranslator:
         """Translate (``task="st"``) or transcribe (``"asr"``) one input; see translate_batch."""
         return self.translate_batch([audio], src_lang, tgt_lang, task, **kwargs)[0]
 
-    def translate_batch(self, inputs, src_lang: str, tgt_lang: str = "en", task: str = "st",
+    def translate_batch(self, inputs, src_lang, tgt_lang="en", task: str = "st",
                         segment: str = "auto", beam: int | None = None, nbest: int | None = None,
                         sample_rate: int = SAMPLE_RATE, names=None, skip_errors: bool = False) -> list:
-        """One :class:`Translation` per input, in order. Clips (and segments of long
-        recordings) are decoded ``batch_size`` at a time, longest first. An unusable input
+        """One :class:`Translation` per input, in order. ``src_lang`` / ``tgt_lang``: one code
+        for all inputs or a list with one per input (a batch may mix languages, as in
+        fairseq-generate). Clips (and segments of long recordings) are decoded
+        ``batch_size`` at a time, longest first. An unusable input
         raises AudioError naming it before anything is decoded; with ``skip_errors`` its
         result is None and the reason is in ``self.errors[i]`` instead."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        src_idx = self.tag_index(src_lang)
-        prefix_idx = src_idx if task == "asr" else self.tag_index(tgt_lang)
+        n = len(inputs)
+        srcs = [src_lang] * n if isinstance(src_lang, str) else list(src_lang)
+        tgts = [tgt_lang] * n if isinstance(tgt_lang, str) else list(tgt_lang)
+        if len(srcs) != n or len(tgts) != n:
+            raise ValueError(f"{n} inputs but {len(srcs)} source and {len(tgts)} target languages")
+        src_ids = [self.tag_index(c) for c in srcs]
+        prefix_ids = src_ids if task == "asr" else [self.tag_index(c) for c in tgts]
         self.errors = {}
         prepared, pieces = {}, []
         for i, item in enumerate(inputs):
@@ -252,11 +261,11 @@ class SpeechTranslator:
                 self.errors[i] = e
                 continue
             prepared[i] = (name, wav.size / SAMPLE_RATE)
-            pieces += [_Piece(i, s, e, wav[s:e]) for s, e in spans]
+            pieces += [_Piece(i, s, e, wav[s:e], src_ids[i], prefix_ids[i]) for s, e in spans]
         nbest = nbest or self.nbest
         if not 1 <= nbest <= (beam or self.beam):
             raise ValueError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam or self.beam}")
-        spent = self._decode(pieces, src_idx, prefix_idx, self.generator(beam), nbest)
+        spent = self._decode(pieces, self.generator(beam), nbest)
         results = [None] * len(inputs)
         for i, (name, seconds) in prepared.items():
             own = [p for p in pieces if p.item == i]
@@ -265,14 +274,14 @@ class SpeechTranslator:
             results[i] = Translation(name, text, segments, seconds, sum(spent[id(p)] for p in own))
         return results
 
-    def _decode(self, pieces: list, src_idx: int, prefix_idx: int, generator, nbest: int) -> dict:
+    def _decode(self, pieces: list, generator, nbest: int) -> dict:
         """Fill each piece's hypotheses; returns {id(piece): its share of decoding seconds}."""
         spent = {}
         order = sorted(pieces, key=lambda p: -p.wav.size)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             t0 = time.perf_counter()
-            out = self._generate([p.wav for p in batch], src_idx, prefix_idx, generator)
+            out = self._generate(batch, generator)
             elapsed = time.perf_counter() - t0
             total = sum(p.wav.size for p in batch)
             for p, hyps in zip(batch, out, strict=True):
@@ -280,17 +289,18 @@ class SpeechTranslator:
                 spent[id(p)] = elapsed * p.wav.size / total
         return spent
 
-    def _generate(self, waves: list, src_idx: int, prefix_idx: int, generator) -> list:
-        """Beam search on a batch of waveforms, exactly as fairseq-generate runs it: the
+    def _generate(self, batch: list, generator) -> list:
+        """Beam search on a batch of pieces, exactly as fairseq-generate runs it: the
         zero-padded B x S waveform, lengths and source tags as net_input, the tag as prefix."""
+        waves = [p.wav for p in batch]
         lengths = torch.tensor([w.size for w in waves])
         audio = torch.zeros(len(waves), int(lengths.max()))  # B x S
         for i, w in enumerate(waves):
             audio[i, : w.size] = torch.from_numpy(w)
-        n, dev = len(waves), self.device
+        dev = self.device
         sample = {"net_input": {"src_tokens": audio.to(dev), "src_lengths": lengths.to(dev),
-                                "src_lang_tags": torch.full((n,), src_idx, device=dev)}}
-        prefix = torch.full((n, 1), prefix_idx, device=dev)  # B x 1
+                                "src_lang_tags": torch.tensor([p.src_idx for p in batch], device=dev)}}
+        prefix = torch.tensor([[p.prefix_idx] for p in batch], device=dev)  # B x 1
         autocast = (torch.autocast(dev.type, dtype=DTYPES[self.dtype]) if DTYPES[self.dtype] is not None
                     else nullcontext())
         with torch.no_grad(), autocast:
