@@ -256,7 +256,8 @@ def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(expor
     assert any("missing.wav: no such file or folder" in line for line in skipped)
     assert f"translated {n_good} of {n_good + 3} input(s); 3 skipped" in proc.stderr
     assert re.search(r"start-up: model load \d+\.\d+ s, imports \d+\.\d+ s", proc.stderr)
-    assert re.search(r"real-time factor: \d+\.\d+ \(decoding .*model load excluded.*utterances/s", proc.stderr)
+    assert re.search(r"real-time factor: \d+\.\d+ \(decoding .*model load and file reading excluded"
+                     r".*utterances/s", proc.stderr)
 
 
 def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folder, capsys):
@@ -273,6 +274,7 @@ def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path, capsys)
     status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
                          "--output-dir", tmp_path / "subs", "--no-progress")
     assert status == 0, err[-3000:]
+    assert re.search(r"real-time factor: \d+\.\d+ \(segmentation \d+\.\d+ s \+ decoding", err), err
     srt = (tmp_path / "subs" / "long.srt").read_text()
     cues = re.findall(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n", srt)
     assert [int(c[0]) for c in cues] == list(range(1, len(placed) + 1)), srt

@@ -68,7 +68,7 @@ class Run:
         self.args, self.n_items = args, n_items
         self.failed = Counter()
         self.done = self.segments = 0
-        self.audio_seconds = self.decode_seconds = 0.0
+        self.audio_seconds = self.decode_seconds = self.segment_seconds = 0.0
         self.used_stems = set()
 
     def fail(self, name: str, reason: str, category: str, bar=None) -> None:
@@ -80,6 +80,7 @@ class Run:
         self.segments += len(result.segments)
         self.audio_seconds += result.audio_seconds
         self.decode_seconds += result.decode_seconds
+        self.segment_seconds += result.segment_seconds
         fmt = self.args.format
         extra = {"task": self.args.task, "src_lang": item.src_lang or self.args.src_lang}
         if self.args.output_dir is None:
@@ -107,11 +108,14 @@ class Run:
                  + f"; {self.segments} segment(s), {self.audio_seconds:.1f} s of audio"]
         startup = f"model load {load:.2f} s" + (f", imports {imports:.2f} s" if imports is not None else "")
         lines.append(f"start-up: {startup}")
-        if self.audio_seconds > 0 and self.decode_seconds > 0:
-            lines.append(f"real-time factor: {self.decode_seconds / self.audio_seconds:.3f} (decoding "
-                         f"{self.decode_seconds:.2f} s for {self.audio_seconds:.1f} s of audio, model load "
-                         f"excluded, {device}); throughput {self.segments / self.decode_seconds:.2f} "
-                         f"utterances/s, {self.audio_seconds / self.decode_seconds:.1f} s of audio per second")
+        work = self.decode_seconds + self.segment_seconds
+        if self.audio_seconds > 0 and work > 0:
+            vad = f"segmentation {self.segment_seconds:.2f} s + " if self.segment_seconds else ""
+            lines.append(f"real-time factor: {work / self.audio_seconds:.3f} ({vad}decoding "
+                         f"{self.decode_seconds:.2f} s for {self.audio_seconds:.1f} s of audio, "
+                         f"model load and file reading excluded, {device}); "
+                         f"throughput {self.segments / work:.2f} utterances/s, "
+                         f"{self.audio_seconds / work:.1f} s of audio per second")
         print("\n".join(lines), file=sys.stderr)
 
 

@@ -68,13 +68,15 @@ class Segment:
 @dataclass
 class Translation:
     """The result for one input: ``text`` (segments joined by spaces), the timed
-    ``segments`` (one for a clip decoded whole), audio length and decoding time (seconds)."""
+    ``segments`` (one for a clip decoded whole), audio length, the time spent finding
+    speech segments (0 for a clip decoded whole) and its share of beam search (seconds)."""
 
     source: str
     text: str
     segments: list
     audio_seconds: float
     decode_seconds: float = 0.0
+    segment_seconds: float = 0.0
 
     @property
     def tokens(self) -> list:
@@ -211,19 +213,22 @@ class SpeechTranslator:
         return "<array>", np.ascontiguousarray(wav)
 
     def plan(self, name: str, wav: np.ndarray, segment: str = "auto") -> list:
-        """[(start, end)] sample ranges to decode: the whole clip when it fits the window
-        (``auto``), speech segments otherwise or with ``always``."""
+        """([(start, end)] sample ranges to decode, seconds spent on voice-activity detection):
+        the whole clip when it fits the window (``auto``), speech segments otherwise or with
+        ``always``."""
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
         seconds = wav.size / SAMPLE_RATE
         if segment == "always" or (segment == "auto" and seconds > self.max_seconds):
-            return speech_segments(wav, self.segmenter)
+            t0 = time.perf_counter()
+            spans = speech_segments(wav, self.segmenter)
+            return spans, time.perf_counter() - t0
         if seconds > self.max_seconds:
             raise AudioError(f"{name}: {seconds:.1f} s is longer than the model's {self.max_seconds:g} s "
                              "window; segment it (segment='auto')", "audio too long")
         if seconds < self.min_seconds:
             raise AudioError(f"{name}: {seconds:.3f} s is shorter than {self.min_seconds:g} s", "audio too short")
-        return [(0, wav.size)]
+        return [(0, wav.size)], 0.0
 
     # ---------------------------------------------------------------- decoding
     def translate(self, audio, src_lang: str, tgt_lang: str = "en", task: str = "st", **kwargs) -> Translation:
@@ -254,24 +259,24 @@ class SpeechTranslator:
             try:
                 name, wav = self.load_audio(item, sample_rate)
                 name = names[i] if names is not None else name
-                spans = self.plan(name, wav, segment)
+                spans, vad_seconds = self.plan(name, wav, segment)
             except AudioError as e:
                 if not skip_errors:
                     raise
                 self.errors[i] = e
                 continue
-            prepared[i] = (name, wav.size / SAMPLE_RATE)
+            prepared[i] = (name, wav.size / SAMPLE_RATE, vad_seconds)
             pieces += [_Piece(i, s, e, wav[s:e], src_ids[i], prefix_ids[i]) for s, e in spans]
         nbest = nbest or self.nbest
         if not 1 <= nbest <= (beam or self.beam):
             raise ValueError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam or self.beam}")
         spent = self._decode(pieces, self.generator(beam), nbest)
         results = [None] * len(inputs)
-        for i, (name, seconds) in prepared.items():
+        for i, (name, seconds, vad_seconds) in prepared.items():
             own = [p for p in pieces if p.item == i]
             segments = [Segment(p.start / SAMPLE_RATE, p.end / SAMPLE_RATE, p.hypotheses) for p in own]
             text = " ".join(s.text for s in segments if s.text)
-            results[i] = Translation(name, text, segments, seconds, sum(spent[id(p)] for p in own))
+            results[i] = Translation(name, text, segments, seconds, sum(spent[id(p)] for p in own), vad_seconds)
         return results
 
     def _decode(self, pieces: list, generator, nbest: int) -> dict:
