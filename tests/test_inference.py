@@ -307,3 +307,17 @@ def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
     assert status != 0 and "needs --output-dir" in err
     status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
     assert status != 0 and "not found" in err
+
+
+def test_fixed_padding_model_segments_at_its_padding_length(translator, long_recording):
+    """A model trained with --whisper-pad-seconds S cuts longer clips: S is its window."""
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    encoder = translator.model.encoder
+    encoder.pad_seconds = 11.0
+    try:
+        t = SpeechTranslator(translator.model, translator.task, translator.cfg, translator.device, max_len_b=4)
+        assert t.max_seconds == 11.0 and t.segmenter.max_seconds == 11.0
+        assert all(s.end - s.start <= 11.0 for s in t.translate(long_recording[0], src_lang="fr").segments)
+    finally:
+        encoder.pad_seconds = 0.0

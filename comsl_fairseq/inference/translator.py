@@ -128,8 +128,11 @@ class SpeechTranslator:
         self.load_seconds = load_seconds
         self.source = source
         self.dictionary = task.target_dictionary
-        # Longest clip decoded whole: the data config's limit and the encoder's window.
+        # Longest clip decoded whole: the data config's limit and the encoder's window (a model
+        # trained with fixed padding, e.g. the paper's 11 s, would cut longer clips).
         window = model.encoder.max_positions() / SAMPLE_RATE
+        if getattr(model.encoder, "pad_seconds", 0) > 0:
+            window = min(window, model.encoder.pad_seconds)
         self.max_seconds = min(float(task.data_cfg.max_audio_seconds), window)
         self.min_seconds = float(task.data_cfg.min_audio_seconds)
         self.segmenter = segmenter or SegmenterConfig(max_seconds=self.max_seconds)
