@@ -21,5 +21,8 @@ setup(
         "sentencepiece",
         "sacrebleu>=2",
         "pyyaml",
+        "tqdm",
+        "silero-vad==6.2.3",
     ],
+    entry_points={"console_scripts": ["comsl-translate=comsl_fairseq.inference.cli:main"]},
 )

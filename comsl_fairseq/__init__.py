@@ -9,6 +9,10 @@ The checkpoint allowlist is installed first: fairseq loads ``--path`` and
 ``checkpoint_last.pt`` only after the user dir is imported, and under
 torch >= 2.6 those loads run with ``weights_only=True``. For the same reason the
 checkpoint-file safety (atomic ``checkpoint_last.pt``, resume fallback) is installed here.
+
+``from comsl_fairseq import SpeechTranslator`` (the Python API, see
+:mod:`comsl_fairseq.inference.translator`) is resolved lazily, so the ``--user-dir``
+import does not load the inference code.
 """
 from comsl_fairseq import checkpoint_files, safe_globals
 
@@ -20,3 +24,12 @@ from comsl_fairseq.distributed import install_cpu_shims  # noqa: E402
 install_cpu_shims()  # fairseq's pytorch_ddp and torchrun in CPU processes (acts only without GPUs)
 
 from comsl_fairseq import criterions, lr_schedulers, models, optim, tasks  # noqa: E402,F401  (registers them)
+
+
+def __getattr__(name):
+    """Lazy public API: imported on first use only (PEP 562)."""
+    if name == "SpeechTranslator":
+        from comsl_fairseq.inference.translator import SpeechTranslator
+
+        return SpeechTranslator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

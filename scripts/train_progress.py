@@ -5,7 +5,8 @@ logged interval (update n/N, losses, speed, elapsed time, ETA) and every validat
     fairseq-train ... --log-format json 2>&1 | python scripts/train_progress.py --total 1500 --log train.log
 
 fairseq's warnings and errors and any traceback are printed as they are, so a failing run shows
-why; library notices (hydra, Python warnings inside torch) stay in the log file only. The exit status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
+why; library notices (hydra, Python warnings inside torch) stay in the log file only. The exit
+status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
 """
 import argparse
 import json

@@ -1,0 +1,323 @@
+"""Using a trained model: export, the Python API, long recordings, subtitles, comsl-translate.
+
+One module fixture trains the tiny model for 3 updates on a private copy of the test data
+(dictionary and SentencePiece model inside it), decodes the test split with
+fairseq-generate (its own main(), in this process), exports the model with
+scripts/export_model.py, and then deletes the data folder: everything after that loads
+from the exported folder alone. The command is run in this process too (each new
+interpreter costs the fairseq import), except once to check the console entry and the
+lazy import.
+"""
+import json
+import math
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from tests import speech_synth
+from tests.test_cli import generate_cmd, run, train_cmd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args) -> tuple:
+    """(exit status, stdout, stderr) of comsl-translate run in this process."""
+    from comsl_fairseq.inference.cli import main
+
+    message = ""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as e:
+        status, message = (e.code, "") if isinstance(e.code, int) else (1, str(e.code))
+    out, err = capsys.readouterr()
+    return status, out, err + message
+
+
+def fairseq_generate(data, ckpt, results: Path, *extra) -> str:
+    """fairseq-generate's own main() on our §7 command line; returns what it writes."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import generate
+
+    argv = generate_cmd(data, ckpt, *extra, "--results-path", results)[1:]
+    generate.main(convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])))
+    return (results / "generate-test.txt").read_text()
+
+
+def generate_hypotheses(out: str, manifest: Path) -> dict:
+    """{utterance id: (text, base-2 score)} from fairseq-generate's D- lines."""
+    ids = [line.split("\t")[0] for line in manifest.read_text().splitlines()[1:]]
+    hyps = {}
+    for line in out.splitlines():
+        if m := re.match(r"^D-(\d+)\t(\S+)\t?(.*)$", line):
+            hyps[ids[int(m[1])]] = (m[3], float(m[2]))
+    return hyps
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
+    tmp = tmp_path_factory.mktemp("inference")
+    data = Path(shutil.copytree(data_dir, tmp / "data"))
+    for name in ("dict.txt", "sentence.bpe.model"):
+        shutil.copy(mbart_dir / name, data / name)
+    cfg = yaml.safe_load((data / "config.yaml").read_text())
+    cfg["vocab_filename"], cfg["bpe_tokenizer"]["sentencepiece_model"] = "dict.txt", "sentence.bpe.model"
+    (data / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run(*train_cmd(data, whisper_pt, mbart_dir / "model.pt", tmp / "ckpt", "--disable-validation"))
+    ckpt = tmp / "ckpt" / "checkpoint_last.pt"
+    generated = {}
+    for task in ("st", "asr"):
+        out = fairseq_generate(data, ckpt, tmp / f"generate-{task}", "--decode-task", task, "--max-len-b", "12")
+        generated[task] = generate_hypotheses(out, data / "test.tsv")
+    export_script = runpy.run_path(str(ROOT / "scripts" / "export_model.py"), run_name="export_model")
+    assert export_script["main"]([str(ckpt), str(tmp / "model"), "--score-log",
+                                  str(tmp / "generate-st" / "generate-test.txt")]) == 0
+    clips = Path(shutil.copytree(data / "clips", tmp / "clips"))
+    manifest = (data / "test.tsv").read_text()
+    shutil.rmtree(data)  # from here on only the exported folder exists
+    return {"model": tmp / "model", "ckpt": ckpt, "clips": clips, "generated": generated,
+            "test_rows": [line.split("\t") for line in manifest.splitlines()[1:]], "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def translator(exported):
+    from comsl_fairseq import SpeechTranslator
+
+    return SpeechTranslator.from_pretrained(exported["model"], device="cpu", max_len_b=12)
+
+
+def test_export_folder_is_self_contained(exported):
+    model = exported["model"]
+    assert {p.name for p in model.iterdir()} == {"model.pt", "dict.txt", "sentence.bpe.model", "config.yaml",
+                                                 "model_info.json", "README.md"}
+    state = torch.load(model / "model.pt", map_location="cpu")  # weights_only=True
+    original = torch.load(exported["ckpt"], map_location="cpu")
+    assert state["last_optimizer_state"] is None and original["last_optimizer_state"] is not None
+    assert state["cfg"] == original["cfg"]  # carried over unchanged
+    assert all(torch.equal(state["model"][k], v) for k, v in original["model"].items())
+    assert yaml.safe_load((model / "config.yaml").read_text())["vocab_filename"] == "dict.txt"
+    info = json.loads((model / "model_info.json").read_text())
+    assert info["arch"] == "whisper_mbart_composite_tiny" and info["num_updates"] == 3
+    assert info["training_data"]["pairs"] == {"de-en": 8, "fr-en": 8}
+    n_params = sum(p.numel() for p in {id(p): p for p in _model_params(exported)}.values())
+    assert info["parameters"]["total"] == n_params
+    card = (model / "README.md").read_text()
+    assert "whisper_mbart_composite_tiny" in card and "de-en" in card
+    assert re.search(r"\| test \| 5 \| 6 \| \d+(\.\d+)? \| `nrefs:1\\\|case:mixed\\\|eff:no\\\|tok:13a", card), card
+
+
+def _model_params(exported):
+    from fairseq import checkpoint_utils
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(exported["model"] / "model.pt")], arg_overrides={"data": str(exported["model"])})
+    return list(models[0].parameters())
+
+
+def test_half_precision_export_is_smaller_and_loads(exported, tmp_path):
+    from comsl_fairseq import SpeechTranslator
+    from comsl_fairseq.inference.export import export_model
+
+    out = export_model(exported["ckpt"], tmp_path / "fp16", dtype="fp16", data=exported["model"])
+    full, half = (exported["model"] / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
+    assert 0.4 < half / full < 0.6  # tied embeddings are still stored once
+    t = SpeechTranslator.from_pretrained(out, device="cpu", max_len_b=12)
+    assert next(t.model.parameters()).dtype == torch.float32
+    assert isinstance(t.translate(next(exported["clips"].glob("test_*")), src_lang="fr").text, str)
+
+
+def test_export_refuses_a_missing_data_folder_and_a_full_output(exported, tmp_path):
+    from comsl_fairseq.inference.export import ExportError, export_model
+
+    with pytest.raises(ExportError, match="pass --data"):
+        export_model(exported["ckpt"], tmp_path / "out")  # the data folder was deleted
+    with pytest.raises(ExportError, match="not empty"):
+        export_model(exported["ckpt"], exported["model"], data=exported["model"])
+
+
+@pytest.mark.parametrize("task", ["st", "asr"])
+def test_api_hypotheses_equal_fairseq_generate(exported, translator, task):
+    rows = exported["test_rows"]
+    results = translator.translate_batch([exported["clips"] / r[1] for r in rows if r[5] == "fr"],
+                                         src_lang="fr", task=task)
+    results += translator.translate_batch([exported["clips"] / r[1] for r in rows if r[5] == "de"],
+                                          src_lang="de", task=task)
+    ids = [r[0] for r in rows if r[5] == "fr"] + [r[0] for r in rows if r[5] == "de"]
+    expected = exported["generated"][task]
+    assert len(expected) == len(rows)
+    for uid, result in zip(ids, results, strict=True):
+        text, score = expected[uid]
+        assert result.text == text, uid
+        assert result.score / math.log(2) == pytest.approx(score, abs=1e-3)
+        assert len(result.segments) == 1 and result.segments[0].start == 0.0
+        assert "[" not in " ".join(result.tokens)  # no language tags
+    assert any(results[i].text for i in range(len(results)))
+
+
+def test_api_accepts_arrays_and_nbest(exported, translator):
+    path = sorted(exported["clips"].glob("test_*.wav"))[0]
+    wav, sr = sf.read(path, dtype="float32", always_2d=True)
+    from_file = translator.translate(path, src_lang="fr")
+    from_array = translator.translate(wav.mean(axis=1), src_lang="fr", sample_rate=sr)
+    assert from_array.text == from_file.text
+    nbest = translator.translate(path, src_lang="fr", beam=4, nbest=3)
+    assert len(nbest.segments[0].hypotheses) == 3
+    scores = [h.score for h in nbest.segments[0].hypotheses]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+        translator.translate(path, src_lang="xx")
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory):
+    """Ten espeak-ng sentences with 1.5-3.5 s of silence between them (~40 s, over the window)."""
+    return speech_synth.long_recording(tmp_path_factory.mktemp("long") / "long.wav", n=10, seed=3, gap=(1.5, 3.5))
+
+
+def test_long_recording_segments_every_sentence_once_in_order(translator, long_recording):
+    path, placed = long_recording
+    result = translator.translate(path, src_lang="fr")
+    assert result.audio_seconds > translator.max_seconds
+    assert len(result.segments) == len(placed)
+    for seg, (start, end) in zip(result.segments, placed, strict=True):
+        assert abs(seg.start - start) < 0.5 and abs(seg.end - end) < 0.5, (seg, start, end)
+        assert seg.end - seg.start <= translator.max_seconds
+
+
+def test_segments_never_exceed_the_limit(long_recording):
+    from comsl_fairseq.data.audio import read_audio
+    from comsl_fairseq.inference.segment import SegmenterConfig, speech_segments, split_evenly
+
+    wav = read_audio(str(long_recording[0]), Path("/"))[0]
+    segments = speech_segments(wav, SegmenterConfig(max_seconds=2.0, min_silence_ms=2000))
+    assert segments and all(e - s <= 2.0 * 16000 for s, e in segments)
+    assert all(a[1] <= b[0] for a, b in zip(segments, segments[1:], strict=False))
+    assert split_evenly(0, 10, 4) == [(0, 3), (3, 6), (6, 10)] and split_evenly(5, 8, 4) == [(5, 8)]
+    assert speech_segments(np.zeros(16000 * 5, np.float32)) == []
+
+
+def test_subtitle_writers():
+    from comsl_fairseq.inference.subtitles import WRITERS, timestamp
+    from comsl_fairseq.inference.translator import Hypothesis, Segment
+
+    segs = [Segment(0.5, 2.25, [Hypothesis("hello there", ["▁hello", "▁there"], -0.5)]),
+            Segment(3661.0, 3662.0015, [Hypothesis("", [], -1.0)]),
+            Segment(3700.1, 3702.0, [Hypothesis("bye", ["▁bye"], -0.25)])]
+    assert timestamp(3661.0015, ",") == "01:01:01,002"
+    assert WRITERS["srt"]("x", segs) == ("1\n00:00:00,500 --> 00:00:02,250\nhello there\n\n"
+                                         "2\n01:01:40,100 --> 01:01:42,000\nbye\n\n")
+    assert WRITERS["vtt"]("x", segs) == ("WEBVTT\n\n00:00:00.500 --> 00:00:02.250\nhello there\n\n"
+                                         "01:01:40.100 --> 01:01:42.000\nbye\n\n")
+    assert WRITERS["txt"]("x", segs) == "hello there\n\nbye\n"
+    records = [json.loads(line) for line in WRITERS["jsonl"]("x.wav", segs, task="st").splitlines()]
+    assert [r["segment"] for r in records] == [0, 1, 2] and records[2] == {
+        "source": "x.wav", "segment": 2, "start": 3700.1, "end": 3702.0, "text": "bye", "score": -0.25,
+        "task": "st"}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(exported, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in")
+    shutil.copytree(exported["clips"], folder, dirs_exist_ok=True)
+    (folder / "broken.wav").write_bytes(b"RIFF not really a wav")
+    (folder / "empty.flac").write_bytes(b"")
+    return folder
+
+
+def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(exported, bad_folder, tmp_path):
+    """In a fresh interpreter: ``import comsl_fairseq`` loads no inference code (the API is a
+    lazy attribute), then ``python -m comsl_fairseq.inference.cli`` runs over a folder."""
+    code = ("import runpy, sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
+            "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
+            "assert SpeechTranslator.__module__ == 'comsl_fairseq.inference.translator'; "
+            "sys.argv = ['comsl-translate'] + sys.argv[1:]; "
+            "runpy.run_module('comsl_fairseq.inference.cli', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, str(exported["model"]), str(bad_folder),
+                           str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
+                           "jsonl", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_good = len(list(exported["clips"].iterdir()))
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == n_good and {r["segment"] for r in records} == {0}
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3, proc.stderr
+    assert any("broken.wav: cannot decode audio" in line for line in skipped)
+    assert any("empty.flac: cannot decode audio" in line for line in skipped)
+    assert any("missing.wav: no such file or folder" in line for line in skipped)
+    assert f"translated {n_good} of {n_good + 3} input(s); 3 skipped" in proc.stderr
+    assert re.search(r"start-up: model load \d+\.\d+ s, imports \d+\.\d+ s", proc.stderr)
+    assert re.search(r"real-time factor: \d+\.\d+ \(decoding .*model load and file reading excluded"
+                     r".*utterances/s", proc.stderr)
+
+
+def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folder, capsys):
+    status, _, err = cli(capsys, exported["model"], bad_folder / "broken.wav", bad_folder / "empty.flac",
+                         "--src-lang", "fr", "--no-progress")
+    assert status == 1 and "translated 0 of 2 input(s); 2 skipped" in err
+    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav", sorted(bad_folder.glob("t*"))[0],
+                           "--src-lang", "fr", "--max-len-b", "4", "--no-progress")
+    assert status == 0 and len(out.splitlines()) == 1 and "translated 1 of 2 input(s); 1 skipped" in err
+
+
+def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path, capsys):
+    path, placed = long_recording
+    status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
+                         "--output-dir", tmp_path / "subs", "--no-progress")
+    assert status == 0, err[-3000:]
+    assert re.search(r"real-time factor: \d+\.\d+ \(segmentation \d+\.\d+ s \+ decoding", err), err
+    srt = (tmp_path / "subs" / "long.srt").read_text()
+    cues = re.findall(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n", srt)
+    assert [int(c[0]) for c in cues] == list(range(1, len(placed) + 1)), srt
+    for c, (start, end) in zip(cues, placed, strict=True):
+        t = [int(x) for x in c[1:]]
+        assert abs(t[0] * 3600 + t[1] * 60 + t[2] + t[3] / 1000 - start) < 0.5
+        assert abs(t[4] * 3600 + t[5] * 60 + t[6] + t[7] / 1000 - end) < 0.5
+    status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--segment", "never", "--no-progress")
+    assert status == 1 and "longer than the model's 30 s window" in err
+
+
+def test_cli_manifest_with_row_languages_and_asr(exported, tmp_path, capsys):
+    rows = exported["test_rows"]
+    (tmp_path / "clips").symlink_to(exported["clips"])
+    (tmp_path / "config.yaml").write_text("audio_root: clips\n")
+    header = "id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n"
+    (tmp_path / "test.tsv").write_text(header + "".join("\t".join(r[:7]) + "\n" for r in rows))
+    status, out, err = cli(capsys, exported["model"], tmp_path / "test.tsv", "--task", "asr", "--max-len-b", "12",
+                           "--no-progress")
+    assert status == 0, err[-3000:]
+    got = dict(line.split("\t", 1) for line in out.splitlines())
+    expected = exported["generated"]["asr"]
+    assert got == {f"{tmp_path / 'test.tsv'}:{uid}": expected[uid][0] for uid in expected}
+
+
+def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
+    status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "xx")
+    assert status != 0 and "unknown language code 'xx'" in err
+    status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "fr", "--format", "srt")
+    assert status != 0 and "needs --output-dir" in err
+    status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
+    assert status != 0 and "not found" in err
+
+
+def test_fixed_padding_model_segments_at_its_padding_length(translator, long_recording):
+    """A model trained with --whisper-pad-seconds S cuts longer clips: S is its window."""
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    encoder = translator.model.encoder
+    encoder.pad_seconds = 11.0
+    try:
+        t = SpeechTranslator(translator.model, translator.task, translator.cfg, translator.device, max_len_b=4)
+        assert t.max_seconds == 11.0 and t.segmenter.max_seconds == 11.0
+        assert all(s.end - s.start <= 11.0 for s in t.translate(long_recording[0], src_lang="fr").segments)
+    finally:
+        encoder.pad_seconds = 0.0
