@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # Debian package:command pairs. espeak-ng synthesizes the toy corpus (demo and its tests).
 SYSTEM_PACKAGES ?= espeak-ng:espeak-ng
 
-.PHONY: install system-packages test test-all demo lint clean
+.PHONY: install system-packages test test-quick test-all demo lint clean
 
 install: system-packages $(VENV)/.installed
 
@@ -52,7 +52,6 @@ $(VENV)/.installed: setup.py requirements.txt requirements-dev.txt Makefile
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-.PHONY: test-quick
 test-quick: install
 	$(PY) -m pytest -q -m "not slow and not subprocess" $(PYTEST_ARGS) tests
 

@@ -134,6 +134,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed_step(model, criterion, batch, opt, autocast, device) -> float:
+    """One training step (forward, backward, optimizer step); its wall time in seconds."""
+    sync(device)
+    t0 = time.perf_counter()
+    with autocast:
+        loss, _, _ = criterion(model, batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def train_throughput(conf, args, data, device, utts, rng):
     model, criterion, task = build(args.arch, conf.pad_seconds, data, device, conf.stack_decoder_passes)
     d = task.target_dictionary
@@ -156,16 +169,9 @@ def train_throughput(conf, args, data, device, utts, rng):
     n_utt = audio_s = 0.0
     elapsed = 0.0
     for step, batch in enumerate(batches[: args.warmup + args.steps]):
-        sync(device)
-        t0 = time.perf_counter()
-        with autocast:
-            loss, _, _ = criterion(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
+        seconds = timed_step(model, criterion, batch, opt, autocast, device)
         if step >= args.warmup:
-            elapsed += time.perf_counter() - t0
+            elapsed += seconds
             n_utt += batch["nsentences"]
             audio_s += float(batch["net_input"]["src_lengths"].sum()) / SAMPLE_RATE
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None

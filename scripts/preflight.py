@@ -198,7 +198,7 @@ def random_weights(args, report: Report) -> None:
     import tempfile
 
     import numpy as np
-    from benchmark import arch_dims, build, collate, synthetic_data_folder
+    from benchmark import arch_dims, build, collate, synthetic_data_folder, timed_step
 
     import comsl_fairseq  # noqa: F401
 
@@ -231,16 +231,9 @@ def random_weights(args, report: Report) -> None:
     model.train()
     times = []
     for step in range(args.warmup_steps + args.steps):
-        t0 = time.perf_counter()
-        with autocast:
-            loss, _, _ = criterion(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        seconds = timed_step(model, criterion, batch, opt, autocast, device)
         if step >= args.warmup_steps:
-            times.append(time.perf_counter() - t0)
+            times.append(seconds)
     step_s = sum(times) / len(times)
     peak, unit = peak_memory_gb(device)
     report.value("step time", f"{step_s:.3f} s at batch {args.batch_size} x {args.seconds:g} s clips "
