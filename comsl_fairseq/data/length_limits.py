@@ -16,6 +16,7 @@ window. A row over any limit is skipped and named with the limit it exceeds.
 from dataclasses import dataclass
 
 import torch
+from whisper.audio import SAMPLE_RATE
 
 from comsl_fairseq.modules.lengths import speech_lengths
 
@@ -26,8 +27,9 @@ class LengthLimits:
 
     encoder_positions: int  # mBART encoder: text, speech and [text ; speech] sequences
     decoder_positions: int  # mBART decoder: translation and transcript decoder inputs
-    whisper_samples: int  # Whisper's window, in 16 kHz samples
+    whisper_samples: int | None  # Whisper's window, in 16 kHz samples (None: a text-only model)
     pad_samples: int = 0  # > 0: every clip is padded or cut to this many samples (--whisper-pad-seconds)
+    trailing_samples: int = 0  # silence appended to every clip (--whisper-trailing-silence)
 
     @classmethod
     def of_model(cls, model) -> "LengthLimits | None":
@@ -35,14 +37,19 @@ class LengthLimits:
         encoder = getattr(model, "encoder", None)
         if encoder is None or not hasattr(encoder, "mbart") or not hasattr(encoder, "whisper"):
             return None
+        window = encoder.max_positions()  # None for the text-only model (no Whisper)
         return cls(encoder_positions=int(encoder.mbart.max_positions()),
                    decoder_positions=int(model.decoder.max_positions()),
-                   whisper_samples=int(encoder.max_positions()),
-                   pad_samples=int(round(getattr(encoder, "pad_seconds", 0.0) * 16000)))
+                   whisper_samples=None if window is None else int(window),
+                   pad_samples=int(round(getattr(encoder, "pad_seconds", 0.0) * SAMPLE_RATE)),
+                   trailing_samples=int(round(getattr(encoder, "trailing_silence", 0.0) * SAMPLE_RATE)))
 
     def speech_positions(self, n_samples: int) -> int:
         """Encoder positions taken by a clip: its tag plus the adapter frames."""
-        n = min(self.pad_samples, self.whisper_samples) if self.pad_samples > 0 else n_samples
+        if self.pad_samples > 0:
+            n = min(self.pad_samples, self.whisper_samples)
+        else:
+            n = min(n_samples + self.trailing_samples, self.whisper_samples)
         return 1 + int(speech_lengths(torch.tensor([n]))["adapter"][0])
 
     def problem(self, n_samples: int, src_len: int, tgt_len: int, text_only: bool = False) -> str | None:
@@ -51,7 +58,7 @@ class LengthLimits:
         limits = [(tgt_len, self.decoder_positions, "translation tokens > decoder positions"),
                   (src_len, self.decoder_positions, "transcript tokens > decoder positions (ASR branches)"),
                   (src_len, self.encoder_positions, "transcript tokens > encoder positions (MT branch)")]
-        if not text_only:
+        if not text_only and self.whisper_samples is not None:
             speech = self.speech_positions(n_samples)
             limits += [
                 (n_samples, self.whisper_samples, "audio samples > Whisper's window"),
