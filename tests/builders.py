@@ -163,10 +163,20 @@ def fairseq_cfg(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composit
     return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
 
 
-def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny"):
+def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny", **mbart):
+    """(cfg, task, model) as fairseq-train builds them; keyword arguments replace fields of the
+    arch's random-init MbartDims (e.g. ``max_positions=64``), as a checkpoint's dims would."""
+    from dataclasses import replace
+
     from fairseq import tasks
+    from omegaconf import open_dict
+
+    from comsl_fairseq.models.whisper_mbart_composite import RANDOM_INIT_DIMS
 
     cfg = fairseq_cfg(data_dir, *extra, arch=arch)
+    if mbart:
+        with open_dict(cfg.model):
+            cfg.model.mbart_dims = replace(RANDOM_INIT_DIMS[arch][1], **mbart).to_cfg()
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
     return cfg, task, model

@@ -14,7 +14,7 @@ def test_another_arch_is_refused_by_name(data_dir):
 
 def test_dictionary_hint_only_when_embedding_rows_differ(data_dir):
     _, _, model = build_task_and_model(data_dir)
-    _, _, wider = build_task_and_model(data_dir, "--mbart-ffn-dim", "256")  # same dictionary, other widths
+    _, _, wider = build_task_and_model(data_dir, ffn_dim=256)  # same dictionary, other widths
     with pytest.raises(CheckpointError) as e:
         model.load_state_dict(wider.state_dict())
     assert "dict.txt" not in str(e.value) and "decoder.layers.0.fc1.weight: checkpoint (256, 128)" in str(e.value)

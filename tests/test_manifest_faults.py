@@ -11,7 +11,7 @@ import yaml
 
 from comsl_fairseq.data.audio import AudioError
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
-from tests.builders import MANIFEST_HEADER, build_task_and_model, fairseq_cfg, synth_clip
+from tests.builders import MANIFEST_HEADER, build_task_and_model, synth_clip
 
 
 @pytest.fixture()
@@ -170,18 +170,7 @@ def transcript_of(task, n_tokens: int, tag: str = "fr_XX") -> str:
 
 
 def test_rows_over_the_concatenated_pass_positions_are_skipped_when_read(data, caplog):
-    from dataclasses import replace
-
-    from fairseq import tasks
-    from omegaconf import open_dict
-
-    from comsl_fairseq.models.whisper_mbart_composite import RANDOM_INIT_DIMS
-
-    cfg = fairseq_cfg(data)
-    with open_dict(cfg.model):  # mBART-50 has 1024 positions; a small table keeps the test tiny
-        cfg.model.mbart_dims = replace(RANDOM_INIT_DIMS[cfg.model._name][1], max_positions=64).to_cfg()
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
+    cfg, task, model = build_task_and_model(data, max_positions=64)  # mBART-50 has 1024; a small table keeps it tiny
     row = good_rows(data)[0].split("\t")
     assert row[5] == "fr"
     speech = task.length_limits.speech_positions(int(row[2]))  # tag + adapter frames
