@@ -32,7 +32,7 @@ def test_preflight_checks_times_and_estimates_a_row(data_dir, whisper_pt, mbart_
     run = float(re.search(r"hours for the run: ([0-9.e-]+) \(15 epochs\)", out).group(1))
     assert hours > 0 and abs(run - 15 * hours) <= 0.01 * run
     assert re.search(r"peak memory per device: [0-9.]+ GB", out)
-    assert re.search(r"disk for checkpoints: [0-9.]+ GB \(2 epoch checkpoints \+ best \+ last", out)
+    assert re.search(r"disk for checkpoints: [0-9.]+ GB \(5 epoch checkpoints \+ best \+ last", out)
     assert out.rstrip().endswith("preflight: all checks passed")
 
 
