@@ -5,7 +5,7 @@
 # beam 5, and score it (sacreBLEU, exact match, examples).
 #
 # Environment: PY (python of the venv), CORPUS [data/toy], EXP [exp/demo], SEED [1],
-#              DEMO_UPDATES [1500], DEMO_LR [3e-3], DEMO_WARMUP [150]
+#              DEMO_UPDATES [1600], DEMO_LR [3e-3], DEMO_WARMUP [150], DEMO_SCHEDULE [inverse_sqrt|linear]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PY:-.venv/bin/python}"
