@@ -1,9 +1,12 @@
 """The demo's tools: toy corpus generation, single-file translation, toy scoring."""
 import csv
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -54,6 +57,38 @@ def test_toy_corpus_rerun_reuses_clips(toy):
     before = clip.stat().st_mtime_ns
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     assert clip.stat().st_mtime_ns == before
+
+
+def load_corpus_builder():
+    spec = importlib.util.spec_from_file_location("make_toy_corpus", ROOT / "scripts" / "make_toy_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trim_silence_keeps_the_asked_margin_around_the_speech():
+    trim = load_corpus_builder().trim_silence
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # 1 s of "speech"
+    wav = np.concatenate([np.zeros(sr // 5), tone, 1e-4 * np.ones(sr // 2)]).astype(np.float32)  # 0.2 s + 1 s + 0.5 s
+    out = trim(wav, 0.1)
+    assert abs(len(out) - int(1.2 * sr)) <= sr // 100  # speech plus 0.1 s at each end, to the 10 ms frame
+    assert np.abs(out[: int(0.09 * sr)]).max() == 0 and np.abs(out[int(0.11 * sr):int(0.12 * sr)]).max() > 0.1
+    assert len(trim(wav, 1.0)) == len(wav)  # a margin longer than the silence keeps all of it
+    assert len(trim(np.zeros(sr, np.float32), 0.1)) == sr  # nothing above the floor: left alone
+
+
+def test_clips_cut_another_way_are_synthesized_again(tmp_path):
+    builder = load_corpus_builder()
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "fr_0001_v0.flac").write_bytes(b"old")
+    (tmp_path / "corpus_info.json").write_text(json.dumps({"keep_silence": 0.1}))
+    builder.drop_stale_clips(tmp_path, 0.1)  # same setting: reused
+    assert (tmp_path / "clips" / "fr_0001_v0.flac").exists()
+    (tmp_path / "corpus_info.json").write_text(json.dumps({"langs": ["fr"]}))  # written before --keep-silence
+    builder.drop_stale_clips(tmp_path, 0.1)
+    assert not (tmp_path / "clips" / "fr_0001_v0.flac").exists() and not (tmp_path / "corpus_info.json").exists()
 
 
 def test_translate_script(data_dir, tmp_path):
