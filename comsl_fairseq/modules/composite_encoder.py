@@ -64,10 +64,16 @@ class CompositeEncoder(FairseqEncoder):
         return self.num_updates < self.freeze_whisper_updates or by_epoch
 
     def speech_embeddings(self, audio, audio_lengths, lang_tags) -> tuple:
-        """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask).
+        """audio B x S (16 kHz) -> (B x 1+T/8 x C mBART-input embeddings, B x 1+T/8 padding mask):
+        :meth:`whisper_features`, then :meth:`features_to_embeddings`."""
+        h, h_lengths = self.whisper_features(audio, audio_lengths)  # B x T/2 x Cw
+        return self.features_to_embeddings(h, h_lengths, lang_tags)
 
-        The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
-        output enters unscaled (SPEC §2)."""
+    def whisper_features(self, audio, audio_lengths) -> tuple:
+        """audio B x S (16 kHz), lengths B -> (Whisper encoder output h B x T/2 x Cw, lengths B),
+        under the configured input length: padded or cut to --whisper-pad-seconds (every frame
+        valid, no mask), or each clip at its own length (+ --whisper-trailing-silence) with the
+        batch padding masked. Runs without gradients while Whisper is frozen."""
         if self.whisper is None:
             raise ValueError("this model has no speech encoder (a text-only MT-stage model, --arch mbart50_text): "
                              "train it with --text-only and only the MT term, decode it with --decode-task mt")
@@ -82,7 +88,15 @@ class CompositeEncoder(FairseqEncoder):
         with torch.no_grad() if self.whisper_frozen else nullcontext():
             mel, mel_lengths = log_mel(audio, audio_lengths, self.whisper.n_mels)  # B x n_mels x T
             h, h_lengths, _ = self.whisper(mel, mel_lengths)  # B x T/2 x Cw
-        speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/8 x Cm
+        return h, h_lengths
+
+    def features_to_embeddings(self, h, h_lengths, lang_tags) -> tuple:
+        """Whisper features h B x T x Cw (lengths B) and source-language tags B -> (mBART-input
+        embeddings B x 1+T/4 x C, padding mask B x 1+T/4): [tag ; adapter(h)].
+
+        The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
+        output enters unscaled (SPEC §2)."""
+        speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/4 x Cm
         tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
         x = torch.cat([tag.to(speech.dtype), speech], dim=1)
         mask = torch.cat([speech_mask.new_zeros(speech_mask.size(0), 1), speech_mask], dim=1)
