@@ -92,6 +92,7 @@ def write_whisper_checkpoint(path: Path, n_mels=80, dim=64, heads=2, layers=2, s
                            n_text_head=heads, n_text_layer=1)
     model = Whisper(dims)
     with torch.no_grad():  # random weights of speech-model scale, so that activations are not tiny
+        model.decoder.positional_embedding.normal_(0, 0.02)  # openai-whisper leaves it torch.empty
         for p in model.encoder.parameters():
             if p.dim() > 1:
                 p.normal_(0, p.size(-1) ** -0.5)

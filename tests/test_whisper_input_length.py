@@ -68,6 +68,8 @@ def test_whisper_greedy_matches_uncached_decoding(wil):
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                            n_vocab=51865, n_text_ctx=64, n_text_state=32, n_text_head=2, n_text_layer=1)
     model = Whisper(dims).eval()
+    with torch.no_grad():
+        model.decoder.positional_embedding.normal_(0, 0.02)  # openai-whisper leaves it torch.empty
     assert asdict(model.dims) == asdict(dims)
     features = torch.randn(1, 40, 32)  # 0.8 s of encoder frames: shorter than whisper.decode accepts
     got = wil.whisper_greedy(model, features, max_tokens=6)
