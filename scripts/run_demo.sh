@@ -5,12 +5,12 @@
 # beam 5, and score it (sacreBLEU, exact match, examples).
 #
 # Training runs as DEMO_PROCS data-parallel processes of one thread each (torchrun, gloo), each
-# reading DEMO_MAX_TOKENS audio samples per batch: on a 2-core CPU two one-thread processes do
-# ~1.5x the work of one two-thread process, and because every process has exactly one thread
-# the arithmetic (so the score) does not depend on how many cores the machine has.
+# reading DEMO_MAX_TOKENS audio samples per batch: on a 2-core CPU two one-thread processes keep
+# both cores busier than one two-thread process does on these small matrices, and because every
+# process has exactly one thread the arithmetic (so the score) does not depend on the core count.
 #
 # Environment: PY (python of the venv), CORPUS [data/toy], EXP [exp/demo], SEED [1],
-#              DEMO_UPDATES [see below], DEMO_LR [3e-3], DEMO_WARMUP [150], DEMO_PROCS [2],
+#              DEMO_UPDATES [900], DEMO_LR [3e-3], DEMO_WARMUP [150], DEMO_PROCS [2],
 #              DEMO_MAX_TOKENS [640000], DEMO_SCHEDULE [inverse_sqrt|linear]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

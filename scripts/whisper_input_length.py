@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from whisper.audio import SAMPLE_RATE
 
 from comsl_fairseq.scoring import corpus_scores, edit_distance, normalize_asr
 
@@ -290,7 +291,7 @@ def speak_english(sentences: list, folder: Path) -> list:
         path = folder / f"en_{i}.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True)
         wav, sr = sf.read(path, dtype="float32")
-        waves.append(torch.from_numpy(soxr.resample(wav, sr, 16000).astype(np.float32)))
+        waves.append(torch.from_numpy(soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32)))
     return waves
 
 

@@ -155,16 +155,6 @@ SENTENCES = ["please call stella and ask her to bring these things with her from
              "my brother plays the guitar in a small band"]
 
 
-def word_errors(ref: str, hyp: str) -> int:
-    r, h = ref.split(), hyp.split()
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[:], i
-        for j in range(1, len(h) + 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1]))
-    return d[len(h)]
-
-
 def real_base_folder(tmp_path: Path) -> Path:
     parts = []
     for i in (1, 2):
@@ -188,6 +178,8 @@ def test_real_whisper_base_from_ctranslate2_transcribes_english(tmp_path):
     import soxr
     from whisper.normalizers import BasicTextNormalizer
 
+    from comsl_fairseq.scoring import edit_distance
+
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     run_converter(real_base_folder(tmp_path), tmp_path / "base.pt")
@@ -203,7 +195,8 @@ def test_real_whisper_base_from_ctranslate2_transcribes_english(tmp_path):
     options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False)
     results = whisper.decode(model, torch.stack(mels), options)
     norm = BasicTextNormalizer()
-    errors = sum(word_errors(norm(ref), norm(r.text)) for ref, r in zip(SENTENCES, results, strict=True))
+    errors = sum(edit_distance(norm(r.text).split(), norm(ref).split())
+                 for ref, r in zip(SENTENCES, results, strict=True))
     words = sum(len(norm(ref).split()) for ref in SENTENCES)
     wer = errors / words
     print(f"Whisper base (CTranslate2 -> openai-whisper), espeak-ng en-us, {len(SENTENCES)} sentences: "
