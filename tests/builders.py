@@ -216,3 +216,9 @@ def generate_cmd(data, ckpt, *extra):
     return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
             "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", ckpt, "--beam", "5",
             "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]
+
+
+def decoded_lines(data, ckpt) -> list:
+    """fairseq-generate on DATA's test split with short outputs: its H-, D- and P- lines, sorted."""
+    log = run(*generate_cmd(data, ckpt, "--max-len-a", "0", "--max-len-b", "8"))
+    return sorted(line for line in log.splitlines() if line.startswith(("H-", "D-", "P-")))
