@@ -24,5 +24,5 @@ setup(
         "tqdm",
         "silero-vad==6.2.3",
     ],
-    entry_points={"console_scripts": ["comsl-translate=comsl_fairseq.inference.cli:main"]},
+    entry_points={"console_scripts": ["comsl-translate=comsl_fairseq.cli.translate:main"]},
 )

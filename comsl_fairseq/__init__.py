@@ -14,12 +14,12 @@ checkpoint-file safety (atomic ``checkpoint_last.pt``, resume fallback) is insta
 :mod:`comsl_fairseq.inference.translator`) is resolved lazily, so the ``--user-dir``
 import does not load the inference code.
 """
-from comsl_fairseq import checkpoint_files, safe_globals
+from comsl_fairseq.checkpoints import allowlist, files
 
-safe_globals.allow_fairseq_checkpoints()
-checkpoint_files.install()
+allowlist.allow_fairseq_checkpoints()
+files.install()
 
-from comsl_fairseq.distributed import install_cpu_shims  # noqa: E402
+from comsl_fairseq.training.distributed import install_cpu_shims  # noqa: E402
 
 install_cpu_shims()  # fairseq's pytorch_ddp and torchrun in CPU processes (acts only without GPUs)
 

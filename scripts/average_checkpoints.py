@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import comsl_fairseq  # noqa: F401  (checkpoint allowlist for torch.load)
-from comsl_fairseq.checkpoint_averaging import AveragingError, average_checkpoints, last_checkpoints
+from comsl_fairseq.checkpoints.averaging import AveragingError, average_checkpoints, last_checkpoints
 
 
 def main(argv=None) -> int:

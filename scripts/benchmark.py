@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def arch_dims(arch: str) -> tuple:
     """(WhisperDims, MbartDims, vocabulary rows of the pretrained mBART) of each arch's real
     shapes; the plugin itself reads them from checkpoints."""
-    from comsl_fairseq.checkpoints import MbartDims, WhisperDims
+    from comsl_fairseq.checkpoints.pretrained import MbartDims, WhisperDims
     from comsl_fairseq.models.whisper_mbart_composite import RANDOM_INIT_DIMS
 
     if arch == "tiny":
@@ -47,8 +47,8 @@ def synthetic_data_folder(folder: Path, n_pretrained: int) -> Path:
     """A data folder the real task reads: a SentencePiece model (unused: the benchmark draws
     token ids), a dict.txt that with the ML50 tags and <mask> gives ``n_pretrained`` rows,
     and config.yaml."""
-    from comsl_fairseq.data.languages import ML50_TAGS
-    from comsl_fairseq.data.vocabulary import train_sentencepiece
+    from comsl_fairseq.vocab.languages import ML50_TAGS
+    from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
     train_sentencepiece([f"w{i} w{i + 1} w{i + 2}" for i in range(300)], folder, vocab_size=60)
     n_words = n_pretrained - 4 - len(ML50_TAGS) - 1  # <s> <pad> </s> <unk>, tags, <mask>
@@ -95,7 +95,7 @@ def utterances(n: int, rng: np.random.Generator, max_seconds: float) -> list:
 
 
 def collate(utts, d, rng):
-    from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+    from comsl_fairseq.data.dataset import SpeechTextDataset
 
     ds = SpeechTextDataset("bench", [], Path("."), d, [], [], shuffle=False)
     words = np.arange(d.nspecial, d.nspecial + 100)

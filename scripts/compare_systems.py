@@ -18,8 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from comsl_fairseq.decoded_system import align, read_system
-from comsl_fairseq.scoring import BOOTSTRAP_SAMPLES, paired_bootstrap, stratified_bootstrap_mean
+from comsl_fairseq.evaluation.decoded_system import align, read_system
+from comsl_fairseq.evaluation.scoring import BOOTSTRAP_SAMPLES, paired_bootstrap, stratified_bootstrap_mean
 
 
 def compare(groups: dict, samples: int) -> dict:

@@ -121,7 +121,7 @@ def write_dict(spm_path: Path, out: Path, vocab_rows: int) -> int:
     if vocab_rows != expected:
         raise ConversionError(f"embedding has {vocab_rows} rows, but {spm_path.name} with {n} pieces, the 52 "
                               f"language codes and <mask> give {expected}")
-    from comsl_fairseq.data.vocabulary import write_fairseq_dict
+    from comsl_fairseq.vocab.vocabulary import write_fairseq_dict
 
     return write_fairseq_dict(spm_path, out / "dict.txt")  # pieces 3 .. n-1, in id order
 
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         if not (hf_dir / name).is_file():
             raise SystemExit(f"error: {hf_dir / name} not found")
     import comsl_fairseq  # noqa: F401  (allowlists the checkpoint classes we write and read back)
-    from comsl_fairseq.checkpoints import load_mbart_checkpoint
+    from comsl_fairseq.checkpoints.pretrained import load_mbart_checkpoint
 
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     try:

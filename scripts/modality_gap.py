@@ -23,10 +23,10 @@ from pathlib import Path
 import yaml
 
 from comsl_fairseq.data.config import DataConfig
-from comsl_fairseq.decoded_system import manifest_column, read_log
-from comsl_fairseq.gap_page import audio_files, render, summary_table
-from comsl_fairseq.generate_log import read_generate_log
-from comsl_fairseq.modality_gap import language_report, load_systems, markdown, utterances
+from comsl_fairseq.evaluation.decoded_system import manifest_column, read_log
+from comsl_fairseq.evaluation.gap_page import audio_files, render, summary_table
+from comsl_fairseq.evaluation.logs import read_generate_log
+from comsl_fairseq.evaluation.modality_gap import language_report, load_systems, markdown, utterances
 
 logger = logging.getLogger("modality_gap")
 USER_DIR = Path(__file__).resolve().parents[1] / "comsl_fairseq"

@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from comsl_fairseq.training_logs import read_run
+from comsl_fairseq.evaluation.logs import read_run
 
 TRAIN_TAGS = ("train_inner",)
 EPOCH_TRAIN = "train"

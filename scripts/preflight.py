@@ -119,7 +119,7 @@ def load_inputs(cfg, report: Report, n_clips: int):
     except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         report.check("checkpoints vs --arch and dictionary", False, str(e))
         return None
-    from comsl_fairseq.checkpoints import MbartDims, WhisperDims
+    from comsl_fairseq.checkpoints.pretrained import MbartDims, WhisperDims
 
     w, mb = WhisperDims.from_cfg(cfg.model), MbartDims.from_cfg(cfg.model)  # filled in by build_model
     speech = f"Whisper {w.n_audio_layer} layers d={w.n_audio_state} {w.n_mels} mels; " if w is not None else ""
@@ -137,7 +137,7 @@ def load_inputs(cfg, report: Report, n_clips: int):
 def time_training(cfg, task, model, criterion, args, report: Report) -> None:
     from fairseq.trainer import Trainer
 
-    from comsl_fairseq.training_schedule import MeasuredSchedule
+    from comsl_fairseq.training.schedule import MeasuredSchedule
 
     trainer = Trainer(cfg, task, model, criterion)
     epoch_itr = trainer.get_train_iterator(epoch=1, load_dataset=False)

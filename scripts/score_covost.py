@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from comsl_fairseq.data.languages import COVOST_X_EN, COVOST_X_EN_LANGS
-from comsl_fairseq.generate_log import read_generate_log
-from comsl_fairseq.scoring import asr_scores, corpus_scores
+from comsl_fairseq.evaluation.logs import read_generate_log
+from comsl_fairseq.evaluation.scoring import asr_scores, corpus_scores
+from comsl_fairseq.vocab.languages import COVOST_X_EN, COVOST_X_EN_LANGS
 
 GROUPS = {name: list(langs) for name, langs in COVOST_X_EN.items()}
 ALL = list(COVOST_X_EN_LANGS)

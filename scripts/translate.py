@@ -21,7 +21,7 @@ def main(argv=None) -> int:
             model = [arg.split("=", 1)[1]]
             del argv[i]
             break
-    from comsl_fairseq.inference.cli import main as translate_main
+    from comsl_fairseq.cli.translate import main as translate_main
 
     return translate_main(model + argv)
 

@@ -34,7 +34,7 @@ def sentences(lang: str, n: int, rng: random.Random) -> list:
 
 def write_sentencepiece(folder: Path, vocab_size: int = 120) -> None:
     """``sentence.bpe.model`` and a fairseq ``dict.txt`` of its pieces (no tags)."""
-    from comsl_fairseq.data.vocabulary import train_sentencepiece
+    from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
     rng = random.Random(0)
     train_sentencepiece([s for lang in WORDS for s in sentences(lang, 300, rng)], folder, vocab_size)
@@ -58,7 +58,7 @@ def build_bart(folder: Path, args: Namespace):
     """A fairseq BARTModel on the folder's dict.txt + tags + <mask> (mBART-50 rows)."""
     from fairseq.models.bart import BARTModel
 
-    from comsl_fairseq.data.vocabulary import build_dictionary
+    from comsl_fairseq.vocab.vocabulary import build_dictionary
 
     full, n_pretrained = build_dictionary(folder / "dict.txt")
     d = type(full)()  # the pretrained part only: what an mBART-50 checkpoint was trained with

@@ -5,9 +5,9 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from comsl_fairseq import checkpoint_files
-from comsl_fairseq.checkpoint_files import checkpoint_problem, resume_file
-from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.checkpoints import files as checkpoint_files
+from comsl_fairseq.checkpoints.files import checkpoint_problem, resume_file
+from comsl_fairseq.checkpoints.pretrained import CheckpointError
 from tests.test_cli import run
 from tests.test_reliability import inner_args
 

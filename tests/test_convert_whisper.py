@@ -178,7 +178,7 @@ def test_real_whisper_base_from_ctranslate2_transcribes_english(tmp_path):
     import soxr
     from whisper.normalizers import BasicTextNormalizer
 
-    from comsl_fairseq.scoring import edit_distance
+    from comsl_fairseq.evaluation.scoring import edit_distance
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")

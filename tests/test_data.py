@@ -8,9 +8,9 @@ import yaml
 
 from comsl_fairseq.data.audio import AudioError, read_audio
 from comsl_fairseq.data.config import DataConfig, DataConfigError
-from comsl_fairseq.data.languages import COVOST_X_EN, COVOST_X_EN_LANGS, ML50_TAGS, mbart_tag
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
-from comsl_fairseq.data.vocabulary import VocabularyError, build_dictionary
+from comsl_fairseq.vocab.languages import COVOST_X_EN, COVOST_X_EN_LANGS, ML50_TAGS, mbart_tag
+from comsl_fairseq.vocab.vocabulary import VocabularyError, build_dictionary
 from tests.builders import MANIFEST_HEADER, build_task_and_model, copy_data, synth_clip
 
 

@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from comsl_fairseq import training_schedule
 from comsl_fairseq.lr_schedulers.epoch_polynomial_decay import EpochPolynomialDecayConfig, EpochPolynomialDecaySchedule
-from comsl_fairseq.training_schedule import MeasuredSchedule
+from comsl_fairseq.training import schedule as training_schedule
+from comsl_fairseq.training.schedule import MeasuredSchedule
 from tests.builders import build_task_and_model
 
 

@@ -99,7 +99,7 @@ def test_text_only_arch_has_no_speech_weights_and_initialises_a_composite(data_d
 
 
 def bleu_log(lang, hyps, refs):
-    from comsl_fairseq import valid_bleu as vb
+    from comsl_fairseq.training import valid_bleu as vb
 
     log = {}
     vb.add_stats(log, lang, vb.bleu_stats(hyps, refs, "13a"))

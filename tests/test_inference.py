@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(capsys, *args) -> tuple:
     """(exit status, stdout, stderr) of comsl-translate run in this process."""
-    from comsl_fairseq.inference.cli import main
+    from comsl_fairseq.cli.translate import main
 
     message = ""
     try:
@@ -236,12 +236,12 @@ def bad_folder(exported, tmp_path_factory):
 
 def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(exported, bad_folder, tmp_path):
     """In a fresh interpreter: ``import comsl_fairseq`` loads no inference code (the API is a
-    lazy attribute), then ``python -m comsl_fairseq.inference.cli`` runs over a folder."""
+    lazy attribute), then ``python -m comsl_fairseq.cli.translate`` runs over a folder."""
     code = ("import runpy, sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
             "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
             "assert SpeechTranslator.__module__ == 'comsl_fairseq.inference.translator'; "
             "sys.argv = ['comsl-translate'] + sys.argv[1:]; "
-            "runpy.run_module('comsl_fairseq.inference.cli', run_name='__main__')")
+            "runpy.run_module('comsl_fairseq.cli.translate', run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code, str(exported["model"]), str(bad_folder),
                            str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
                            "jsonl", "--no-progress"], capture_output=True, text=True, timeout=600)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.checkpoints.pretrained import CheckpointError
 from tests.builders import build_task_and_model
 
 

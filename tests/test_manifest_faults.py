@@ -186,7 +186,7 @@ def test_rows_over_the_concatenated_pass_positions_are_skipped_when_read(data, c
     criterion = task.build_criterion(cfg.criterion)
     loss, _, _ = criterion(model, ds.collater([ds[0]]))  # the longest row that fits runs every pass
     assert torch.isfinite(loss)
-    from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
+    from comsl_fairseq.data.dataset import SpeechTextDataset
 
     unchecked = SpeechTextDataset.from_manifests("positions", [data / "positions.tsv"], task.data_cfg,
                                                  task.tgt_dict, task.tokenizer, shuffle=False)

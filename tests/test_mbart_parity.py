@@ -2,7 +2,7 @@
 import torch
 from fairseq.data import data_utils
 
-from comsl_fairseq.checkpoints import load_mbart_checkpoint
+from comsl_fairseq.checkpoints.pretrained import load_mbart_checkpoint
 from tests.builders import build_bart, build_task_and_model, mbart_args
 
 

@@ -4,7 +4,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import CheckpointError, MbartDims, WhisperDims
+from comsl_fairseq.checkpoints.pretrained import CheckpointError, MbartDims, WhisperDims
 from comsl_fairseq.modules.lengths import speech_lengths
 from tests.builders import build_task_and_model
 

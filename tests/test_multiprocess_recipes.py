@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import load_whisper_checkpoint
+from comsl_fairseq.checkpoints.pretrained import load_whisper_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "examples" / "covost2" / "ablations"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comsl_fairseq.training_logs import read_run, read_tensorboard_dir, read_text_log
+from comsl_fairseq.evaluation.logs import read_run, read_tensorboard_dir, read_text_log
 from tests.test_cli import run, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_plot_training_overlays_runs(run_dir, tmp_path, capsys):
 
 
 def test_average_of_identical_checkpoints_is_that_checkpoint(run_dir, tmp_path):
-    from comsl_fairseq.checkpoint_averaging import average_checkpoints
+    from comsl_fairseq.checkpoints.averaging import average_checkpoints
 
     ckpt = run_dir / "ckpt" / "checkpoint2.pt"
     out = average_checkpoints([ckpt, ckpt], tmp_path / "avg.pt")
@@ -128,7 +128,7 @@ def test_averaging_asks_for_keep_last_epochs_when_checkpoints_are_missing(run_di
 
 
 def test_normalised_wer_cer_and_chrf():
-    from comsl_fairseq.scoring import asr_scores, corpus_scores, error_rate
+    from comsl_fairseq.evaluation.scoring import asr_scores, corpus_scores, error_rate
 
     assert error_rate(["Hello, World!"], ["hello world"]) == 0.0  # case and punctuation do not count
     assert error_rate(["hello there world"], ["hello world"]) == 50.0
@@ -142,7 +142,7 @@ def test_normalised_wer_cer_and_chrf():
 def test_paired_bootstrap_separates_signal_from_noise():
     import random
 
-    from comsl_fairseq.scoring import paired_bootstrap
+    from comsl_fairseq.evaluation.scoring import paired_bootstrap
 
     rng = random.Random(0)
     words = "the a cat dog red blue house big small eats sees my friend".split()
@@ -309,7 +309,7 @@ def test_page_audio_from_plain_files_and_zip_entries(tmp_path, mbart_dir):
     import soundfile as sf
     import yaml
 
-    from comsl_fairseq.gap_page import audio_files
+    from comsl_fairseq.evaluation.gap_page import audio_files
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -332,7 +332,7 @@ def test_page_audio_from_plain_files_and_zip_entries(tmp_path, mbart_dir):
 
 
 def test_decoded_system_refuses_a_partial_decode(tmp_path):
-    from comsl_fairseq.decoded_system import read_system
+    from comsl_fairseq.evaluation.decoded_system import read_system
 
     (tmp_path / "test.tsv").write_text("id\tsrc_lang\na\tfr\nb\tde\nc\tfr\n", encoding="utf-8")
     _generate_log(tmp_path / "sys" / "generate-test.txt", [("x", "y"), ("x", "y")])

@@ -1,8 +1,6 @@
 """Pseudo-ST clip selection (examples/covost2/make_pseudo_st.py): a separate, newer Common
 Voice root, and no clip whose sentence is a CoVoST 2 dev or test sentence."""
-import importlib
 import logging
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,11 +8,9 @@ HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes"
 
 
 def load_script():
-    sys.path.insert(0, str(ROOT / "examples" / "covost2"))
-    try:
-        return importlib.import_module("make_pseudo_st")
-    finally:
-        sys.path.pop(0)
+    from examples.covost2 import make_pseudo_st
+
+    return make_pseudo_st
 
 
 def write_validated(folder: Path, rows: list) -> Path:

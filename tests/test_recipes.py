@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comsl_fairseq.checkpoints import load_whisper_checkpoint
+from comsl_fairseq.checkpoints.pretrained import load_whisper_checkpoint
 from tests.builders import copy_data
 
 pytestmark = pytest.mark.subprocess

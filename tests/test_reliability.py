@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.checkpoints.pretrained import CheckpointError
 from comsl_fairseq.data.manifest import BadInputError
 from tests.builders import BIN, USER_DIR, build_task_and_model, copy_data, run, synth_clip
 
@@ -150,7 +150,7 @@ def test_two_process_training_on_cpu(data_dir, whisper_pt, tmp_path):
     assert "distributed init (rank 0)" in outs[0] and "distributed init (rank 1)" in outs[1]
     assert "training on 2 devices" in outs[0] and re.search(r"num_updates 4", outs[0])
     state = torch.load(save / "checkpoint_last.pt", map_location="cpu")
-    from comsl_fairseq.checkpoints import load_whisper_checkpoint
+    from comsl_fairseq.checkpoints.pretrained import load_whisper_checkpoint
 
     _, original = load_whisper_checkpoint(whisper_pt)
     whisper = {k[len("encoder.whisper."):]: v for k, v in state["model"].items() if k.startswith("encoder.whisper.")}

@@ -7,7 +7,7 @@ import torch
 import yaml
 from fairseq import checkpoint_utils, tasks
 
-from comsl_fairseq.data.vocab_fingerprint import (
+from comsl_fairseq.vocab.fingerprint import (
     VocabularyMismatchError,
     check_vocabulary,
     checkpoint_fingerprint,

@@ -5,7 +5,7 @@ import torch
 import whisper.audio
 from whisper.model import AudioEncoder
 
-from comsl_fairseq.checkpoints import CheckpointError, load_whisper_checkpoint
+from comsl_fairseq.checkpoints.pretrained import CheckpointError, load_whisper_checkpoint
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, log_mel
 from tests.builders import synth_clip
 

@@ -1,8 +1,7 @@
-"""scripts/whisper_input_length.py (issue 11, item 7) end to end on a tiny random Whisper
+"""examples/covost2/whisper_input_length.py end to end on a tiny random Whisper
 checkpoint in the openai-whisper format and a few synthetic clips: cached features are the
 model's own speech path, the padded mode has its fixed frame count, training on the cache
 lowers the loss, and the tables are written."""
-import importlib.util
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wil():
-    spec = importlib.util.spec_from_file_location("whisper_input_length", ROOT / "scripts" / "whisper_input_length.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from examples.covost2 import whisper_input_length
+
+    return whisper_input_length
 
 
 def test_mode_flags(wil):

@@ -32,8 +32,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
-from comsl_fairseq.data.languages import MASK_SYMBOL
 from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
+from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
 

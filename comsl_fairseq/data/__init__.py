@@ -1,1 +1,1 @@
-"""Data side of ComSL: manifests, audio, the mBART-50 dictionary, datasets (SPEC §3)."""
+"""Data side of ComSL: manifests, audio, data config, clip lengths and the speech-text dataset."""

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from comsl_fairseq.data.languages import mbart_tag
+from comsl_fairseq.vocab.languages import mbart_tag
 
 logger = logging.getLogger(__name__)
 

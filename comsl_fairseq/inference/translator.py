@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
-from comsl_fairseq.data.languages import mbart_tag, tag_symbol
 from comsl_fairseq.inference.segment import SegmenterConfig, speech_segments
+from comsl_fairseq.vocab.languages import mbart_tag, tag_symbol
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ power 2 down to 1e-7) whose length is the training's real length in updates.
 fairseq's ``polynomial_decay`` needs ``--total-num-update`` typed in, which a recipe can only
 estimate in shell arithmetic (and got wrong whenever the GPU count was not the one assumed).
 Here the length is ``--max-epoch`` x the updates per epoch the task measured from the trainer's
-epoch iterator (comsl_fairseq.training_schedule), or ``--max-update`` if that ends training
+epoch iterator (comsl_fairseq.training.schedule), or ``--max-update`` if that ends training
 earlier, unless ``--total-num-update`` is given explicitly.
 """
 import logging
@@ -17,7 +17,7 @@ from fairseq.optim.lr_scheduler.polynomial_decay_schedule import (
     PolynomialDecayLRScheduleConfig,
 )
 
-from comsl_fairseq import training_schedule
+from comsl_fairseq.training import schedule as training_schedule
 
 logger = logging.getLogger(__name__)
 

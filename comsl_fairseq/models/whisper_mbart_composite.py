@@ -24,7 +24,7 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 from fairseq.modules import GradMultiply
 from omegaconf import open_dict
 
-from comsl_fairseq.checkpoints import (
+from comsl_fairseq.checkpoints.pretrained import (
     CheckpointError,
     MbartDims,
     WhisperDims,
@@ -33,13 +33,13 @@ from comsl_fairseq.checkpoints import (
     load_whisper_checkpoint,
     state_mismatch,
 )
-from comsl_fairseq.distributed import all_reduce_grads, broadcast_from_first_rank
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
 from comsl_fairseq.modules.composite_encoder import CompositeEncoder
 from comsl_fairseq.modules.mbart import build_mbart, load_mbart_weights
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
 from comsl_fairseq.optim.adam_grouped import mark_no_weight_decay
+from comsl_fairseq.training.distributed import all_reduce_grads, broadcast_from_first_rank
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list:
         """Read by torch DDP when it wraps the model: with a freeze configured, Whisper stays out
-        of DDP's reducer (see comsl_fairseq.distributed) and all_reduce_grads averages it."""
+        of DDP's reducer (see comsl_fairseq.training.distributed) and all_reduce_grads averages it."""
         if not self.encoder.freezes_whisper:
             return []
         return [f"encoder.whisper.{name}" for name, _ in self.encoder.whisper.named_parameters()]

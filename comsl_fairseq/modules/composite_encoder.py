@@ -51,7 +51,7 @@ class CompositeEncoder(FairseqEncoder):
 
     @property
     def freezes_whisper(self) -> bool:
-        """Whether a freeze is configured at all (then DDP leaves Whisper to us: comsl_fairseq.distributed)."""
+        """Whether a freeze is configured at all (then DDP leaves Whisper to us: comsl_fairseq.training.distributed)."""
         return self.freeze_whisper_updates > 0 or self.freeze_whisper_epochs > 0
 
     @property

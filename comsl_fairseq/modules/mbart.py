@@ -11,8 +11,8 @@ from fairseq.models.bart.model import mbart_large_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from torch import nn
 
-from comsl_fairseq.checkpoints import CheckpointError, MbartDims, load_mbart_checkpoint, load_strict
-from comsl_fairseq.data.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
+from comsl_fairseq.checkpoints.pretrained import CheckpointError, MbartDims, load_mbart_checkpoint, load_strict
+from comsl_fairseq.vocab.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
 
 logger = logging.getLogger(__name__)
 

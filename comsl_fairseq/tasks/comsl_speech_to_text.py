@@ -19,18 +19,18 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from comsl_fairseq import training_schedule
-from comsl_fairseq import valid_bleu as vb
-from comsl_fairseq.arch_check import check_model_family
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
-from comsl_fairseq.data.length_limits import LengthLimits
-from comsl_fairseq.data.speech_text_dataset import SpeechTextDataset
-from comsl_fairseq.data.stand_in_batch import readable_first_batch
-from comsl_fairseq.data.vocab_fingerprint import KEY as VOCABULARY_KEY
-from comsl_fairseq.data.vocab_fingerprint import check_vocabulary, vocabulary_fingerprint
-from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
-from comsl_fairseq.setup_checks import check_criterion_setup, check_model_setup
+from comsl_fairseq.data.dataset import SpeechTextDataset
+from comsl_fairseq.modules.length_limits import LengthLimits
+from comsl_fairseq.training import schedule as training_schedule
+from comsl_fairseq.training import valid_bleu as vb
+from comsl_fairseq.training.arch_check import check_model_family
+from comsl_fairseq.training.setup_checks import check_criterion_setup, check_model_setup
+from comsl_fairseq.training.stand_in_batch import readable_first_batch
+from comsl_fairseq.vocab.fingerprint import KEY as VOCABULARY_KEY
+from comsl_fairseq.vocab.fingerprint import check_vocabulary, vocabulary_fingerprint
+from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     fail_on_bad_input: bool = field(default=False, metadata={
         "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
-    # read to measure the training schedule from the epoch iterator (comsl_fairseq.training_schedule)
+    # read to measure the training schedule from the epoch iterator (comsl_fairseq.training.schedule)
     train_subset: str = II("dataset.train_subset")
     update_freq: List[int] = II("optimization.update_freq")
     max_epoch: int = II("optimization.max_epoch")

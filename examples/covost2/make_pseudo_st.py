@@ -43,8 +43,8 @@ class Translator:
 
         import comsl_fairseq  # noqa: F401  (checkpoint allowlist)
         from comsl_fairseq.data.config import DataConfig
-        from comsl_fairseq.data.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
         from comsl_fairseq.modules.mbart import load_mbart_text_model
+        from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
         data_cfg = DataConfig.load(out_root / "config.yaml")
         self.dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename)
@@ -60,7 +60,7 @@ class Translator:
     def __call__(self, texts: list, src_tag: str, tgt_tag: str = "en_XX") -> list:
         from fairseq.data import data_utils
 
-        from comsl_fairseq.data.languages import tag_symbol
+        from comsl_fairseq.vocab.languages import tag_symbol
 
         d = self.dictionary
         src = [self.tokenizer.encode(t, src_tag)[:1024] for t in texts]
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="translate on the CPU even if a GPU is present")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
-    from comsl_fairseq.data.languages import mbart_tag
+    from comsl_fairseq.vocab.languages import mbart_tag
 
     out = args.out_root.resolve()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")

@@ -33,7 +33,7 @@ import yaml
 from tqdm import tqdm
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
-from comsl_fairseq.data.languages import COVOST_X_EN_LANGS
+from comsl_fairseq.vocab.languages import COVOST_X_EN_LANGS
 
 logger = logging.getLogger("prep_covost2")
 

@@ -10,7 +10,7 @@ import sentencepiece as spm
 import torch
 from fairseq.data import Dictionary
 
-from comsl_fairseq.data.languages import EXTRA_TAGS, MASK_SYMBOL, ML50_TAGS, tag_symbol
+from comsl_fairseq.vocab.languages import EXTRA_TAGS, MASK_SYMBOL, ML50_TAGS, tag_symbol
 
 
 class VocabularyError(ValueError):

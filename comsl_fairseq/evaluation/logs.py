@@ -1,5 +1,7 @@
-"""Reading what fairseq-train logged: its text log (``--log-format json`` or ``simple``) and
-TensorBoard event files (``--tensorboard-logdir``), as records of (tag, update, {key: value}).
+"""fairseq's logs: fairseq-train's (text and TensorBoard) and fairseq-generate's output, read in one place.
+
+fairseq-train's text log (``--log-format json`` or ``simple``) and TensorBoard event files
+(``--tensorboard-logdir``) are read as records of (tag, update, {key: value}).
 
 Tags are fairseq's: ``train_inner`` (every ``--log-interval`` updates), ``train`` (epoch
 averages) and the validation subset's name (``dev``, ``valid``...). Keys lose fairseq's
@@ -18,6 +20,7 @@ _LINE = re.compile(r"^\S+ \S+ \| \w+ \| (?P<tag>[\w.-]+) \| (?P<rest>.*)$")
 _SIMPLE_INNER = re.compile(r"^epoch \d+:\s+\d+ / \d+ (?P<kv>.*)$")
 _VALID = re.compile(r"^valid on '(?P<subset>[^']+)' subset$")
 _LOG_NAMES = ("train.log", "train.json.log", "log.txt")
+_GENERATE_LINE = re.compile(r"^(D|T)-(\d+)\t(.*)$")
 
 
 @dataclass
@@ -134,3 +137,18 @@ def read_run(path: Path) -> list:
         return read_tensorboard_dir(path)
     raise FileNotFoundError(f"{path}: no fairseq-train log ({', '.join(_LOG_NAMES)}) and no TensorBoard "
                             "event files; pass the log file itself")
+
+
+def read_generate_log(path) -> tuple:
+    """{sample id: hypothesis}, {sample id: reference} from a fairseq-generate log."""
+    hyps, refs = {}, {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        m = _GENERATE_LINE.match(line)
+        if not m:
+            continue
+        kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+        if kind == "D":  # D-id <tab> score <tab> text (text may be empty)
+            hyps[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+        else:
+            refs[idx] = rest
+    return hyps, refs

@@ -26,8 +26,8 @@ from fairseq.data import FairseqDataset, data_utils
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio, resolve_audio_path
 from comsl_fairseq.data.clip_lengths import MIN_CLIP_SAMPLES, UNITS_HINT, header_samples, length_mismatch
-from comsl_fairseq.data.languages import tag_symbol
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
+from comsl_fairseq.vocab.languages import tag_symbol
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class SpeechTextDataset(FairseqDataset):
                        length_limits=None):
         """Read and tokenize manifests; rows that cannot be used are skipped, named and counted
         (or, with ``fail_on_bad_input``, the first one is an error). ``length_limits``
-        (:class:`~comsl_fairseq.data.length_limits.LengthLimits` of the built model, if any)
+        (:class:`~comsl_fairseq.modules.length_limits.LengthLimits` of the built model, if any)
         skips rows longer than some input of the model can be."""
         skips = SkipLog(split, fatal=fail_on_bad_input)
         rows = []
@@ -196,7 +196,7 @@ class SpeechTextDataset(FairseqDataset):
 
     def stand_in_batch(self) -> dict:
         """A batch of the shortest clip that can be read: fairseq's stand-in for batches whose
-        clips all failed (see :mod:`comsl_fairseq.data.stand_in_batch`); its loss is ignored."""
+        clips all failed (see :mod:`comsl_fairseq.training.stand_in_batch`); its loss is ignored."""
         for index in np.argsort(self.n_samples, kind="stable"):
             sample = self[int(index)]
             if sample is not None:

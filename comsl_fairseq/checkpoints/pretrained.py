@@ -8,7 +8,7 @@ Each part's shape is one small object, as whisper's ``ModelDimensions``:
 ``mbart_dims``) and read back from it (``from_cfg``) when a trained model is rebuilt.
 
 Both files are read with torch's weights-only unpickler (the default since torch 2.6);
-fairseq checkpoints need the classes allowlisted in :mod:`comsl_fairseq.safe_globals`.
+fairseq checkpoints need the classes allowlisted in :mod:`comsl_fairseq.checkpoints.allowlist`.
 """
 import dataclasses
 import logging

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comsl_fairseq.generate_log import read_generate_log
+from comsl_fairseq.evaluation.logs import read_generate_log
 
 logger = logging.getLogger(__name__)
 

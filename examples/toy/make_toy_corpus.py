@@ -7,7 +7,7 @@ their English spelling as the translation. The split is by number, so no test nu
 ever heard in training. Also writes a SentencePiece model and a dict.txt in the mBART-50
 layout (our task appends the 52 language tags and <mask>) and the data config.yaml.
 
-    python scripts/make_toy_corpus.py --out data/toy            # 9,000 utterances, ~2 min on 2 cores
+    python examples/toy/make_toy_corpus.py --out data/toy            # 9,000 utterances, ~2 min on 2 cores
 
 Re-running with the same arguments reuses the clips already there. Deterministic for a
 given seed (espeak-ng version aside, which is written to OUT/corpus_info.json).
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
         logger.info("%s: %d utterances, %.1f minutes", split, len(split_rows), seconds / 60)
 
     train_texts = [r[3] for r in rows["train"]] + [r[4] for r in rows["train"]]
-    from comsl_fairseq.data.vocabulary import train_sentencepiece
+    from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
     train_sentencepiece(train_texts, out, args.vocab_size)
     config = {"vocab_filename": "dict.txt",

@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from comsl_fairseq.decoded_system import align, read_system
-from comsl_fairseq.scoring import (
+from comsl_fairseq.evaluation.decoded_system import align, read_system
+from comsl_fairseq.evaluation.scoring import (
     BOOTSTRAP_SAMPLES,
     CHARACTER_LANGS,
     asr_scores,

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from comsl_fairseq.data.config import DataConfig
-from comsl_fairseq.decoded_system import manifest_column
+from comsl_fairseq.evaluation.decoded_system import manifest_column
 
 logger = logging.getLogger(__name__)
 

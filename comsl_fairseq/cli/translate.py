@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO
     from comsl_fairseq.data.audio import AudioError, read_audio
-    from comsl_fairseq.data.languages import mbart_tag
     from comsl_fairseq.inference.inputs import collect
+    from comsl_fairseq.vocab.languages import mbart_tag
 
     items, problems = collect(args.inputs)
     if args.format in ("srt", "vtt") and args.output_dir is None and len(items) > 1:

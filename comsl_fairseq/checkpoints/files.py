@@ -26,7 +26,7 @@ from pathlib import Path
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
-from comsl_fairseq.checkpoints import CheckpointError
+from comsl_fairseq.checkpoints.pretrained import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Compares the modes of ``CompositeEncoder.whisper_features`` with a frozen Whispe
 plus S s of trailing silence, ``--whisper-trailing-silence S``) and ``N`` (every clip padded or
 cut to N s, ``--whisper-pad-seconds N``: 11 = the original ComSL, 30 = Whisper's window).
 
-    python scripts/whisper_input_length.py --whisper-checkpoint base.pt --data data/toy --out exp/il \
+    python examples/covost2/whisper_input_length.py --whisper-checkpoint base.pt --data data/toy --out exp/il \
         --langs fr --train-numbers 100 --voices 2 --test-numbers 34 --test-voices 3 \
         --modes own own+1 11 30 --seeds 1 2 --updates 200 --batch-size 8
 
@@ -16,7 +16,7 @@ cut to N s, ``--whisper-pad-seconds N``: 11 = the original ComSL, 30 = Whisper's
    cached in OUT/features/MODE.pt (fp16) and reused by later runs;
 2. per mode and seed, trains adapter + mBART on the cached features (ST cross-entropy against
    the translation, teacher forcing, Adam, fixed updates and batch) and decodes the test clips
-   greedily with the target tag forced; sacreBLEU (comsl_fairseq.scoring) and exact match;
+   greedily with the target tag forced; sacreBLEU (comsl_fairseq.evaluation.scoring) and exact match;
 3. per mode, Whisper's own decoder transcribes English espeak-ng sentences from features
    computed under that mode (greedy), WER after Whisper's BasicTextNormalizer.
 
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from whisper.audio import SAMPLE_RATE
 
-from comsl_fairseq.scoring import corpus_scores, edit_distance, normalize_asr
+from comsl_fairseq.evaluation.scoring import corpus_scores, edit_distance, normalize_asr
 
 logger = logging.getLogger("whisper_input_length")
-USER_DIR = Path(__file__).resolve().parents[1] / "comsl_fairseq"
+USER_DIR = Path(__file__).resolve().parents[2] / "comsl_fairseq"
 
 # English test sentences for Whisper's own decoder (the first five are tests/test_convert_whisper.py's).
 SENTENCES = ["please call stella and ask her to bring these things with her from the store",
@@ -114,7 +114,7 @@ def select_rows(dataset, langs, n_groups: int, voices: int) -> list:
     """Dataset indices of a deterministic subset: rows are grouped by (source language,
     translation) -- one spoken number of the toy corpus -- in manifest order; ``n_groups``
     groups per language evenly spread over that order, the first ``voices`` rows of each."""
-    from comsl_fairseq.data.languages import mbart_tag
+    from comsl_fairseq.vocab.languages import mbart_tag
 
     wanted = {mbart_tag(code) for code in langs or ()}
     groups = {}

@@ -1,0 +1,1 @@
+"""Synthetic-batch training benchmark of the composite model."""

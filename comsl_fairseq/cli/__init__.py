@@ -1,0 +1,1 @@
+"""Console scripts ``comsl-<verb>``: one thin argparse module per command."""

@@ -1,0 +1,1 @@
+"""Recipes and studies that use the package (not installed with it)."""

@@ -1,0 +1,1 @@
+"""CoVoST 2 recipe: data preparation, training, evaluation and the Whisper input-length study."""
