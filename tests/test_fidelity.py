@@ -1,4 +1,4 @@
-"""Options that make the recipes match the original ComSL run (issue 11): the adapter's
+"""Options that make the recipes match the original ComSL run: the adapter's
 activation, no weight decay on biases and norms, the text-only MT-stage architecture."""
 import pytest
 import torch

@@ -85,7 +85,7 @@ def run_row(script, nproc, global_batch, data_dir, whisper_pt, mbart_dir, save_d
 
 
 def check_run(out, nproc, update_freq, save_dir, original) -> int:
-    """The issue's list for one run; returns the unfreeze update."""
+    """The schedule checks of one run; returns the unfreeze update."""
     m = SCHEDULE.search(out)
     assert m, out[-3000:]
     world, batches, per_epoch, total, unfreeze = map(int, m.groups())
