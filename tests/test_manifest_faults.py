@@ -1,5 +1,8 @@
-"""Issue 16, items 2, 3 and 7a: manifests that never abort a split, n_frames checked against
-the clips, clips too short for a log-mel frame."""
+"""Faulty manifests and clips: skipped and counted, never aborting a split.
+
+Manifests that never abort a split, n_frames checked against
+the clips, clips too short for a log-mel frame.
+"""
 import re
 import shutil
 

@@ -1,4 +1,6 @@
-"""Ablation recipes launched as a user launches them: NPROC_PER_NODE=2 through torchrun (gloo,
+"""Ablation recipes launched as a user launches them: 2 processes through torchrun, and 1.
+
+Ablation recipes launched as a user launches them: NPROC_PER_NODE=2 through torchrun (gloo,
 CPU, fairseq's default pytorch_ddp backend) and 1 process, on the tiny fixture.
 
 16 training rows, 4 utterances per process per step, 2 epochs, Whisper frozen for 1 epoch.

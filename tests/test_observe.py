@@ -1,6 +1,9 @@
-"""Watching training and trusting scores: TensorBoard scalars, training curves,
+"""Watching training and trusting scores, on one tiny model trained here.
+
+Watching training and trusting scores: TensorBoard scalars, training curves,
 checkpoint averaging, chrF / normalised WER, paired bootstrap, and the modality-gap report with
-its HTML page, on one tiny model trained here for 4 updates (2 epochs)."""
+its HTML page, on one tiny model trained here for 4 updates (2 epochs).
+"""
 import importlib
 import json
 import os

@@ -1,5 +1,8 @@
-"""comsl-preflight on the tiny arch: through the recipe (PREFLIGHT=1, the row's exact flags),
-a refused configuration, and the random-weights mode."""
+"""comsl-preflight on the tiny arch: through the recipe, a refused configuration, random weights.
+
+comsl-preflight on the tiny arch: through the recipe (PREFLIGHT=1, the row's exact flags),
+a refused configuration, and the random-weights mode.
+"""
 import re
 import subprocess
 
