@@ -301,5 +301,32 @@ class ComslForSpeechSeq2Seq(ComslPreTrainedModel, GenerationMixin):
         return super().generate(input_features=input_features, generation_config=gen,
                                 logits_processor=processors, **kwargs)
 
+    def _update_finished_beams(self, sequences, topk_running_sequences, beam_scores, topk_log_probs, beam_indices,
+                               topk_running_beam_indices, is_sent_finished, next_token_hits_stopping_criteria,
+                               top_num_beam_mask, num_beams, cur_len, decoder_prompt_len, length_penalty, **kwargs):
+        """fairseq's rule for finished hypotheses, in place of transformers' (called by its beam search).
+
+        Both finish the candidates that end in ``</s>`` among the best ``num_beams`` of a step and
+        stop a sentence once ``num_beams`` are finished. They differ at the step that fills the
+        last slots: transformers keeps the best-scoring ``num_beams`` of the old and new ones
+        (a longer hypothesis can push out a shorter one finished earlier); fairseq keeps every
+        hypothesis already finished and fills the free slots with the new ones, best first.
+        B: batch, K: ``num_beams``, 2K candidates per step.
+        """
+        just_finished = next_token_hits_stopping_criteria & top_num_beam_mask[None, :]  # B x 2K
+        just_finished = just_finished & ~is_sent_finished.all(dim=-1, keepdim=True)  # a full sentence takes none
+        new_scores = topk_log_probs / ((cur_len + 1 - decoder_prompt_len) ** length_penalty)
+        merged_scores = torch.cat((beam_scores, new_scores.masked_fill(~just_finished, -1.0e9)), dim=1)
+        merged_finished = torch.cat((is_sent_finished, just_finished), dim=1)
+        # order of precedence: kept hypotheses, then new ones by score, then the unfinished fillers
+        key = torch.cat((torch.where(is_sent_finished, 1.0e9, -3.0e9),
+                         torch.where(just_finished, new_scores, -2.0e9)), dim=1)
+        keep = torch.topk(key, k=num_beams, dim=1)[1]  # B x K
+        keep = keep.gather(1, merged_scores.gather(1, keep).argsort(dim=1, descending=True))  # best first
+        merged_sequences = torch.cat((sequences, topk_running_sequences), dim=1)
+        merged_beam_indices = torch.cat((beam_indices, topk_running_beam_indices), dim=1)
+        return (self._gather_beams(merged_sequences, keep), merged_scores.gather(1, keep),
+                self._gather_beams(merged_beam_indices, keep), merged_finished.gather(1, keep))
+
 
 __all__ = ["ComslForSpeechSeq2Seq", "ComslPreTrainedModel", "ComslSpeechEncoder", "FairseqStepRules"]
