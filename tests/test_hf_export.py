@@ -63,6 +63,8 @@ with torch.no_grad():
     out["greedy"] = decode(wavs, langs, num_beams=1, forced_bos_token_id=job["en_tag"])
     out["greedy_one_by_one"] = [decode([w], [l], num_beams=1, tgt_lang="en")[0] for w, l in zip(wavs, langs)]
     out["asr"] = decode(wavs, langs, num_beams=5, tgt_lang=langs)
+out["labels"] = processor(wavs[:2], sampling_rate=16000, src_lang=langs[:2], text=job["texts"],
+                          tgt_lang="en")["labels"].tolist()
 out["tied"] = model.lm_head.weight is model.decoder.embed_tokens.weight
 out["leaked"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print(json.dumps(out))
@@ -120,7 +122,8 @@ def transformers_run(hf, ours, tmp_path_factory):
     words = [d.index(p) for p in ours["translator"].task.tokenizer.sp.encode("the black cat", out_type=str)]
     job = {"wavs": [], "src_langs": ours["langs"], "features": str(tmp / "features.npy"),
            "logits": str(tmp / "logits.npy"), "max_new_tokens": MAX_LEN_B + 1, "en_tag": d.index("[en_XX]"),
-           "decoder_input_ids": [[d.eos(), d.index("[en_XX]"), *words]] * len(ours["wavs"])}
+           "decoder_input_ids": [[d.eos(), d.index("[en_XX]"), *words]] * len(ours["wavs"]),
+           "texts": ["the black cat", "my friend eats a small red apple"]}
     for i, wav in enumerate(ours["wavs"]):
         np.save(tmp / f"{i}.npy", wav)
         job["wavs"].append(str(tmp / f"{i}.npy"))
@@ -166,6 +169,13 @@ def test_folder_has_the_transformers_files(hf, ours):
 def test_loads_without_fairseq(transformers_run):
     assert transformers_run["leaked"] == []
     assert transformers_run["tied"]
+
+
+def test_labels_equal_our_tokenizer(ours, transformers_run):
+    tok = ours["translator"].task.tokenizer
+    expected = [tok.encode(text, "en_XX").tolist() for text in transformers_run["job"]["texts"]]
+    width = max(map(len, expected))
+    assert transformers_run["labels"] == [e + [-100] * (width - len(e)) for e in expected]
 
 
 def test_features_equal_our_log_mel(ours, transformers_run):
