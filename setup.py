@@ -23,6 +23,8 @@ setup(
         "tqdm",
         "silero-vad==6.2.3",
     ],
+    # comsl_fairseq.hf.export (--format hf) builds transformers' classes; tested with 5.25
+    extras_require={"hf": ["transformers>=5.25,<6", "safetensors"]},
     entry_points={
         "console_scripts": [
             "comsl-translate=comsl_fairseq.cli.translate:main",

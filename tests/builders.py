@@ -8,8 +8,10 @@
 
 and the helpers that tests share: the fairseq-train and fairseq-generate command lines and running them.
 """
+import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from argparse import Namespace
@@ -213,7 +215,52 @@ def generate_cmd(data, ckpt, *extra):
             "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]
 
 
+def fairseq_generate(data, ckpt, results: Path, *extra) -> str:
+    """fairseq-generate's own main() on the tiny arch's command line; returns what it writes."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import generate
+
+    argv = generate_cmd(data, ckpt, *extra, "--results-path", results)[1:]
+    generate.main(convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])))
+    return (results / "generate-test.txt").read_text()
+
+
 def decoded_lines(data, ckpt) -> list:
     """fairseq-generate on DATA's test split with short outputs: its H-, D- and P- lines, sorted."""
     log = run(*generate_cmd(data, ckpt, "--max-len-a", "0", "--max-len-b", "8"))
     return sorted(line for line in log.splitlines() if line.startswith(("H-", "D-", "P-")))
+
+
+ABLATIONS = Path(__file__).resolve().parents[1] / "examples" / "covost2" / "ablations"
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "UPDATE_FREQ",
+                    "GLOBAL_BATCH", "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST")
+
+
+def recipe_env(data_dir, whisper_pt, mbart_dir, save_dir, **extra) -> dict:
+    """The environment of an ablation recipe run on the tiny fixture (launcher variables of the caller removed)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+               DATA=str(data_dir), SAVE_DIR=str(save_dir), ARCH="whisper_mbart_composite_tiny",
+               WHISPER=str(whisper_pt), MBART=str(mbart_dir / "model.pt"), MT_TEACHER=str(mbart_dir / "model.pt"))
+    env.update(extra)
+    return env
+
+
+def inner_args(data, save_dir, *extra):
+    """A fairseq-train command line that saves every 3 updates (resume and crash tests)."""
+    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
+            "--train-subset", "train", "--valid-subset", "dev", "--arch", "whisper_mbart_composite_tiny",
+            "--criterion", "comsl_multitask", "--erm-layer", "2", "--optimizer", "adam", "--lr", "1e-3",
+            "--batch-size", "4", "--save-dir", save_dir, "--cpu", "--log-interval", "1", "--log-format", "simple",
+            "--seed", "7", "--save-interval-updates", "3", "--no-epoch-checkpoints", *extra]

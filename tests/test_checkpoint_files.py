@@ -8,8 +8,7 @@ from fairseq import checkpoint_utils
 from comsl_fairseq.checkpoints import files as checkpoint_files
 from comsl_fairseq.checkpoints.files import checkpoint_problem, resume_file
 from comsl_fairseq.checkpoints.pretrained import CheckpointError
-from tests.test_cli import run
-from tests.test_reliability import inner_args
+from tests.builders import inner_args, run
 
 
 def test_fairseq_copies_checkpoint_last_through_the_atomic_copy():

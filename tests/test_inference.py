@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from tests import speech_synth
-from tests.test_cli import generate_cmd, run, train_cmd
+from tests.builders import fairseq_generate, run, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,16 +41,6 @@ def cli(capsys, model, *args) -> tuple:
     return status, out, err + message
 
 
-def fairseq_generate(data, ckpt, results: Path, *extra) -> str:
-    """fairseq-generate's own main() on our §7 command line; returns what it writes."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq_cli import generate
-
-    argv = generate_cmd(data, ckpt, *extra, "--results-path", results)[1:]
-    generate.main(convert_namespace_to_omegaconf(
-        options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])))
-    return (results / "generate-test.txt").read_text()
 
 
 def generate_hypotheses(out: str, manifest: Path) -> dict:

@@ -142,8 +142,7 @@ def test_the_stand_in_for_empty_batches_is_readable(data, caplog):
 
 
 def test_training_and_validation_survive_batches_of_unreadable_clips(data, tmp_path):
-    from tests.test_cli import run
-    from tests.test_reliability import inner_args
+    from tests.builders import inner_args, run
 
     split = unreadable_first_and_last_batches(data)
     args = inner_args(data, tmp_path / "ckpt", "--max-epoch", "1", "--no-save")

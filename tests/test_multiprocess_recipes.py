@@ -11,11 +11,8 @@ own for Whisper (kept out of DDP's reducer while freezing is configured). Row 7 
 with the same per-process batch and update_freq (GLOBAL_BATCH 4) has 4 updates per epoch: the
 measured schedule, the unfreeze update and the LR decay must follow.
 """
-import os
 import re
-import socket
 import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -23,30 +20,11 @@ import pytest
 import torch
 
 from comsl_fairseq.checkpoints.pretrained import load_whisper_checkpoint
+from tests.builders import ABLATIONS, free_port, recipe_env
 
 ROOT = Path(__file__).resolve().parents[1]
-ABLATIONS = ROOT / "examples" / "covost2" / "ablations"
 SCHEDULE = re.compile(r"training schedule \(measured\): world size (\d+), (\d+) batches .*?-> (\d+) updates per "
                       r"epoch; total updates (\d+) .*?unfreeze update (\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "UPDATE_FREQ",
-                    "GLOBAL_BATCH", "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST")
-
-
-def recipe_env(data_dir, whisper_pt, mbart_dir, save_dir, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
-               DATA=str(data_dir), SAVE_DIR=str(save_dir), ARCH="whisper_mbart_composite_tiny",
-               WHISPER=str(whisper_pt), MBART=str(mbart_dir / "model.pt"), MT_TEACHER=str(mbart_dir / "model.pt"))
-    env.update(extra)
-    return env
 
 
 def whisper_state(path: Path) -> dict:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from comsl_fairseq.evaluation.logs import read_run, read_tensorboard_dir, read_text_log
-from tests.test_cli import run, train_cmd
+from tests.builders import run, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMS = ("st", "asr", "mt", "stm_asr", "stm_st", "mtp")

@@ -6,7 +6,7 @@ a refused configuration, and the random-weights mode.
 import re
 import subprocess
 
-from tests.test_multiprocess_recipes import ABLATIONS, recipe_env
+from tests.builders import ABLATIONS, recipe_env
 
 
 def preflight_via_recipe(script, data_dir, whisper_pt, mbart_dir, tmp_path, *flags, **env):

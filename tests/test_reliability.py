@@ -11,7 +11,7 @@ import torch
 
 from comsl_fairseq.checkpoints.pretrained import CheckpointError
 from comsl_fairseq.data.manifest import BadInputError
-from tests.builders import BIN, USER_DIR, build_task_and_model, copy_data, run, synth_clip
+from tests.builders import BIN, USER_DIR, build_task_and_model, copy_data, inner_args, run, synth_clip
 
 FAULTS = {  # utterance id -> reason named in the log
     "f_missing": "audio file missing",
@@ -107,14 +107,6 @@ def test_fail_on_bad_input_names_clips_failing_when_read(faulty_data):
 
 def losses(log: str) -> list:
     return [float(m) for m in re.findall(r"train_inner \| epoch \d+: .*? loss=([\d.]+),", log)]
-
-
-def inner_args(data, save_dir, *extra):
-    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
-            "--train-subset", "train", "--valid-subset", "dev", "--arch", "whisper_mbart_composite_tiny",
-            "--criterion", "comsl_multitask", "--erm-layer", "2", "--optimizer", "adam", "--lr", "1e-3",
-            "--batch-size", "4", "--save-dir", save_dir, "--cpu", "--log-interval", "1", "--log-format", "simple",
-            "--seed", "7", "--save-interval-updates", "3", "--no-epoch-checkpoints", *extra]
 
 
 @pytest.mark.subprocess

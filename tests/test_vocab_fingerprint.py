@@ -13,9 +13,7 @@ from comsl_fairseq.vocab.fingerprint import (
     checkpoint_fingerprint,
     vocabulary_fingerprint,
 )
-from tests.builders import fairseq_cfg
-from tests.test_cli import generate_cmd, run
-from tests.test_reliability import inner_args
+from tests.builders import fairseq_cfg, generate_cmd, inner_args, run
 
 
 def data_with_vocabulary(data_dir, out, dict_lines=None):

@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     p.add_argument("--score-log", action="append", default=[],
                    help="fairseq-generate output to score with sacreBLEU for the card (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing folder")
+    p.add_argument("--format", choices=("fairseq", "hf"), default="fairseq",
+                   help="fairseq: the folder above; hf: a Hugging Face transformers folder (config.json, "
+                        "model.safetensors, processor and code files) that loads without fairseq")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -30,8 +33,16 @@ def main(argv=None) -> int:
     from comsl_fairseq.inference.export import ExportError, export_model
 
     try:
-        out = export_model(args.path, args.out, dtype=args.dtype, data=args.data,
-                           score_logs=args.score_log, overwrite=args.overwrite)
+        if args.format == "hf":
+            from comsl_fairseq.hf.export import export_hf
+
+            if args.dtype != "fp32":
+                raise ExportError("--format hf writes fp32 weights; cast them in transformers if needed")
+            out = export_hf(args.path, args.out, data=args.data, score_logs=args.score_log,
+                            overwrite=args.overwrite)
+        else:
+            out = export_model(args.path, args.out, dtype=args.dtype, data=args.data,
+                               score_logs=args.score_log, overwrite=args.overwrite)
     except (ExportError, DataConfigError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     print(out)
