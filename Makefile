@@ -59,7 +59,7 @@ test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS) tests
 
 demo: install
-	PY=$(PY) bash scripts/run_demo.sh
+	PY=$(PY) bash examples/toy/run_demo.sh
 
 lint: install
 	$(VENV)/bin/ruff check comsl_fairseq tests scripts examples

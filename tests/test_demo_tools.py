@@ -27,7 +27,7 @@ def rows(path):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
-    cmd = [sys.executable, str(ROOT / "scripts" / "make_toy_corpus.py"), "--out", str(out), "--numbers", "14",
+    cmd = [sys.executable, str(ROOT / "examples" / "toy" / "make_toy_corpus.py"), "--out", str(out), "--numbers", "14",
            "--dev-numbers", "2", "--test-numbers", "3", "--variants", "2", "--langs", "fr,de", "--vocab-size", "60"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_toy_corpus_rerun_reuses_clips(toy):
 
 
 def load_corpus_builder():
-    spec = importlib.util.spec_from_file_location("make_toy_corpus", ROOT / "scripts" / "make_toy_corpus.py")
+    spec = importlib.util.spec_from_file_location("make_toy_corpus", ROOT / "examples" / "toy" / "make_toy_corpus.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -117,7 +117,7 @@ def test_score_toy_counts_exact_matches_and_refuses_missing_hypotheses(tmp_path)
                         "a\ta.flac\t16000\tun\tone\tfr\ten\nb\tb.flac\t16000\tdeux\ttwo\tfr\ten\n", encoding="utf-8")
     log = tmp_path / "gen.txt"
     log.write_text("T-0\tone\nD-0\t-0.1\tone\nT-1\ttwo\nD-1\t-0.3\tthree\n", encoding="utf-8")
-    script = [sys.executable, str(ROOT / "scripts" / "score_toy.py"), "--generate-log", str(log),
+    script = [sys.executable, str(ROOT / "examples" / "toy" / "score_toy.py"), "--generate-log", str(log),
               "--manifest", str(manifest)]
     proc = subprocess.run(script, capture_output=True, text=True)
     assert proc.returncode == 0 and "exact_match: 50.0%" in proc.stdout

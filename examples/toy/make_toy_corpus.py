@@ -7,7 +7,7 @@ their English spelling as the translation. The split is by number, so no test nu
 ever heard in training. Also writes a SentencePiece model and a dict.txt in the mBART-50
 layout (our task appends the 52 language tags and <mask>) and the data config.yaml.
 
-    python scripts/make_toy_corpus.py --out data/toy            # 9,000 utterances, ~2 min on 2 cores
+    python examples/toy/make_toy_corpus.py --out data/toy            # 9,000 utterances, ~2 min on 2 cores
 
 Re-running with the same arguments reuses the clips already there. Deterministic for a
 given seed (espeak-ng version aside, which is written to OUT/corpus_info.json).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Score a fairseq-generate log on the toy corpus: sacreBLEU, exact match, examples.
 
-    python scripts/score_toy.py --generate-log gen.txt --manifest data/toy/test.tsv
+    python examples/toy/score_toy.py --generate-log gen.txt --manifest data/toy/test.tsv
 
 Every utterance of the manifest must have a hypothesis (fairseq can drop a last partial
 batch); a missing one is an error, not a silently smaller test set.

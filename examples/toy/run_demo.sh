@@ -13,7 +13,7 @@
 #              DEMO_UPDATES [900], DEMO_LR [3e-3], DEMO_WARMUP [150], DEMO_PROCS [2],
 #              DEMO_MAX_TOKENS [640000], DEMO_SCHEDULE [inverse_sqrt|linear]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY="${PY:-.venv/bin/python}"
 BIN="$(dirname "$PY")"
 CORPUS="${CORPUS:-data/toy}"
@@ -33,7 +33,7 @@ if ! command -v espeak-ng >/dev/null; then
 fi
 
 echo "== the toy corpus in $CORPUS (numbers 0-999 spoken in fr/de/es; ~1.5 minutes the first time)"
-"$PY" scripts/make_toy_corpus.py --out "$CORPUS"  # reuses the clips of an earlier run made the same way
+"$PY" examples/toy/make_toy_corpus.py --out "$CORPUS"  # reuses the clips of an earlier run made the same way
 
 echo "== training whisper_mbart_composite_tiny from scratch: $UPDATES updates, seed $SEED," \
      "$PROCS process(es) x 1 thread (progress every 100 updates)"
@@ -61,7 +61,7 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${launch[@]}" "$CORPUS" "${distributed[@]}"
   --clip-norm 1.0 --max-tokens "$MAX_TOKENS" --required-batch-size-multiple 1 --num-workers 1 \
   --max-update "$UPDATES" --save-dir "$EXP" --no-epoch-checkpoints --disable-validation \
   --log-interval 100 --log-format json --tensorboard-logdir "$EXP/tensorboard" --seed "$SEED" --cpu 2>&1 \
-  | "$PY" scripts/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
+  | "$PY" examples/toy/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
 
 echo "== decoding the held-out test set with beam 5"
 "$BIN/fairseq-generate" "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset test \
@@ -73,4 +73,4 @@ echo "== training curves (TensorBoard events in $EXP/tensorboard)"
 "$PY" scripts/plot_training.py "$EXP/train.log" --out "$EXP/curves.png"
 
 echo "== scoring ($EXP/generate-test.txt); the demo ran $((SECONDS / 60)) min $((SECONDS % 60)) s"
-"$PY" scripts/score_toy.py --generate-log "$EXP/generate-test.txt" --manifest "$CORPUS/test.tsv"
+"$PY" examples/toy/score_toy.py --generate-log "$EXP/generate-test.txt" --manifest "$CORPUS/test.tsv"

@@ -2,7 +2,7 @@
 """Follow a fairseq-train JSON log on stdin: copy it to a file, print one progress line per
 logged interval (update n/N, losses, speed, elapsed time, ETA) and every validation result.
 
-    fairseq-train ... --log-format json 2>&1 | python scripts/train_progress.py --total 1500 --log train.log
+    fairseq-train ... --log-format json 2>&1 | python examples/toy/train_progress.py --total 1500 --log train.log
 
 fairseq's warnings and errors and any traceback are printed as they are, so a failing run shows
 why; library notices (hydra, Python warnings inside torch) stay in the log file only. The exit
