@@ -8,6 +8,7 @@ batch); a missing one is an error, not a silently smaller test set.
 """
 import argparse
 import csv
+import json
 import sys
 
 from sacrebleu.metrics import BLEU
@@ -20,6 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--generate-log", required=True, help="stdout of fairseq-generate")
     p.add_argument("--manifest", required=True, help="the manifest that was decoded")
     p.add_argument("--examples", type=int, default=5, help="examples to print")
+    p.add_argument("--name", help="name of the test set: the last line is then 'NAME: BLEU = X, exact_match = Y%%'")
+    p.add_argument("--json", help="also write the scores to this JSON file")
     args = p.parse_args(argv)
 
     with open(args.manifest, encoding="utf-8", newline="") as f:
@@ -50,6 +53,13 @@ def main(argv=None) -> int:
     print(f"exact_match: {100.0 * exact / len(rows):.1f}%")
     print(f"sacreBLEU: {bleu} (signature {metric.get_signature()})")
     print(f"BLEU = {bleu.score:.2f}")
+    if args.json:
+        scores = {"name": args.name, "utterances": len(rows), "bleu": round(bleu.score, 2),
+                  "exact_match": round(100.0 * exact / len(rows), 1), "signature": str(metric.get_signature())}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(scores, f, indent=1)
+    if args.name:
+        print(f"{args.name}: BLEU = {bleu.score:.2f}, exact_match = {100.0 * exact / len(rows):.1f}%")
     return 0
 
 
