@@ -12,8 +12,14 @@ as the transcripts of a copy of each manifest (DIR/cascade_data/) and decodes th
 ``--decode-task mt``. Writes DIR/modality_gap.{md,json,html}. Decoding already done in DIR is
 reused (``--force`` decodes again). An utterance whose ASR output is empty gets an empty cascade
 translation (counted and logged: the manifest reader refuses empty transcripts).
+
+Also draws DIR/similarity.png, linked from the page: for one utterance (--similarity-utterance
+SUBSET:INDEX, default the first of the first subset) the cosine similarity of every speech-only
+encoder state with every transcript text-encoder state, for this model and, side by side, for
+each --similarity-with checkpoint (e.g. the ST-only row 1 against the full model).
 """
 import argparse
+import html
 import json
 import logging
 import shlex
@@ -107,6 +113,32 @@ def decode_cascade(args, subset: str, asr_log: Path, out: Path) -> None:
     logger.info("%s: cascade over %d rows (%d with empty ASR output)", subset, len(refs), empty)
 
 
+def similarity_figure(args, subsets: list) -> dict:
+    """DIR/similarity.png for the models of --similarity-with and this one; {"file", "caption"}."""
+    from comsl_fairseq.evaluation.similarity import load_model, plot_similarity, similarity_matrix
+
+    subset, index = subsets[0], 0
+    if args.similarity_utterance:
+        subset, _, number = args.similarity_utterance.rpartition(":")
+        index = int(number)
+    models = []
+    for item in args.similarity_with:
+        label, sep, path = item.rpartition("=")
+        if not sep:
+            raise SystemExit(f"error: --similarity-with {item!r}: write LABEL=CHECKPOINT")
+        models.append((label, Path(path)))
+    models.append((args.label or args.path.name, args.path))
+    panels = []
+    for label, path in models:
+        model, task = load_model(path, args.data, args.config_yaml)
+        panels.append((label, similarity_matrix(model, task, subset, index)))
+    out = plot_similarity(panels, args.out / "similarity.png")
+    caption = (f"Cosine similarity between the speech-only encoder states (rows: speech frames) and the "
+               f"text-encoder states of the transcript (columns: tokens) of {subset} utterance {index} "
+               f"({panels[0][1]['id']}), for " + ", ".join(label for label, _ in models) + ".")
+    return {"file": out.name, "caption": caption}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--path", type=Path, required=True, help="trained comsl_fairseq checkpoint")
@@ -120,6 +152,12 @@ def main(argv=None) -> int:
                    help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the gap intervals")
     p.add_argument("--force", action="store_true", help="decode again even where DIR holds decodes")
+    p.add_argument("--similarity-utterance", default=None,
+                   help="SUBSET:INDEX of the utterance of the similarity figure (default: first of the first subset)")
+    p.add_argument("--similarity-with", action="append", default=[], metavar="LABEL=CKPT",
+                   help="another model drawn beside this one in the similarity figure (repeatable), e.g. "
+                        "'row 1 (ST only)=exp/ablation/row1_st_only/checkpoint_last.pt'")
+    p.add_argument("--label", default=None, help="this model's name in the similarity figure (default: --path)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("sacrebleu").setLevel(logging.WARNING)
@@ -139,7 +177,12 @@ def main(argv=None) -> int:
     (args.out / "modality_gap.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     utts = utterances(systems)
     page = args.out / "modality_gap.html"
-    render(utts, audio_files(args.data, subsets, args.out, args.config_yaml), page, summary_table(rows),
+    figure = similarity_figure(args, subsets)
+    summary = summary_table(rows) + (
+        f'<h2>Speech-text similarity</h2><p>{html.escape(figure["caption"])}</p>'
+        f'<p><a href="{figure["file"]}"><img src="{figure["file"]}" alt="similarity matrices" '
+        'style="max-width:100%"></a></p>')
+    render(utts, audio_files(args.data, subsets, args.out, args.config_yaml), page, summary,
            f"Modality gap of {args.path.name}")
     print(table)
     print(f"page: {page}")

@@ -1,0 +1,1 @@
+"""Reading results: BLEU/chrF scoring, fairseq logs, decoded systems and the modality-gap report."""
