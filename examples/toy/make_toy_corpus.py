@@ -167,6 +167,9 @@ def main(argv=None) -> None:
     p.add_argument("--train-numbers", type=int, default=0,
                    help="spoken training numbers, evenly spread over the training split (0 = all); "
                         "train_mt has every training number as text")
+    p.add_argument("--train-variants-per-number", type=int, default=None,
+                   help="voice variants per training number and language, taking turns over the --variants "
+                        "(default: all --variants)")
     p.add_argument("--unseen-voices", default="f1,m5,f3,m6",
                    help=f"espeak-ng variants of the unseen_voices set (from {','.join(UNSEEN_VOICES)})")
     p.add_argument("--noise-snr", type=float, default=10.0, help="signal-to-noise ratio of the noisy test set, dB")
@@ -187,6 +190,9 @@ def main(argv=None) -> None:
     if args.dev_numbers + args.test_numbers >= args.numbers:
         p.error("--dev-numbers + --test-numbers must leave numbers for training")
     test_variants = args.variants if args.test_variants is None else args.test_variants
+    per_number = args.variants if args.train_variants_per_number is None else args.train_variants_per_number
+    if not 1 <= per_number <= args.variants:
+        p.error("--train-variants-per-number must be 1..--variants")
     if not 1 <= test_variants <= len(VARIANTS):
         p.error(f"--test-variants must be 1..{len(VARIANTS)}")
     unseen = [v.strip() for v in args.unseen_voices.split(",") if v.strip()]
@@ -222,7 +228,11 @@ def main(argv=None) -> None:
             translation = spell(number, "en")
             for lang in langs:
                 text = spell(number, lang)
-                for v in range(n_variants[split]):
+                if split == "train":  # the voices take turns over numbers and languages
+                    voices = [(number + langs.index(lang) + k) % args.variants for k in range(per_number)]
+                else:
+                    voices = range(n_variants[split])
+                for v in voices:
                     variant, speed, pitch = VARIANTS[v]
                     add(split, number, lang, text, translation, f"{lang}_{number:04d}_v{v}", variant, speed, pitch)
                 if split == "test":
@@ -273,7 +283,8 @@ def main(argv=None) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     info = {"espeak_ng": version, "langs": langs, "numbers": args.numbers, "variants": args.variants,
             "keep_silence": args.keep_silence, "recipe": RECIPE, "test_variants": test_variants,
-            "train_numbers": len(spoken["train"]), "unseen_voices": unseen, "noise_snr": args.noise_snr,
+            "train_numbers": len(spoken["train"]), "train_variants_per_number": per_number,
+            "unseen_voices": unseen, "noise_snr": args.noise_snr,
             "seed": args.seed, "splits": {s: len(r) for s, r in rows.items()},
             "test_numbers": splits["test"]}
     (out / "corpus_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The behind `make ablation`: rows 1-7 of examples/covost2/ablations on the toy corpus, each run
+# The ablation behind `make ablation`: rows 1-7 of examples/covost2/ablations on the toy corpus, each run
 # through its own row script (the same flags as at CoVoST scale), scaled by environment
 # variables: Whisper base + adapter + the toy MT-stage model (also the MT teacher of rows 6-7),
 # the same seed and the same budget (training clips, epochs, batch, learning rate) for every row.
 # Rows 1-4 train Whisper from the first update; rows 5-7 freeze it for the first
 # ABL_FREEZE_EPOCHS epochs (read from the feature cache meanwhile) and train it after. Each row
-# is decoded with beam 5 on a third of each test set (one clip per number and language:
-# 300 clips each) and scored by ablation_report.py (BLEU with 95 % bootstrap intervals, paired
+# is decoded with beam 5 on part of each test set (ABL_TEST_NUMBERS numbers, one clip per number
+# and language) and scored by ablation_report.py (BLEU with 95 % bootstrap intervals, paired
 # bootstrap against the previous row and row 1): EXP/ablation.{md,json,png}.
 #
 # Environment: PY, CORPUS [data/toy], EXP [exp/ablation], SEED [1], DEMO_PROCS [2],
-#   ABL_TRAIN_NUMBERS [60] spoken training numbers per language (evenly spread over the
-#   corpus' training numbers), ABL_VARIANTS [1] voices per number, ABL_EPOCHS [9],
-#   ABL_FREEZE_EPOCHS [3] (rows 5-7; the paper's 5 of 15 epochs), ABL_BATCH [8] clips per process,
-#   ABL_LR [1e-3], ABL_WARMUP [20], ABL_ROWS [1 2 3 4 5 6 7].
+#   ABL_TRAIN_NUMBERS [120] training numbers (evenly spread over the corpus' training split; every
+#   clip of them, i.e. one voice per number and language with the demo's corpus), ABL_EPOCHS [3],
+#   ABL_FREEZE_EPOCHS [1] (rows 5-7; the paper's 5 of 15 epochs), ABL_BATCH [6] clips per process,
+#   ABL_LR [1e-3], ABL_WARMUP [10], ABL_TEST_NUMBERS [50] (of the 100 test numbers, evenly spread),
+#   ABL_ROWS [1 2 3 4 5 6 7].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY="${PY:-.venv/bin/python}"
@@ -31,10 +32,10 @@ toy_corpus
 "$PY" examples/toy/whisper_base.py --out "$WHISPER"
 mkdir -p "$EXP"
 # the budget: a small training subset, and one clip per number and language of each test set
-"$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-60}" "${ABL_VARIANTS:-1}" <<'EOF'
+"$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-120}" "${ABL_TEST_NUMBERS:-50}" <<'EOF'
 import csv, sys
 from pathlib import Path
-corpus, n_numbers, n_variants = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+corpus, n_train, n_test = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 def rows(name):
     with open(corpus / f"{name}.tsv", encoding="utf-8", newline="") as f:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -43,28 +44,31 @@ def write(name, header, kept):
     with open(corpus / f"{name}.tsv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
         w.writerow(header); w.writerows(kept)
+def spread(rows, k):  # k numbers (the id's second field) evenly spread over those present
+    numbers = sorted({r[0].split("_")[1] for r in rows})
+    k = min(k, len(numbers))
+    return {numbers[int(i * len(numbers) / k)] for i in range(k)}
 header, train = rows("train")
-numbers = sorted({r[0].split("_")[1] for r in train})
-step = len(numbers) / n_numbers
-picked = {numbers[int(i * step)] for i in range(n_numbers)}
-variants = {f"v{v}" for v in range(n_variants)}
-write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked and r[0].split("_")[2] in variants])
+picked = spread(train, n_train)
+write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked])
 for name in ("test", "unseen_voices", "noise_10db"):
     header, test = rows(name)
-    write(f"abl_{name}", header, [r for r in test if r[0].split("_")[2] in ("v0", "u0")])
+    picked = spread(test, n_test)
+    kept = [r for r in test if r[0].split("_")[1] in picked and r[0].split("_")[2] in ("v0", "u0")]
+    write(f"abl_{name}", header, kept)
 EOF
 wc -l "$CORPUS"/abl_*.tsv | sed 's/^/  /'
 SETS=(abl_test abl_unseen_voices abl_noise_10db)
 
 MT="$EXP/mt/checkpoint_last.pt"
 if [ ! -f "$MT" ]; then
-  mt_stage "$EXP/mt"
+  mt_stage "$EXP/mt"  # the demo's MT stage (same recipe, same seed)
 fi
-EPOCHS="${ABL_EPOCHS:-9}"
-FREEZE_EPOCHS="${ABL_FREEZE_EPOCHS:-3}"
-BATCH="${ABL_BATCH:-8}"
+EPOCHS="${ABL_EPOCHS:-3}"
+FREEZE_EPOCHS="${ABL_FREEZE_EPOCHS:-1}"
+BATCH="${ABL_BATCH:-6}"
 LR="${ABL_LR:-1e-3}"
-WARMUP="${ABL_WARMUP:-20}"
+WARMUP="${ABL_WARMUP:-10}"
 export TRAIN_SUBSET=abl_train
 names=()
 for row in ${ABL_ROWS:-1 2 3 4 5 6 7}; do
@@ -85,4 +89,15 @@ for row in ${ABL_ROWS:-1 2 3 4 5 6 7}; do
 done
 "$PY" examples/toy/ablation_report.py --exp "$EXP" --data "$CORPUS" --rows "$(IFS=,; echo "${names[*]}")" \
   --sets "$(IFS=,; echo "${SETS[*]}")" --out "$EXP"
+
+# The modality-gap report of the full model (row 7), with the speech-text similarity matrices of
+# row 1 and row 7 side by side (EXP/gap/similarity.png, linked from EXP/gap/modality_gap.html),
+# on the first ABL_GAP_CLIPS [30] clips of abl_test.
+if [ -f "$EXP/row7_cml/checkpoint_last.pt" ] && [ -f "$EXP/row1_st_only/checkpoint_last.pt" ]; then
+  head -n "$((${ABL_GAP_CLIPS:-30} + 1))" "$CORPUS/abl_test.tsv" > "$CORPUS/abl_gap.tsv"
+  "$PY" scripts/modality_gap.py --path "$EXP/row7_cml/checkpoint_last.pt" --label "row 7 (full ComSL)" \
+    --similarity-with "row 1 (ST only)=$EXP/row1_st_only/checkpoint_last.pt" --data "$CORPUS" \
+    --subsets abl_gap --out "$EXP/gap" --generate-args="--cpu" --force 2>&1 | grep -vE "^INFO" || true
+  echo "similarity figure: $EXP/gap/similarity.png (on the page $EXP/gap/modality_gap.html)"
+fi
 echo "== the ablation ran $((SECONDS / 60)) min $((SECONDS % 60)) s"

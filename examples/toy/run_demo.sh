@@ -22,9 +22,10 @@
 # the arithmetic, and the score, does not depend on the machine's core count.
 #
 # Environment: PY (python of the venv), CORPUS [data/toy], EXP [exp/demo], SEED [1],
-#   DEMO_INIT [pretrained|scratch], DEMO_PROCS [2], DEMO_TRAIN_NUMBERS [300] (spoken training numbers),
+#   DEMO_INIT [pretrained|scratch], DEMO_PROCS [2], DEMO_TRAIN_NUMBERS [0 = all 870] (spoken training
+#   numbers), DEMO_TRAIN_VOICES [1] (voices per training number and language, taking turns over 3),
 #   DEMO_TEST_VARIANTS [2] (clips per test number and language, in each test set),
-#   MT stage: DEMO_MT_EPOCHS [6], DEMO_MT_LR [2e-3];
+#   MT stage: DEMO_MT_EPOCHS [15], DEMO_MT_LR [2e-3];
 #   ComSL: DEMO_EPOCHS [4], DEMO_LR [2e-3], DEMO_WARMUP [50], DEMO_BATCH [16] (clips per process),
 #   DEMO_CACHE [data/whisper_cache];
 #   scratch: DEMO_UPDATES [900], DEMO_MAX_TOKENS [640000].
@@ -47,9 +48,9 @@ if ! command -v espeak-ng >/dev/null; then
 fi
 case "$INIT" in pretrained|scratch) ;; *) echo "DEMO_INIT must be pretrained or scratch, not $INIT" >&2; exit 2;; esac
 
+source examples/toy/stages.sh
 echo "== the toy corpus in $CORPUS (numbers 0-999 spoken in fr/de/es; ~1 minute the first time)"
-"$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-300}" \
-  --test-variants "${DEMO_TEST_VARIANTS:-2}" 2>&1 | grep -E "utterances|ready" || true
+toy_corpus
 SETS=(test unseen_voices noise_10db)
 for s in "${SETS[@]}"; do [ -f "$CORPUS/$s.tsv" ] || { echo "corpus: $CORPUS/$s.tsv is missing" >&2; exit 1; }; done
 
@@ -58,28 +59,16 @@ mkdir -p "$EXP"
 if [ "$INIT" = pretrained ]; then
   WHISPER="${WHISPER:-data/whisper/base.pt}"
   "$PY" examples/toy/whisper_base.py --out "$WHISPER"
-  MT_EPOCHS="${DEMO_MT_EPOCHS:-6}"
-  echo "== MT stage: a tiny mBART (mbart50_text_tiny) on the transcript -> translation pairs, $MT_EPOCHS epochs"
-  DATA="$CORPUS" SAVE_DIR="$EXP/mt" TRAIN_SUBSET=train_mt MT_ARCH=mbart50_text_tiny MT_BATCH_SIZE=64 \
-    MT_UPDATE_FREQ=1 MT_MAX_EPOCH="$MT_EPOCHS" MT_LR="${DEMO_MT_LR:-2e-3}" MT_WARMUP=50 MT_DROPOUT=0.1 \
-    MT_ATTENTION_DROPOUT=0 \
-    bash examples/covost2/finetune_mbart50.sh --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints \
-      --num-workers 0 --log-format json --log-interval 20 2>&1 \
-    | "$PY" examples/toy/train_progress.py --total 0 --log "$EXP/mt/train.log"
+  mt_stage "$EXP/mt"
   MT="$EXP/mt/checkpoint_last.pt"
-
   EPOCHS="${DEMO_EPOCHS:-4}"
+  FREEZE_EPOCHS="$EPOCHS"  # frozen throughout
   BATCH="${DEMO_BATCH:-16}"
+  LR="${DEMO_LR:-2e-3}"
+  WARMUP="${DEMO_WARMUP:-50}"
   echo "== ComSL (row 7, the full objective): Whisper base (frozen) + adapter + the MT-stage model," \
        "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"
-  ARCH=whisper_mbart_composite_tiny WHISPER="$WHISPER" MBART="$MT" MT_TEACHER="$MT" DATA="$CORPUS" \
-    SAVE_DIR="$EXP" NPROC_PER_NODE="$PROCS" BATCH_SIZE="$BATCH" GLOBAL_BATCH="$((BATCH * PROCS))" \
-    MAX_EPOCH="$EPOCHS" FREEZE_EPOCHS="$EPOCHS" LR="${DEMO_LR:-2e-3}" WARMUP="${DEMO_WARMUP:-50}" \
-    KEEP_LAST_EPOCHS=1 \
-    bash examples/covost2/ablations/row7_cml.sh --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints \
-      --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}" --num-workers 0 \
-      --log-format json --log-interval 20 2>&1 \
-    | "$PY" examples/toy/train_progress.py --total 0 --log "$EXP/train.log"
+  comsl_row examples/covost2/ablations/row7_cml.sh "$EXP" --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}"
 else
   UPDATES="${DEMO_UPDATES:-900}"
   echo "== training whisper_mbart_composite_tiny from scratch: $UPDATES updates, seed $SEED," \
@@ -103,18 +92,8 @@ else
     | "$PY" examples/toy/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
 fi
 
-echo "== decoding the three test sets with beam 5 (two at a time, one thread each)"
-decode() {
-  fairseq-generate "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset "$1" \
-    --path "$EXP/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 32 --required-batch-size-multiple 1 \
-    --scoring sacrebleu --cpu > "$EXP/generate-$1.txt" 2> "$EXP/generate-$1.log"
-}
-pids=()
-for s in "${SETS[@]}"; do
-  if [ "${#pids[@]}" -ge "$PROCS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
-  decode "$s" & pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
+echo "== decoding the three test sets with beam 5 ($PROCS at a time, one thread each)"
+decode_sets "$EXP" "${SETS[@]}"
 
 echo "== training curves"
 "$PY" scripts/plot_training.py "$EXP/train.log" --out "$EXP/curves.png" || true
