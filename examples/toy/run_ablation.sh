@@ -10,10 +10,10 @@
 # bootstrap against the previous row and row 1): EXP/ablation.{md,json,png}.
 #
 # Environment: PY, CORPUS [data/toy], EXP [exp/ablation], SEED [1], DEMO_PROCS [2],
-#   ABL_TRAIN_NUMBERS [120] training numbers (evenly spread over the corpus' training split; every
-#   clip of them, i.e. one voice per number and language with the demo's corpus), ABL_EPOCHS [3],
+#   ABL_TRAIN_NUMBERS [75] training numbers (evenly spread over the corpus' training split),
+#   ABL_VOICES [1] voices per number and language (taking turns), ABL_EPOCHS [3],
 #   ABL_FREEZE_EPOCHS [1] (rows 5-7; the paper's 5 of 15 epochs), ABL_BATCH [6] clips per process,
-#   ABL_LR [1e-3], ABL_WARMUP [10], ABL_TEST_NUMBERS [50] (of the 100 test numbers, evenly spread),
+#   ABL_LR [1e-3], ABL_WARMUP [10], ABL_TEST_NUMBERS [30] (of the 100 test numbers, evenly spread),
 #   ABL_ROWS [1 2 3 4 5 6 7].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -32,10 +32,10 @@ toy_corpus
 "$PY" examples/toy/whisper_base.py --out "$WHISPER"
 mkdir -p "$EXP"
 # the budget: a small training subset, and one clip per number and language of each test set
-"$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-120}" "${ABL_TEST_NUMBERS:-50}" <<'EOF'
+"$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-75}" "${ABL_TEST_NUMBERS:-30}" "${ABL_VOICES:-1}" <<'EOF'
 import csv, sys
 from pathlib import Path
-corpus, n_train, n_test = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+corpus, n_train, n_test, n_voices = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def rows(name):
     with open(corpus / f"{name}.tsv", encoding="utf-8", newline="") as f:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -50,7 +50,12 @@ def spread(rows, k):  # k numbers (the id's second field) evenly spread over tho
     return {numbers[int(i * len(numbers) / k)] for i in range(k)}
 header, train = rows("train")
 picked = spread(train, n_train)
-write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked])
+langs = list(dict.fromkeys(r[5] for r in train))
+variants = len({r[0].split("_")[2] for r in train})
+def voice_turn(r):  # n_voices of the variants per number and language, taking turns
+    lang, number, variant = r[0].split("_")[:3]
+    return (int(variant[1:]) - int(number) - langs.index(lang)) % variants < n_voices
+write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked and voice_turn(r)])
 for name in ("test", "unseen_voices", "noise_10db"):
     header, test = rows(name)
     picked = spread(test, n_test)

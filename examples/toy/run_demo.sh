@@ -61,7 +61,7 @@ if [ "$INIT" = pretrained ]; then
   "$PY" examples/toy/whisper_base.py --out "$WHISPER"
   mt_stage "$EXP/mt"
   MT="$EXP/mt/checkpoint_last.pt"
-  EPOCHS="${DEMO_EPOCHS:-4}"
+  EPOCHS="${DEMO_EPOCHS:-6}"
   FREEZE_EPOCHS="$EPOCHS"  # frozen throughout
   BATCH="${DEMO_BATCH:-16}"
   LR="${DEMO_LR:-2e-3}"

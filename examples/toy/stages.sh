@@ -4,8 +4,8 @@
 
 # toy_corpus: the corpus (reused when it exists) and its three test sets
 toy_corpus() {
-  "$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-0}" \
-    --train-variants-per-number "${DEMO_TRAIN_VOICES:-1}" --test-variants "${DEMO_TEST_VARIANTS:-2}" 2>&1 \
+  "$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-300}" \
+    --train-variants-per-number "${DEMO_TRAIN_VOICES:-3}" --test-variants "${DEMO_TEST_VARIANTS:-2}" 2>&1 \
     | grep -E "utterances|ready" || true
 }
 
