@@ -65,7 +65,7 @@ def plot_similarity(panels: list, path: Path) -> Path:
                      fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine similarity")
     first = panels[0][1]
-    fig.suptitle(f"{first['id']}: {first['transcript']}", fontsize=9)
+    fig.suptitle(f"{first['id']}: {first['transcript']}", fontsize=9, y=1.04)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
