@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # Debian package:command pairs. espeak-ng synthesizes the toy corpus (demo and its tests).
 SYSTEM_PACKAGES ?= espeak-ng:espeak-ng
 
-.PHONY: install system-packages test test-quick test-all demo lint clean
+.PHONY: install system-packages test test-quick test-all demo ablation lint clean
 
 install: system-packages $(VENV)/.installed
 
@@ -60,6 +60,9 @@ test-all: install
 
 demo: install
 	PY=$(PY) bash examples/toy/run_demo.sh
+
+ablation: install
+	PY=$(PY) bash examples/toy/run_ablation.sh
 
 # ruff, then the import rules of .importlinter (which folder may import which)
 lint: install

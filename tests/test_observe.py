@@ -184,8 +184,28 @@ def gap_dir(run_dir, data_dir):
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "2", "--out", str(avg)]) == 0
     out = run_dir / "gap"
     assert modality_gap.main(["--path", str(avg), "--data", str(data_dir), "--subsets", "test", "--out", str(out),
-                              "--beam", "2", "--samples", "200", "--generate-args", "--cpu --max-len-b 6"]) == 0
+                              "--beam", "2", "--samples", "200", "--generate-args", "--cpu --max-len-b 6",
+                              "--similarity-with", f"epoch 1={run_dir / 'ckpt' / 'checkpoint1.pt'}",
+                              "--label", "average", "--similarity-utterance", "test:1"]) == 0
     return out
+
+
+def test_similarity_figure_is_drawn_for_both_models_and_linked_from_the_page(gap_dir, run_dir, data_dir):
+    from matplotlib.image import imread
+
+    from comsl_fairseq.inference.similarity import load_model, similarity_matrix
+
+    page = (gap_dir / "modality_gap.html").read_text(encoding="utf-8")
+    assert '<img src="similarity.png"' in page and "epoch 1, average" in page
+    height, width = imread(gap_dir / "similarity.png").shape[:2]
+    assert width > 1.5 * height  # two panels side by side
+    model, task = load_model(run_dir / "avg.pt", data_dir)
+    sim = similarity_matrix(model, task, "test", 1)
+    ds = task.dataset("test")
+    n_tokens = len(ds[1]["src_text"]) - 2  # [tag] x1..xn </s>
+    assert sim["matrix"].shape[1] == n_tokens == len(sim["tokens"])
+    assert not any(t.startswith("[") for t in sim["tokens"])
+    assert sim["matrix"].shape[0] > 0 and float(sim["matrix"].abs().max()) <= 1 + 1e-5
 
 
 def test_modality_gap_report(gap_dir, data_dir):

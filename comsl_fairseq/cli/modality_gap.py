@@ -13,6 +13,11 @@ as the transcripts of a copy of each manifest (DIR/cascade_data/) and decodes th
 ``--decode-task mt``. Writes DIR/modality_gap.{md,json,html}. Decoding already done in DIR is
 reused (``--force`` decodes again). An utterance whose ASR output is empty gets an empty cascade
 translation (counted and logged: the manifest reader refuses empty transcripts).
+
+Also draws DIR/similarity.png, linked from the page: for one utterance (--similarity-utterance
+SUBSET:INDEX, default the first of the first subset) the cosine similarity of every speech-only
+encoder state with every transcript text-encoder state, for this model and, side by side, for
+each --similarity-with checkpoint (e.g. the ST-only row 1 against the full model).
 """
 import argparse
 import logging
@@ -32,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the gap intervals")
     p.add_argument("--force", action="store_true", help="decode again even where DIR holds decodes")
+    p.add_argument("--similarity-utterance", default=None,
+                   help="SUBSET:INDEX of the utterance of the similarity figure (default: first of the first subset)")
+    p.add_argument("--similarity-with", action="append", default=[], metavar="LABEL=CKPT",
+                   help="another model drawn beside this one in the similarity figure (repeatable), e.g. "
+                        "'row 1 (ST only)=exp/ablation/row1_st_only/checkpoint_last.pt'")
+    p.add_argument("--label", default=None, help="this model's name in the similarity figure (default: --path)")
     return p
 
 

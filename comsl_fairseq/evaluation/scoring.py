@@ -156,6 +156,21 @@ def paired_bootstrap(hyps_a: list, hyps_b: list, refs: list, metric_name: str = 
                         float(high), p_value, len(refs), samples, str(signatures[key]))
 
 
+def bootstrap_interval(hyps: list, refs: list, metric_name: str = "bleu",
+                       samples: int = BOOTSTRAP_SAMPLES) -> tuple:
+    """(score, low, high): the corpus score and its 95 % bootstrap interval (percentiles over
+    ``samples`` resamples of the utterances, the paired bootstrap's indices)."""
+    if len(hyps) != len(refs) or not refs:
+        raise ValueError(f"bootstrap needs as many hypotheses as references: {len(hyps)} / {len(refs)}")
+    metric = bleu_metric() if metric_name == "bleu" else chrf_metric()
+    stats = np.array(metric._extract_corpus_statistics(hyps, [refs]), dtype="float32")
+    full = metric._compute_score_from_stats(stats.sum(0)).score
+    scores = [metric._compute_score_from_stats(stats[row].sum(0)).score
+              for row in _resample_indices(len(refs), samples)]
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(full), float(low), float(high)
+
+
 def stratified_bootstrap_mean(groups: dict, metric_name: str = "bleu",
                               samples: int = BOOTSTRAP_SAMPLES) -> PairedResult:
     """Paired bootstrap of the *mean over groups* (languages) of corpus scores, resampling within

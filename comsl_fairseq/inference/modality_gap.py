@@ -1,4 +1,5 @@
 """Decoding for the modality-gap report: ST, ASR, MT and the ASR -> MT cascade of one model, with fairseq-generate."""
+import html
 import json
 import logging
 import shlex
@@ -85,6 +86,32 @@ def decode_cascade(args, subset: str, asr_log: Path, out: Path) -> None:
     logger.info("%s: cascade over %d rows (%d with empty ASR output)", subset, len(refs), empty)
 
 
+def similarity_figure(args, subsets: list) -> dict:
+    """DIR/similarity.png for the models of --similarity-with and this one; {"file", "caption"}."""
+    from comsl_fairseq.inference.similarity import load_model, plot_similarity, similarity_matrix
+
+    subset, index = subsets[0], 0
+    if args.similarity_utterance:
+        subset, _, number = args.similarity_utterance.rpartition(":")
+        index = int(number)
+    models = []
+    for item in args.similarity_with:
+        label, sep, path = item.rpartition("=")
+        if not sep:
+            raise SystemExit(f"error: --similarity-with {item!r}: write LABEL=CHECKPOINT")
+        models.append((label, Path(path)))
+    models.append((args.label or args.path.name, args.path))
+    panels = []
+    for label, path in models:
+        model, task = load_model(path, args.data, args.config_yaml)
+        panels.append((label, similarity_matrix(model, task, subset, index)))
+    out = plot_similarity(panels, args.out / "similarity.png")
+    caption = (f"Cosine similarity between the speech-only encoder states (rows: speech frames) and the "
+               f"text-encoder states of the transcript (columns: tokens) of {subset} utterance {index} "
+               f"({panels[0][1]['id']}), for " + ", ".join(label for label, _ in models) + ".")
+    return {"file": out.name, "caption": caption}
+
+
 def run(args) -> str:
     """Decode every subset (reusing decodes already in ``args.out``), write the report and the
     page; the Markdown table. ``args``: the ``comsl-modality-gap`` options."""
@@ -104,6 +131,11 @@ def run(args) -> str:
     (args.out / "modality_gap.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     utts = utterances(systems)
     page = args.out / "modality_gap.html"
-    render(utts, audio_files(args.data, subsets, args.out, args.config_yaml), page, summary_table(rows),
+    figure = similarity_figure(args, subsets)
+    summary = summary_table(rows) + (
+        f'<h2>Speech-text similarity</h2><p>{html.escape(figure["caption"])}</p>'
+        f'<p><a href="{figure["file"]}"><img src="{figure["file"]}" alt="similarity matrices" '
+        'style="max-width:100%"></a></p>')
+    render(utts, audio_files(args.data, subsets, args.out, args.config_yaml), page, summary,
            f"Modality gap of {args.path.name}")
     return table

@@ -67,6 +67,10 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
         default=0, metadata={"help": "run the Whisper encoder without gradients during the first N epochs (the "
                                      "paper's unit: 5 of 15), decided at each epoch begin, whatever the number "
                                      "of GPUs; combines with --freeze-whisper-updates (frozen while either holds)"})
+    whisper_feature_cache: Optional[str] = field(
+        default=None, metadata={"help": "folder of a cache of Whisper encoder outputs, one entry per clip, keyed by "
+                                        "the clip's samples, the Whisper weights and the input-length settings: "
+                                        "used while Whisper is frozen, bypassed once it trains"})
     enc_grad_mult: float = field(
         default=1.0, metadata={"help": "multiply gradients flowing into the speech-only (H_s) and text-only "
                                        "(H_x) mBART encoder outputs (paper: 2.0)"})
@@ -221,6 +225,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """fairseq's loading (resume, --path), with every missing, unexpected or mis-shaped
         key named in one error rather than a bare torch size-mismatch traceback."""
+        self.encoder.whisper_fingerprint = None  # new weights: the feature cache hashes them again
         lines = state_mismatch(self.state_dict(), state_dict) if strict else []
         if lines:
             hint = _embedding_rows_hint(self.state_dict(), state_dict)
@@ -298,7 +303,7 @@ def _mbart_part(cfg) -> tuple:
 def _random_init_preset(cfg, flag: str) -> tuple:
     preset = RANDOM_INIT_DIMS.get(cfg._name)
     if preset is None:
-        raise ValueError(f"--arch {cfg._name}: {flag} is required (only whisper_mbart_composite_tiny has "
+        raise ValueError(f"--arch {cfg._name}: {flag} is required (only the _tiny archs have "
                          "random-init shapes)")
     return preset
 
@@ -342,6 +347,13 @@ def mbart50_text(cfg):
     cfg.text_only_model = True
 
 
+@register_model_architecture("whisper_mbart_composite", "mbart50_text_tiny")
+def mbart50_text_tiny(cfg):
+    """The MT stage of the toy demo and the tests: :func:`mbart50_text` with the tiny random-init
+    mBART shape of :data:`RANDOM_INIT_DIMS` when no --mbart-checkpoint is given."""
+    cfg.text_only_model = True
+
+
 # The shapes of each arch, in one table: the published Whisper and mBART-50 sizes of the
 # medium and large archs (their checkpoints are checked against them; the benchmark builds
 # them), and the tiny arch's, which it takes for any part built without a checkpoint.
@@ -365,3 +377,4 @@ ARCH_DIMS = {
 PUBLISHED_ARCHS = ("whisper_mbart_composite_medium", "whisper_mbart_composite_large")
 # Archs whose parts may be built without a checkpoint (random init; tests and the demo).
 RANDOM_INIT_DIMS = {name: ARCH_DIMS[name] for name in ("whisper_mbart_composite_tiny",)}
+RANDOM_INIT_DIMS["mbart50_text_tiny"] = RANDOM_INIT_DIMS["whisper_mbart_composite_tiny"]

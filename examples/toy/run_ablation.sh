@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The ablation behind `make ablation`: rows 1-7 of examples/covost2/ablations on the toy corpus, each run
+# through its own row script (the same flags as at CoVoST scale), scaled by environment
+# variables: Whisper base + adapter + the toy MT-stage model (also the MT teacher of rows 6-7),
+# the same seed and the same budget (training clips, epochs, batch, learning rate) for every row.
+# Rows 1-4 train Whisper from the first update; rows 5-7 freeze it for the first
+# ABL_FREEZE_EPOCHS epochs (read from the feature cache meanwhile) and train it after. Each row
+# is decoded with beam 5 on part of each test set (ABL_TEST_NUMBERS numbers, one clip per number
+# and language) and scored by ablation_report.py (BLEU with 95 % bootstrap intervals, paired
+# bootstrap against the previous row and row 1): EXP/ablation.{md,json,png}.
+#
+# Environment: PY, CORPUS [data/toy], EXP [exp/ablation], SEED [1], DEMO_PROCS [2],
+#   ABL_TRAIN_NUMBERS [75] training numbers (evenly spread over the corpus' training split),
+#   ABL_VOICES [1] voices per number and language (taking turns), ABL_EPOCHS [3],
+#   ABL_FREEZE_EPOCHS [1] (rows 5-7; the paper's 5 of 15 epochs), ABL_BATCH [6] clips per process,
+#   ABL_LR [1e-3], ABL_WARMUP [10], ABL_TEST_NUMBERS [30] (of the 100 test numbers, evenly spread),
+#   ABL_ROWS [1 2 3 4 5 6 7].
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PY="${PY:-.venv/bin/python}"
+BIN="$(cd "$(dirname "$PY")" && pwd)"
+export PATH="$BIN:$PATH"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+CORPUS="${CORPUS:-data/toy}"
+EXP="${EXP:-exp/ablation}"
+SEED="${SEED:-1}"
+PROCS="${DEMO_PROCS:-2}"
+WHISPER="${WHISPER:-data/whisper/base.pt}"
+source examples/toy/stages.sh
+
+toy_corpus
+"$PY" examples/toy/whisper_base.py --out "$WHISPER"
+mkdir -p "$EXP"
+# the budget: a small training subset, and one clip per number and language of each test set
+"$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-75}" "${ABL_TEST_NUMBERS:-30}" "${ABL_VOICES:-1}" <<'EOF'
+import csv, sys
+from pathlib import Path
+corpus, n_train, n_test, n_voices = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def rows(name):
+    with open(corpus / f"{name}.tsv", encoding="utf-8", newline="") as f:
+        r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return next(r), list(r)
+def write(name, header, kept):
+    with open(corpus / f"{name}.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        w.writerow(header); w.writerows(kept)
+def spread(rows, k):  # k numbers (the id's second field) evenly spread over those present
+    numbers = sorted({r[0].split("_")[1] for r in rows})
+    k = min(k, len(numbers))
+    return {numbers[int(i * len(numbers) / k)] for i in range(k)}
+header, train = rows("train")
+picked = spread(train, n_train)
+langs = list(dict.fromkeys(r[5] for r in train))
+variants = len({r[0].split("_")[2] for r in train})
+def voice_turn(r):  # n_voices of the variants per number and language, taking turns
+    lang, number, variant = r[0].split("_")[:3]
+    return (int(variant[1:]) - int(number) - langs.index(lang)) % variants < n_voices
+write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked and voice_turn(r)])
+for name in ("test", "unseen_voices", "noise_10db"):
+    header, test = rows(name)
+    picked = spread(test, n_test)
+    kept = [r for r in test if r[0].split("_")[1] in picked and r[0].split("_")[2] in ("v0", "u0")]
+    write(f"abl_{name}", header, kept)
+EOF
+wc -l "$CORPUS"/abl_*.tsv | sed 's/^/  /'
+SETS=(abl_test abl_unseen_voices abl_noise_10db)
+
+MT="$EXP/mt/checkpoint_last.pt"
+if [ ! -f "$MT" ]; then
+  mt_stage "$EXP/mt"  # the demo's MT stage (same recipe, same seed)
+fi
+EPOCHS="${ABL_EPOCHS:-3}"
+FREEZE_EPOCHS="${ABL_FREEZE_EPOCHS:-1}"
+BATCH="${ABL_BATCH:-6}"
+LR="${ABL_LR:-1e-3}"
+WARMUP="${ABL_WARMUP:-10}"
+export TRAIN_SUBSET=abl_train
+names=()
+for row in ${ABL_ROWS:-1 2 3 4 5 6 7}; do
+  script="$(ls examples/covost2/ablations/row${row}_*.sh)"
+  name="$(basename "$script" .sh)"
+  names+=("$name")
+  save="$EXP/$name"
+  if [ -f "$save/generate-${SETS[-1]}.txt" ]; then echo "== $name: done earlier ($save)"; continue; fi
+  rm -rf "$save"
+  mkdir -p "$save"
+  echo "== $name ($script): $EPOCHS epochs, $((BATCH * PROCS)) clips per update, lr $LR"
+  t0=$SECONDS
+  comsl_row "$script" "$save" --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}"
+  t1=$SECONDS
+  decode_sets "$save" "${SETS[@]}"
+  echo "train $((t1 - t0)) s, decode $((SECONDS - t1)) s" > "$save/time.txt"
+  echo "   $(cat "$save/time.txt")"
+done
+"$PY" examples/toy/ablation_report.py --exp "$EXP" --data "$CORPUS" --rows "$(IFS=,; echo "${names[*]}")" \
+  --sets "$(IFS=,; echo "${SETS[*]}")" --out "$EXP"
+
+# The modality-gap report of the full model (row 7), with the speech-text similarity matrices of
+# row 1 and row 7 side by side (EXP/gap/similarity.png, linked from EXP/gap/modality_gap.html),
+# on the first ABL_GAP_CLIPS [30] clips of abl_test.
+if [ -f "$EXP/row7_cml/checkpoint_last.pt" ] && [ -f "$EXP/row1_st_only/checkpoint_last.pt" ]; then
+  head -n "$((${ABL_GAP_CLIPS:-30} + 1))" "$CORPUS/abl_test.tsv" > "$CORPUS/abl_gap.tsv"
+  "$BIN/comsl-modality-gap" --path "$EXP/row7_cml/checkpoint_last.pt" --label "row 7 (full ComSL)" \
+    --similarity-with "row 1 (ST only)=$EXP/row1_st_only/checkpoint_last.pt" --data "$CORPUS" \
+    --subsets abl_gap --out "$EXP/gap" --generate-args="--cpu" --force 2>&1 | grep -vE "^INFO" || true
+  echo "similarity figure: $EXP/gap/similarity.png (on the page $EXP/gap/modality_gap.html)"
+fi
+echo "== the ablation ran $((SECONDS / 60)) min $((SECONDS % 60)) s"

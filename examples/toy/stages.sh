@@ -1,0 +1,52 @@
+# The toy pipeline's stages, shared by run_demo.sh and run_ablation.sh (sourced, not run).
+# Each stage calls the examples/covost2 recipe of the same stage, scaled by environment variables.
+# Expects: PY (venv python), BIN on PATH, CORPUS, SEED, PROCS; OMP_NUM_THREADS=1.
+
+# toy_corpus: the corpus (reused when it exists) and its three test sets
+toy_corpus() {
+  "$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-300}" \
+    --train-variants-per-number "${DEMO_TRAIN_VOICES:-3}" --test-variants "${DEMO_TEST_VARIANTS:-2}" 2>&1 \
+    | grep -E "utterances|ready" || true
+}
+
+# mt_stage SAVE_DIR: examples/covost2/finetune_mbart50.sh with a tiny random-init mBART
+# (mbart50_text_tiny) on every training number's transcript -> translation pair
+mt_stage() {
+  local save="$1" epochs="${DEMO_MT_EPOCHS:-15}"
+  echo "== MT stage: a tiny mBART (mbart50_text_tiny) on the transcript -> translation pairs, $epochs epochs"
+  DATA="$CORPUS" SAVE_DIR="$save" TRAIN_SUBSET=train_mt MT_ARCH=mbart50_text_tiny MT_BATCH_SIZE=64 \
+    MT_UPDATE_FREQ=1 MT_MAX_EPOCH="$epochs" MT_LR="${DEMO_MT_LR:-2e-3}" MT_WARMUP=50 MT_DROPOUT=0.1 \
+    MT_ATTENTION_DROPOUT=0 \
+    bash examples/covost2/finetune_mbart50.sh --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints \
+      --num-workers 0 --log-format json --log-interval 20 2>&1 \
+    | "$PY" examples/toy/train_progress.py --total 0 --log "$save/train.log"
+}
+
+# comsl_row ROW_SCRIPT SAVE_DIR [more fairseq-train flags]: one examples/covost2/ablations row on
+# Whisper base + adapter + the MT-stage model ($MT, also the MT teacher). Environment:
+# EPOCHS, BATCH (clips per process), LR, WARMUP, FREEZE_EPOCHS (rows 5-7), TRAIN_SUBSET.
+comsl_row() {
+  local script="$1" save="$2"
+  shift 2
+  ARCH=whisper_mbart_composite_tiny WHISPER="$WHISPER" MBART="$MT" MT_TEACHER="$MT" DATA="$CORPUS" \
+    SAVE_DIR="$save" NPROC_PER_NODE="$PROCS" BATCH_SIZE="$BATCH" GLOBAL_BATCH="$((BATCH * PROCS))" \
+    MAX_EPOCH="$EPOCHS" FREEZE_EPOCHS="$FREEZE_EPOCHS" LR="$LR" WARMUP="$WARMUP" KEEP_LAST_EPOCHS=1 \
+    TRAIN_SUBSET="${TRAIN_SUBSET:-train}" \
+    bash "$script" --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints --num-workers 0 \
+      --log-format json --log-interval 20 "$@" 2>&1 \
+    | "$PY" examples/toy/train_progress.py --total 0 --log "$save/train.log"
+}
+
+# decode_sets SAVE_DIR SET...: beam 5, PROCS decodes at a time (one thread each)
+decode_sets() {
+  local save="$1" pids=() s p
+  shift
+  for s in "$@"; do
+    if [ "${#pids[@]}" -ge "$PROCS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+    fairseq-generate "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset "$s" \
+      --path "$save/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 32 --required-batch-size-multiple 1 \
+      --scoring sacrebleu --cpu > "$save/generate-$s.txt" 2> "$save/generate-$s.log" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+}

@@ -1,0 +1,95 @@
+"""--whisper-feature-cache: an entry equals the uncached forward, a stale entry is never used,
+and once Whisper trains the cache is bypassed (and the log says so)."""
+import logging
+
+import pytest
+import torch
+
+from comsl_fairseq.modules.whisper_feature_cache import FORMAT
+from tests.builders import build_task_and_model
+
+
+@pytest.fixture
+def built(data_dir, whisper_pt, mbart_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--mbart-checkpoint",
+                                            str(mbart_dir / "model.pt"), "--freeze-whisper-updates", "2",
+                                            "--whisper-feature-cache", str(cache))
+    task.load_dataset("dev")
+    ds = task.dataset("dev")
+    batch = ds.collater([ds[i] for i in range(4)])  # clips of different lengths: batch padding
+    return model.eval(), batch["net_input"], cache
+
+
+def uncached(model, net):
+    return model.encoder._whisper_forward(net["src_tokens"], net["src_lengths"])
+
+
+def entries(cache):
+    return sorted(cache.rglob("*.pt"))
+
+
+def assert_same_features(got, expected):
+    (h, lengths), (h0, lengths0) = got, expected
+    assert torch.equal(lengths, lengths0)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(h[b, :n], h0[b, :n])
+        assert not h[b, n:].any()  # zero after each clip, as the adapter reads it
+
+
+def test_cached_features_equal_the_uncached_forward(built):
+    model, net, cache = built
+    expected = uncached(model, net)
+    with torch.no_grad():
+        first = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])  # computed and stored
+        assert len(entries(cache)) == 4 and model.encoder.feature_cache.misses == 4
+        second = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])  # read back
+        assert model.encoder.feature_cache.hits == 4
+        assert_same_features(first, expected)
+        assert_same_features(second, expected)
+        # the whole speech path: the same encoder output as without a cache
+        out = model.encoder(net["src_tokens"], net["src_lengths"], net["src_lang_tags"])
+        model.encoder.feature_cache, kept = None, model.encoder.feature_cache
+        ref = model.encoder(net["src_tokens"], net["src_lengths"], net["src_lang_tags"])
+        model.encoder.feature_cache = kept
+    assert torch.equal(out["encoder_out"][0], ref["encoder_out"][0])
+
+
+def test_a_stale_or_broken_entry_is_rebuilt_never_used(built, caplog):
+    model, net, cache = built
+    with torch.no_grad():
+        model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+        paths = entries(cache)
+        forged = torch.load(paths[0])
+        forged["key"] = {**forged["key"], "whisper": "another checkpoint"}  # another Whisper's entry
+        forged["h"] = forged["h"] + 1
+        torch.save(forged, paths[0])
+        paths[1].write_bytes(paths[1].read_bytes()[:50])  # a truncated file
+        with caplog.at_level(logging.WARNING):
+            got = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+        assert model.encoder.feature_cache.stale == 2 and "stale Whisper feature cache entry" in caplog.text
+        assert_same_features(got, uncached(model, net))
+        assert torch.load(paths[0])["key"]["whisper"] == model.encoder.whisper_fingerprint  # rewritten
+        # other Whisper weights (e.g. another checkpoint loaded): other entries, never the old ones
+        state = model.state_dict()
+        state["encoder.whisper.ln_post.bias"] = state["encoder.whisper.ln_post.bias"] + 0.5
+        model.load_state_dict(state)
+        got = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+        assert_same_features(got, uncached(model, net))
+        assert len(entries(cache)) == 8
+    entry = torch.load(paths[0])
+    assert entry["key"]["settings"]["format"] == FORMAT and set(entry["key"]) == {"clip", "whisper", "settings"}
+
+
+def test_the_cache_is_bypassed_once_whisper_trains(built, caplog):
+    model, net, cache = built
+    model.train()
+    h, _ = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+    assert not h.requires_grad and len(entries(cache)) == 4  # frozen: from the cache
+    model.encoder.set_num_updates(2)  # --freeze-whisper-updates 2 are over
+    with caplog.at_level(logging.INFO):
+        h, _ = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+        model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+    assert h.requires_grad  # Whisper's own forward, with gradients
+    assert caplog.text.count("is bypassed from now on") == 1  # said once
+    assert len(entries(cache)) == 4 and model.encoder.feature_cache.hits == 0
