@@ -3,7 +3,7 @@
 One module fixture trains the tiny model for 3 updates on a private copy of the test data
 (dictionary and SentencePiece model inside it), decodes the test split with
 fairseq-generate (its own main(), in this process), exports the model with
-scripts/export_model.py, and then deletes the data folder: everything after that loads
+comsl-export, and then deletes the data folder: everything after that loads
 from the exported folder alone. The command is run in this process too (each new
 interpreter costs the fairseq import), except once to check the console entry and the
 lazy import.
@@ -11,7 +11,6 @@ lazy import.
 import json
 import math
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -29,13 +28,13 @@ from tests.test_cli import generate_cmd, run, train_cmd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(capsys, *args) -> tuple:
-    """(exit status, stdout, stderr) of comsl-translate run in this process."""
+def cli(capsys, model, *args) -> tuple:
+    """(exit status, stdout, stderr) of ``comsl-translate --path MODEL ARGS...`` run in this process."""
     from comsl_fairseq.cli.translate import main
 
     message = ""
     try:
-        status = main([str(a) for a in args])
+        status = main(["--path", str(model), *map(str, args)])
     except SystemExit as e:
         status, message = (e.code, "") if isinstance(e.code, int) else (1, str(e.code))
     out, err = capsys.readouterr()
@@ -79,8 +78,9 @@ def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
     for task in ("st", "asr"):
         out = fairseq_generate(data, ckpt, tmp / f"generate-{task}", "--decode-task", task, "--max-len-b", "12")
         generated[task] = generate_hypotheses(out, data / "test.tsv")
-    export_script = runpy.run_path(str(ROOT / "scripts" / "export_model.py"), run_name="export_model")
-    assert export_script["main"]([str(ckpt), str(tmp / "model"), "--score-log",
+    from comsl_fairseq.cli import export
+
+    assert export.main(["--path", str(ckpt), "--out", str(tmp / "model"), "--score-log",
                                   str(tmp / "generate-st" / "generate-test.txt")]) == 0
     clips = Path(shutil.copytree(data / "clips", tmp / "clips"))
     manifest = (data / "test.tsv").read_text()
@@ -236,13 +236,12 @@ def bad_folder(exported, tmp_path_factory):
 
 def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(exported, bad_folder, tmp_path):
     """In a fresh interpreter: ``import comsl_fairseq`` loads no inference code (the API is a
-    lazy attribute), then ``python -m comsl_fairseq.cli.translate`` runs over a folder."""
-    code = ("import runpy, sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
+    lazy attribute), then comsl-translate's ``main`` runs over a folder."""
+    code = ("import sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
             "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
             "assert SpeechTranslator.__module__ == 'comsl_fairseq.inference.translator'; "
-            "sys.argv = ['comsl-translate'] + sys.argv[1:]; "
-            "runpy.run_module('comsl_fairseq.cli.translate', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code, str(exported["model"]), str(bad_folder),
+            "from comsl_fairseq.cli.translate import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code, "--path", str(exported["model"]), str(bad_folder),
                            str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
                            "jsonl", "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -264,15 +263,15 @@ def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folde
     status, _, err = cli(capsys, exported["model"], bad_folder / "broken.wav", bad_folder / "empty.flac",
                          "--src-lang", "fr", "--no-progress")
     assert status == 1 and "translated 0 of 2 input(s); 2 skipped" in err
-    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav", sorted(bad_folder.glob("t*"))[0],
-                           "--src-lang", "fr", "--max-len-b", "4", "--no-progress")
+    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav",
+                           sorted(bad_folder.glob("t*"))[0], "--src-lang", "fr", "--max-len-b", "4", "--no-progress")
     assert status == 0 and len(out.splitlines()) == 1 and "translated 1 of 2 input(s); 1 skipped" in err
 
 
 def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path, capsys):
     path, placed = long_recording
     status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
-                         "--output-dir", tmp_path / "subs", "--no-progress")
+                         "--out", tmp_path / "subs", "--no-progress")
     assert status == 0, err[-3000:]
     assert re.search(r"real-time factor: \d+\.\d+ \(segmentation \d+\.\d+ s \+ decoding", err), err
     srt = (tmp_path / "subs" / "long.srt").read_text()
@@ -304,7 +303,7 @@ def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
     status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "xx")
     assert status != 0 and "unknown language code 'xx'" in err
     status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "fr", "--format", "srt")
-    assert status != 0 and "needs --output-dir" in err
+    assert status != 0 and "needs --out" in err
     status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
     assert status != 0 and "not found" in err
 

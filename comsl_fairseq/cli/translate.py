@@ -1,9 +1,9 @@
 """``comsl-translate``: translate (or transcribe) audio files, folders and manifests.
 
-    comsl-translate MODEL INPUTS... --src-lang fr [--task st|asr] [--format txt|jsonl|srt|vtt]
+    comsl-translate --path MODEL INPUTS... --src-lang fr [--task st|asr] [--format txt|jsonl|srt|vtt]
 
-MODEL is an exported model folder (``scripts/export_model.py``) or a training checkpoint.
-Without ``--output-dir`` results go to standard output (txt: ``name<TAB>text`` per input;
+MODEL is an exported model folder (``comsl-export``) or a training checkpoint.
+Without ``--out`` results go to standard output (txt: ``name<TAB>text`` per input;
 jsonl: one object per segment; srt/vtt: one input only); with it, one file per input.
 A file that cannot be read or decoded is reported on standard error with its reason and
 skipped; the exit status is non-zero only when nothing was translated. The closing lines
@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from comsl_fairseq.inference.subtitles import FORMATS, WRITERS
+from comsl_fairseq.inference.translator import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +27,14 @@ CHUNK_SAMPLES = 20 * 60 * 16_000  # ... but no more than 20 minutes of audio in 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="comsl-translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="exported model folder, or a training checkpoint (.pt)")
+    p.add_argument("--path", required=True, help="exported model folder, or a training checkpoint (.pt)")
     p.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or manifest .tsv files")
     p.add_argument("--src-lang", help="source language (CoVoST or mBART-50 code, e.g. fr); manifests with a "
                                       "src_lang column may omit it")
     p.add_argument("--tgt-lang", default="en", help="target language for --task st (default: en)")
     p.add_argument("--task", choices=("st", "asr"), default="st", help="st: translate; asr: transcribe")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: txt)")
-    p.add_argument("--output-dir", type=Path, help="write OUTPUT_DIR/<name>.<format> per input")
+    p.add_argument("--out", type=Path, help="write OUT/<name>.<format> per input")
     p.add_argument("--segment", choices=("auto", "always", "never"), default="auto",
                    help="auto: cut only recordings longer than the model's window into speech segments; "
                         "always: segment every input (finer subtitles); never: refuse long recordings")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="clips or segments decoded together")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--data", help="for a training checkpoint: its data folder, if it moved since training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,7 +84,7 @@ class Run:
         self.segment_seconds += result.segment_seconds
         fmt = self.args.format
         extra = {"task": self.args.task, "src_lang": item.src_lang or self.args.src_lang}
-        if self.args.output_dir is None:
+        if self.args.out is None:
             if fmt == "txt":
                 sys.stdout.write(f"{item.name}\t{result.text}\n")
             else:
@@ -95,7 +96,7 @@ class Run:
         while stem in self.used_stems:
             stem, n = f"{item.output_stem}-{n}", n + 1
         self.used_stems.add(stem)
-        path = self.args.output_dir / f"{stem}.{fmt}"
+        path = self.args.out / f"{stem}.{fmt}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(WRITERS[fmt](item.name, result.segments, **(extra if fmt == "jsonl" else {})),
                         encoding="utf-8")
@@ -129,8 +130,8 @@ def main(argv=None) -> int:
     from comsl_fairseq.vocab.languages import mbart_tag
 
     items, problems = collect(args.inputs)
-    if args.format in ("srt", "vtt") and args.output_dir is None and len(items) > 1:
-        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --output-dir")
+    if args.format in ("srt", "vtt") and args.out is None and len(items) > 1:
+        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --out")
     for code in {args.src_lang, args.tgt_lang} | {i.src_lang for i in items} | {i.tgt_lang for i in items}:
         if code is not None:
             try:
@@ -170,7 +171,7 @@ def load_translator(args):
 
     device = "cpu" if args.cpu else args.device
     try:
-        t = SpeechTranslator.from_pretrained(args.model, device=device, dtype=args.dtype, data=args.data,
+        t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
                                              beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -203,7 +204,3 @@ def translate_chunk(translator, args, run: Run, chunk: list, waves: list, bar) -
         else:
             run.emit(item, result)
         bar.update(1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,11 +12,9 @@
 from this folder alone; ``fairseq-generate DATA --path OUT/model.pt`` works as with any
 checkpoint. The checkpoint is read and written with torch's weights-only pickler.
 """
-import csv
 import json
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -25,17 +23,14 @@ import torch
 import yaml
 
 from comsl_fairseq.data.config import DataConfig
-from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, WEIGHTS_FILE
+from comsl_fairseq.data.manifest import read_table
+from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, DTYPES, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "comsl_fairseq-export-1"
-CAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 PARTS = (("encoder.whisper.", "Whisper encoder"), ("encoder.adapter.", "adapter"),
          ("encoder.mbart.", "mBART encoder"), ("decoder.", "mBART decoder"))
-_HYP = re.compile(r"^D-(\d+)\t[^\t]*\t(.*)$")
-_REF = re.compile(r"^T-(\d+)\t(.*)$")
-_SUBSET = re.compile(r"Generate (\S+) with beam=(\d+)")
 
 
 class ExportError(ValueError):
@@ -49,8 +44,8 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
     dict.txt and the SentencePiece model). ``score_logs``: fairseq-generate outputs whose
     hypotheses (D-) and references (T-) are scored with sacreBLEU for the card.
     """
-    if dtype not in CAST:
-        raise ExportError(f"dtype must be one of {sorted(CAST)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     checkpoint, out = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} not found")
@@ -66,7 +61,7 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
     shutil.copyfile(data_cfg.sentencepiece_model, out / "sentence.bpe.model")
     _write_data_config(out, data_cfg)
 
-    weights = cast_state(state["model"], CAST[dtype])
+    weights = cast_state(state["model"], DTYPES[dtype])
     slim = {k: v for k, v in state.items() if k not in ("model", "last_optimizer_state")}
     slim["model"], slim["last_optimizer_state"] = weights, None
     slim["optimizer_history"] = [{k: v for k, v in h.items() if k != "optimizer"}
@@ -145,33 +140,26 @@ def training_languages(cfg: dict, data_cfg: DataConfig) -> dict:
         path = folder / f"{name}.tsv"
         if not path.is_file():
             return {}
-        with open(path, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                pairs[f"{row.get('src_lang')}-{row.get('tgt_lang')}"] += 1
+        for row in read_table(path)[1]:
+            pairs[f"{row.get('src_lang')}-{row.get('tgt_lang')}"] += 1
     return dict(sorted(pairs.items()))
 
 
 def score_log(path) -> dict:
     """sacreBLEU of a fairseq-generate output (D- hypotheses against T- references): score,
     signature, subset and beam as printed by fairseq, number of sentences."""
-    import sacrebleu
+    from comsl_fairseq.evaluation.logs import read_generate_header, read_generate_log
+    from comsl_fairseq.evaluation.scoring import corpus_scores
 
-    hyps, refs, subset, beam = {}, {}, None, None
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if m := _HYP.match(line):
-            hyps[int(m[1])] = m[2]
-        elif m := _REF.match(line):
-            refs[int(m[1])] = m[2]
-        elif m := _SUBSET.search(line):
-            subset, beam = m[1], int(m[2])
+    hyps, refs = read_generate_log(path)
+    subset, beam = read_generate_header(path)
     ids = sorted(set(hyps) & set(refs))
     if not ids or len(ids) != len(refs):
         raise ExportError(f"{path}: {len(ids)} scored hypotheses for {len(refs)} references; expected "
                           "a complete fairseq-generate output (D- and T- lines)")
-    bleu = sacrebleu.BLEU()
-    score = bleu.corpus_score([hyps[i] for i in ids], [[refs[i] for i in ids]])
+    scores = corpus_scores([hyps[i] for i in ids], [refs[i] for i in ids])
     return {"log": Path(path).name, "subset": subset, "beam": beam, "sentences": len(ids),
-            "bleu": round(score.score, 2), "signature": str(bleu.get_signature())}
+            "bleu": scores["bleu"], "signature": scores["bleu_signature"]}
 
 
 def model_info(state: dict, cfg: dict, data_cfg: DataConfig, dtype: str, scores: list, source: str) -> dict:

@@ -1,16 +1,17 @@
 """What ``comsl-translate`` reads: audio files, folders of them, and manifest TSVs.
 
-A folder is searched recursively for audio files. A ``.tsv`` is a SPEC §3 manifest: its
+A folder is searched recursively for audio files. A ``.tsv`` is a manifest: its
 ``audio`` column is resolved against the ``audio_root`` of a ``config.yaml`` beside it (or
 the manifest's own folder), ``zip:offset:length`` entries included, and its ``src_lang`` /
 ``tgt_lang`` columns, when present, override the command-line languages row by row.
 Inputs that cannot be listed are returned as problems, never raised.
 """
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from comsl_fairseq.data.manifest import read_table
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
 
@@ -60,8 +61,7 @@ def manifest_items(path: Path) -> list:
         raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         if isinstance(raw, dict) and isinstance(raw.get("audio_root"), str):
             root = (path.parent / Path(raw["audio_root"]).expanduser()).resolve()
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    _, rows = read_table(path)
     if rows and not {"id", "audio"} <= set(rows[0]):
         raise ValueError(f"{path} needs the columns id and audio, has {sorted(rows[0])}")
     return [Item(f"{path}:{r['id']}", r["audio"], root, r["id"], r.get("src_lang") or None,

@@ -38,7 +38,7 @@ def model_card(info: dict, folder: Path) -> str:
         "```",
         "",
         "```",
-        f"comsl-translate {folder.name} recordings/ --src-lang {example_lang} --format srt --output-dir subs/",
+        f"comsl-translate --path {folder.name} recordings/ --src-lang {example_lang} --format srt --out subs/",
         "```",
         "",
         f"Clips up to {info['max_audio_seconds']:g} s are decoded whole; longer recordings are cut into "

@@ -31,7 +31,7 @@ WEIGHTS_FILE = "model.pt"  # names inside an exported model folder (see export.p
 DATA_CONFIG_FILE = "config.yaml"
 TASKS = ("st", "asr")
 SEGMENT_MODES = ("auto", "always", "never")
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names of every tool
 
 
 @dataclass
@@ -145,7 +145,7 @@ class SpeechTranslator:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path, device=None, dtype: str = "fp32", data=None, **kwargs) -> "SpeechTranslator":
-        """Load an exported model folder (``scripts/export_model.py``) or a training checkpoint.
+        """Load an exported model folder (``comsl-export``) or a training checkpoint.
 
         ``device``: "cpu", "cuda", "cuda:1", ...; default CUDA when available. ``dtype``:
         "fp32", or "fp16" / "bf16" autocast (weights stay fp32). ``data``: for a training
@@ -161,7 +161,7 @@ class SpeechTranslator:
             for need in (ckpt, path / DATA_CONFIG_FILE):
                 if not need.is_file():
                     raise FileNotFoundError(f"{path} is not an exported model folder: {need.name} is missing "
-                                            "(write one with scripts/export_model.py CKPT OUT/)")
+                                            "(write one with comsl-export --path CKPT --out OUT/)")
             if data is not None:
                 raise ValueError("data= applies to training checkpoints; an exported folder carries its files")
             overrides = {"data": str(path.resolve()), "config_yaml": DATA_CONFIG_FILE}
