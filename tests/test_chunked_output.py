@@ -76,7 +76,7 @@ def pair(data_dir, whisper_pt, mbart_dir):
     """The same tiny model and batch under both criteria (with an MT teacher: every
     distribution kind, student, DDM teacher and frozen teacher, goes through the chunks)."""
     crits = []
-    for extra in ((), ("--lean-output-layer",)):
+    for extra in (("--full-output-layer",), ()):
         cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
                                                 "--mbart-checkpoint", str(mbart_dir / "model.pt"),
                                                 "--mt-teacher", str(mbart_dir / "model.pt"), "--erm-layer", "2",

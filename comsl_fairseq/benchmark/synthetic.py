@@ -43,7 +43,7 @@ RECIPE_OPTIMIZER = ["--optimizer", "adam_grouped", "--adam-betas", "(0.9, 0.98)"
 # Each speed/memory switch of ours: (fairseq-train flags that turn it on, flags that turn it off).
 # The benchmark times ours with every switch off, with each one on alone, and with the defaults.
 SWITCHES = {
-    "lean output layer": (["--lean-output-layer"], []),
+    "lean output layer": ([], ["--full-output-layer"]),
     "foreach Adam": ([], ["--no-foreach"]),
 }
 DEFAULT_SWITCHES = ("lean output layer", "foreach Adam")

@@ -14,6 +14,11 @@ A zero weight (or alpha) means the passes that only that term needs are not run:
 criterion asks the model for exactly the branches it uses, in one forward call. The
 original's seventh decoder pass (translation from H_c^x) feeds no loss and is not run.
 
+The decoder passes' log-probabilities over the vocabulary are by default never held whole:
+each token term computes them a chunk of tokens at a time from the passes' final states
+and the tied output matrix (modules/chunked_output.py); --full-output-layer materialises
+them once per pass instead (the same losses, far more memory).
+
 ``sample_size`` is the number of target (translation) tokens in the batch. Every term
 is a sum over its own tokens, so fairseq's division by ``sample_size`` turns the total
 into a per-translation-token loss whatever mix of terms is active; the gradient scale
@@ -57,11 +62,12 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "at least one per sentence, none with 0)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
-    lean_output_layer: bool = field(default=False, metadata={
-        "help": "compute every decoder pass's output layer, log-softmax and token losses a chunk of tokens at a "
-                "time and recompute them in the backward, instead of keeping B x T x vocabulary fp32 tensors "
-                "per pass alive through it (same losses and gradients; far less memory with mBART-50's 250k "
-                "rows, one more output-layer product per pass)"})
+    full_output_layer: bool = field(default=False, metadata={
+        "help": "keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the teachers' "
+                "probabilities) alive through the backward. Default: the output layer, log-softmax and token "
+                "losses are computed a chunk of tokens at a time and recomputed in the backward (same losses "
+                "and gradients; with mBART-50's 250k rows far less memory per utterance, for one more "
+                "output-layer product per pass)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
                 "helps models trained from scratch align speech early)"})
@@ -72,7 +78,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
     """Weighted ComSL terms; each logged with its loss and token accuracy under its own key."""
 
     def __init__(self, task, st_weight, asr_weight, mt_weight, cml_weight, erm_weight, ddm_alpha,
-                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, lean_output_layer=False, ctc_weight=0.0):
+                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, full_output_layer=False, ctc_weight=0.0):
         super().__init__(task)
         self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight,
                   "ctc": ctc_weight}
@@ -86,7 +92,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
-        self.lean_output_layer = lean_output_layer
+        self.lean_output_layer = not full_output_layer
         self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
@@ -205,8 +211,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
         return results
 
     def teacher_probs(self, sample) -> torch.Tensor | ProjectedStates | None:
-        """p_teacher(y | x) of the frozen MT teacher (B x T x V; with --lean-output-layer its
-        unprojected ProjectedStates), or None without one."""
+        """p_teacher(y | x) of the frozen MT teacher (B x T x V; without --full-output-layer
+        its unprojected ProjectedStates), or None without one."""
         if self.teacher is None:
             return None
         net_input = sample["net_input"]
