@@ -224,9 +224,7 @@ def train_in_own_process(conf, args, data, device, utts, seed: int) -> dict:
 
 
 def _train_child(conf, args, data, device_type, utts, seed):
-    import comsl_fairseq  # noqa: F401  (registers the components in the fresh process)
-
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # (fairseq's --user-dir registers our components in this fresh process)
     return train_throughput(conf, args, Path(data), torch.device(device_type), utts, np.random.default_rng(seed))
 
 
