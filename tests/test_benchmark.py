@@ -14,14 +14,19 @@ def test_benchmark_smoke_mode():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     rows = {}
-    for name in ("ours", "paper-style (11 s, 7 passes)"):
-        row = next(line for line in lines if line.startswith(f"| {name} |"))
-        rows[name] = [float(x) for x in re.findall(r"\| (\d+\.\d+) ", row)[:3]]  # train utt/s, audio-s/s, decode
-        assert len(rows[name]) == 3 and all(x > 0 for x in rows[name]), row
-    # the summary lines are the ratios of the table's columns (up to the table's rounding)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith("| config") and len(cells) == 7:
+            rows[cells[0]] = cells[1:]
+    # a row for paper-style, ours with every switch off, each switch alone, and ours
+    assert list(rows) == ["paper-style (11 s, 7 passes)", "ours, switches off", "ours + lean output layer only",
+                          "ours + foreach Adam only", "ours"], lines
+    for name, cells in rows.items():
+        assert float(cells[0]) > 0 and float(cells[2]) > 0 and cells[4].endswith(" GB"), (name, cells)
     ours, paper = rows["ours"], rows["paper-style (11 s, 7 passes)"]
+    # the summary lines are the ratios of the table's columns (up to the table's rounding)
     decode = re.fullmatch(r"decode_speedup_vs_fixed11: (\d+\.\d+)", lines[-2])
     train = re.fullmatch(r"speedup_vs_fixed11: (\d+\.\d+)", lines[-1])
-    assert decode and train, lines[-2:]
-    assert float(train.group(1)) == pytest.approx(ours[0] / paper[0], rel=0.02, abs=0.011)
-    assert float(decode.group(1)) == pytest.approx(ours[2] / paper[2], rel=0.02, abs=0.011)
+    assert decode and train and lines[-3].startswith("memory_vs_fixed11: "), lines[-3:]
+    assert float(train.group(1)) == pytest.approx(float(ours[0]) / float(paper[0]), rel=0.02, abs=0.011)
+    assert float(decode.group(1)) == pytest.approx(float(ours[3]) / float(paper[3]), rel=0.02, abs=0.011)

@@ -53,10 +53,14 @@ def test_preflight_random_weights_reports_parameters_and_memory(capsys):
     from comsl_fairseq.cli import preflight
 
     assert preflight.main(["--random-weights", "--arch", "whisper_mbart_composite_tiny", "--batch-size", "2",
-                                  "--seconds", "1", "--steps", "1", "--device", "cpu"]) == 0
+                           "--seconds", "1", "--steps", "1", "--device", "cpu", "--max-memory-gb", "24", "80"]) == 0
     out = capsys.readouterr().out
     counts = {m.group(1): int(m.group(2).replace(",", "")) for m in re.finditer(r"parameters, (.+): ([0-9,]+)", out)}
     parts = ["whisper encoder", "adapter", "mBART encoder (without token embeddings)",
              "mBART decoder (without token embeddings)", "shared token embeddings"]
     assert sum(counts[p] for p in parts) == counts["total"] > 0
     assert re.search(r"utterances/s: [0-9.]+", out) and re.search(r"peak memory: [0-9.]+ GB", out)
+    fits = [re.search(rf"largest batch in {gb} GB: (\d+) utterances of 1 s", out) for gb in (24, 80)]
+    assert re.search(r"memory model: [0-9.]+ GB \+ [0-9.]+ GB per utterance", out) or "not measurable" in out, out
+    if all(fits):
+        assert 0 < int(fits[0].group(1)) <= int(fits[1].group(1))

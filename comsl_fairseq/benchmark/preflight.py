@@ -162,9 +162,7 @@ def parameter_table(model) -> dict:
 def random_weights(args, report: Report) -> None:
     import tempfile
 
-    import numpy as np
-
-    from comsl_fairseq.benchmark.synthetic import arch_dims, build, collate, synthetic_data_folder, timed_step
+    from comsl_fairseq.benchmark.synthetic import arch_dims, build, recipe_optimizer, synthetic_data_folder, timed_step
 
     size = args.arch.rsplit("_", 1)[-1]
     if size not in ("tiny", "medium", "large"):
@@ -173,26 +171,23 @@ def random_weights(args, report: Report) -> None:
     device = torch.device(args.device)
     tmp = tempfile.TemporaryDirectory(prefix="comsl_preflight_")
     data = synthetic_data_folder(Path(tmp.name), arch_dims(size)[2])
-    model, criterion, task = build(size, 0.0, data, device)
+    model, criterion, task, cfg = build(size, 0.0, data, device, flags=args.flags, with_cfg=True)
     d = task.target_dictionary
     table = parameter_table(model)
     for name, n in table.items():
         report.value(f"parameters, {name}", f"{n:,}")
     report.value("static training memory", f"{table['total'] * TRAIN_BYTES_PER_PARAM / GB:.2f} GB "
                  f"(fp32 weights + gradients + Adam moments, {TRAIN_BYTES_PER_PARAM} B/parameter; activations extra)")
-    if args.steps <= 0:
-        return
-    rng = np.random.default_rng(0)
-    n_text = max(3, round(args.seconds * 3.2))
-    batch = collate([(args.seconds, n_text, n_text)] * args.batch_size, d, rng)
-    if device.type == "cuda":
-        from fairseq import utils
-
-        batch = utils.move_to_cuda(batch, device)
-        torch.cuda.reset_peak_memory_stats(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     model.train()
+    if args.max_memory_gb:  # before any optimizer step: on CPU the peak RSS only grows
+        largest_batches(model, criterion, d, args, device, autocast, table["total"], report)
+    if args.steps <= 0:
+        return
+    batch = utterance_batch(d, args.batch_size, args.seconds, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    opt = recipe_optimizer(cfg, model)
     times = []
     for step in range(args.warmup_steps + args.steps):
         seconds = timed_step(model, criterion, batch, opt, autocast, device)
@@ -206,6 +201,52 @@ def random_weights(args, report: Report) -> None:
     report.value("peak memory", f"{peak:.2f} {unit}")
 
 
+def utterance_batch(d, batch_size: int, seconds: float, device):
+    """``batch_size`` synthetic utterances of ``seconds`` each (CoVoST-like text lengths)."""
+    import numpy as np
+
+    from comsl_fairseq.benchmark.synthetic import collate, to_device
+
+    n_text = max(3, round(seconds * 3.2))
+    return to_device(collate([(seconds, n_text, n_text)] * batch_size, d, np.random.default_rng(0)), device)
+
+
+def forward_backward_peak(model, criterion, batch, autocast, device) -> float:
+    """Peak memory (GB) of one forward + backward pass (no optimizer step)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with autocast:
+        loss = criterion(model, batch)[0]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return peak_memory_gb(device)[0]
+
+
+def largest_batches(model, criterion, d, args, device, autocast, n_params: int, report: Report) -> None:
+    """The largest batch of --seconds clips that fits each --max-memory-gb budget: peak
+    memory of forward + backward measured at --batch-size b and 2b (smaller first: on CPU the
+    peak RSS only grows), a straight line through both, plus Adam's two fp32 moments
+    (8 B/parameter), which these passes do not allocate."""
+    b = args.batch_size
+    peaks = [forward_backward_peak(model, criterion, utterance_batch(d, n, args.seconds, device), autocast, device)
+             for n in (b, 2 * b)]
+    per_utt = (peaks[1] - peaks[0]) / b
+    if per_utt <= 0:
+        report.value("largest batch", f"not measurable: the peak did not grow from batch {b} to {2 * b} "
+                     f"({peaks[0]:.2f} / {peaks[1]:.2f} GB); use a larger --batch-size")
+        return
+    adam = n_params * 8 / GB
+    fixed = peaks[0] - per_utt * b + adam
+    unit = peak_memory_gb(device)[1]
+    report.value("memory model", f"{fixed:.2f} GB + {per_utt:.3f} GB per utterance of {args.seconds:g} s "
+                 f"({unit}, forward + backward at batch {b} / {2 * b}: {peaks[0]:.2f} / {peaks[1]:.2f} GB; "
+                 f"+ {adam:.2f} GB of Adam moments)")
+    for budget in args.max_memory_gb:
+        n = math.floor((budget - fixed) / per_utt)
+        report.value(f"largest batch in {budget:g} GB", f"{max(n, 0)} utterances of {args.seconds:g} s"
+                     + ("" if n > 0 else " (the model and optimizer alone do not fit)"))
+
+
 def run(args, rest: list) -> int:
     """The checks, timings and estimates of ``comsl-preflight`` (``rest``: DATA and fairseq-train flags)."""
     from comsl_fairseq.training.fairseq_setup import train_cfg
@@ -217,6 +258,7 @@ def run(args, rest: list) -> int:
             raise SystemExit("error: --random-weights needs --arch whisper_mbart_composite_{tiny,medium,large}")
         args.batch_size = args.batch_size or 8
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        args.flags = rest  # e.g. --full-output-layer
         random_weights(args, report)
         return 1 if report.failed else 0
     rest += ["--arch", args.arch] if args.arch else []

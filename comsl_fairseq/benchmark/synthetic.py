@@ -36,21 +36,44 @@ def synthetic_data_folder(folder: Path, n_pretrained: int) -> Path:
     return folder
 
 
-def build(arch: str, pad_seconds: float, data: Path, device, stack_decoder_passes: bool = False):
+# The recipe's optimizer (fairseq-train flags); the benchmark's learning rate is a placeholder.
+RECIPE_OPTIMIZER = ["--optimizer", "adam_grouped", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-6",
+                    "--weight-decay", "0.1", "--lr", "1e-5"]
+
+# Each speed/memory switch of ours: (fairseq-train flags that turn it on, flags that turn it off).
+# The benchmark times ours with every switch off, with each one on alone, and with the defaults.
+SWITCHES = {
+    "lean output layer": ([], ["--full-output-layer"]),
+    "foreach Adam": ([], ["--no-foreach"]),
+}
+DEFAULT_SWITCHES = ("lean output layer", "foreach Adam")
+
+
+def build(arch: str, pad_seconds: float, data: Path, device, stack_decoder_passes: bool = False, flags=(),
+          with_cfg: bool = False):
     """Task, model and criterion as fairseq-train builds them, with the arch's dims put in
-    the model config (as a trained model's are): random weights, no checkpoint read."""
+    the model config (as a trained model's are): random weights, no checkpoint read.
+    ``flags``: more fairseq-train flags; ``with_cfg``: also return the parsed configuration."""
     from omegaconf import open_dict
 
     from comsl_fairseq.training.fairseq_setup import build_task_and_model, train_cfg
 
     cfg = train_cfg([data, "--task", "comsl_speech_to_text", "--arch", f"whisper_mbart_composite_{arch}",
-                     "--criterion", "comsl_multitask", "--whisper-pad-seconds", str(pad_seconds)]
-                    + (["--stack-decoder-passes"] if stack_decoder_passes else []))
+                     "--criterion", "comsl_multitask", "--whisper-pad-seconds", str(pad_seconds), *RECIPE_OPTIMIZER]
+                    + (["--stack-decoder-passes"] if stack_decoder_passes else []) + list(flags))
     whisper, mbart, _ = arch_dims(arch)
     with open_dict(cfg.model):
         cfg.model.whisper_dims, cfg.model.mbart_dims = whisper.to_cfg(), mbart.to_cfg()
     task, model = build_task_and_model(cfg)
-    return model.to(device), task.build_criterion(cfg.criterion), task
+    built = (model.to(device), task.build_criterion(cfg.criterion), task)
+    return (*built, cfg) if with_cfg else built
+
+
+def recipe_optimizer(cfg, model):
+    """The torch optimizer fairseq-train would step with these flags (adam_grouped)."""
+    from fairseq import optim
+
+    return optim.build_optimizer(cfg.optimizer, list(model.parameters())).optimizer
 
 
 def original_unused_pass() -> dict:
@@ -99,9 +122,30 @@ def make_batches(utts, batch_size: int, bucketed: bool, rng):
 
 
 class Config:
-    def __init__(self, name, pad_seconds, bucketed, extra_branches, stack_decoder_passes):
+    """One benchmarked setup. ``flags``: fairseq-train flags of ours (None: the paper-style
+    setup, stepped with torch's AdamW as the original code is)."""
+
+    def __init__(self, name, pad_seconds, bucketed, extra_branches, stack_decoder_passes, flags=None):
         self.name, self.pad_seconds, self.bucketed, self.extra_branches = name, pad_seconds, bucketed, extra_branches
         self.stack_decoder_passes = stack_decoder_passes
+        self.flags = flags
+
+
+PAPER_STYLE = "paper-style (11 s, 7 passes)"
+
+
+def configs(stack_decoder_passes: bool, names=None) -> list:
+    """Paper-style, ours with every switch off, each switch alone, ours with the defaults
+    (the row ``speedup_vs_fixed11`` reads); ``names`` selects among them."""
+    def ours(on: tuple) -> list:
+        return [f for name, (yes, no) in SWITCHES.items() for f in (yes if name in on else no)]
+
+    rows = [Config(PAPER_STYLE, 11.0, False, original_unused_pass(), False),
+            Config("ours, switches off", 0.0, True, {}, stack_decoder_passes, ours(()))]
+    rows += [Config(f"ours + {name} only", 0.0, True, {}, stack_decoder_passes, ours((name,))) for name in SWITCHES
+             if (name,) != DEFAULT_SWITCHES]
+    rows.append(Config("ours", 0.0, True, {}, stack_decoder_passes, ours(DEFAULT_SWITCHES)))
+    return [c for c in rows if names is None or c.name in names or c.name == "ours"]
 
 
 def sync(device):
@@ -110,25 +154,36 @@ def sync(device):
 
 
 def timed_step(model, criterion, batch, opt, autocast, device) -> float:
-    """One training step (forward, backward, optimizer step); its wall time in seconds."""
+    """One training step (forward, backward, optimizer step unless ``opt`` is None); its
+    wall time in seconds."""
     sync(device)
     t0 = time.perf_counter()
     with autocast:
         loss, _, _ = criterion(model, batch)
     loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    if opt is not None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    else:
+        model.zero_grad(set_to_none=True)
     sync(device)
     return time.perf_counter() - t0
 
 
 def train_throughput(conf, args, data, device, utts, rng):
-    model, criterion, task = build(args.arch, conf.pad_seconds, data, device, conf.stack_decoder_passes)
+    flags = conf.flags or []
+    model, criterion, task, cfg = build(args.arch, conf.pad_seconds, data, device, conf.stack_decoder_passes,
+                                        flags, with_cfg=True)
     d = task.target_dictionary
     if conf.extra_branches:
         base = criterion.branches
         criterion.branches = lambda: {**base(), **conf.extra_branches}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    if args.skip_optimizer:
+        opt = None
+    elif conf.flags is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    else:
+        opt = recipe_optimizer(cfg, model)
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else torch.autocast(device.type, enabled=False)
     batches = [to_device(collate(b, d, rng), device) for b in make_batches(utts, args.batch_size, conf.bucketed, rng)]
@@ -140,7 +195,7 @@ def train_throughput(conf, args, data, device, utts, rng):
         with FlopCounterMode(display=False) as counter, autocast:
             criterion(model, batches[0])[0].backward()
         flops = counter.get_total_flops() / batches[0]["nsentences"]
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
     n_utt = audio_s = 0.0
     elapsed = 0.0
     for step, batch in enumerate(batches[: args.warmup + args.steps]):
@@ -149,9 +204,28 @@ def train_throughput(conf, args, data, device, utts, rng):
             elapsed += seconds
             n_utt += batch["nsentences"]
             audio_s += float(batch["net_input"]["src_lengths"].sum()) / SAMPLE_RATE
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:  # this configuration's own process (see run)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     del model, opt, batches
-    return {"utt_s": n_utt / elapsed, "audio_s": audio_s / elapsed, "peak_gb": peak, "flops_per_utt": flops}
+    return {"utt_s": n_utt / elapsed, "audio_s": audio_s / elapsed, "peak_gb": peak, "flops_per_utt": flops,
+            "step_s": elapsed / max(1, args.steps)}
+
+
+def train_in_own_process(conf, args, data, device, utts, seed: int) -> dict:
+    """train_throughput in a fresh process, so that its peak RSS is this configuration's
+    alone (on CPU there is no allocator statistic to reset between configurations)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_train_child, (conf, args, str(data), device.type, utts, seed))
+
+
+def _train_child(conf, args, data, device_type, utts, seed):
+    torch.manual_seed(seed)  # (fairseq's --user-dir registers our components in this fresh process)
+    return train_throughput(conf, args, Path(data), torch.device(device_type), utts, np.random.default_rng(seed))
 
 
 def decode_throughput(conf, args, data, device, utts, rng):
@@ -178,15 +252,13 @@ def decode_throughput(conf, args, data, device, utts, rng):
 
 
 def run(args) -> int:
-    """Time both configurations with ``args`` (the ``comsl-benchmark`` options); print the table."""
+    """Time the configurations with ``args`` (the ``comsl-benchmark`` options); print the table."""
     if args.smoke:
         args.steps, args.warmup, args.decode_batches, args.batch_size, args.decode_len = 1, 0, 1, 2, 3
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no GPU is available")
     torch.manual_seed(args.seed)
-    torch.set_num_threads(torch.get_num_threads())
-
 
     tmp = tempfile.TemporaryDirectory(prefix="comsl_benchmark_")
     data = synthetic_data_folder(Path(tmp.name), arch_dims(args.arch)[2])
@@ -194,28 +266,42 @@ def run(args) -> int:
     max_seconds = 3.0 if args.smoke else 15.0
     utts = utterances(args.batch_size * (args.warmup + args.steps), rng, max_seconds)
     dec_utts = utterances(args.batch_size * args.decode_batches, rng, max_seconds)
-    configs = [Config("ours", 0.0, True, {}, args.stack_decoder_passes),
-               Config("paper-style (11 s, 7 passes)", 11.0, False, original_unused_pass(), False)]
+    rows = configs(args.stack_decoder_passes, args.configs)
     results = {}
-    for conf in configs:
-        r = train_throughput(conf, args, data, device, utts, np.random.default_rng(args.seed))
-        r["decode_utt_s"] = decode_throughput(conf, args, data, device, dec_utts, np.random.default_rng(args.seed))
+    for conf in rows:
+        if device.type == "cpu" and not args.smoke:
+            r = train_in_own_process(conf, args, data, device, utts, args.seed)
+        else:
+            r = train_throughput(conf, args, data, device, utts, np.random.default_rng(args.seed))
+        if conf.name in ("ours", PAPER_STYLE) and args.decode_batches > 0:  # the switches do not touch decoding
+            r["decode_utt_s"] = decode_throughput(conf, args, data, device, dec_utts,
+                                                  np.random.default_rng(args.seed))
         results[conf.name] = r
+    print_table(args, device, utts, results)
+    return 0
 
+
+def print_table(args, device, utts, results: dict) -> None:
+    """One row per configuration, then the ratios of ours (the defaults) to paper-style."""
     mean_s = float(np.mean([u[0] for u in utts]))
+    what = "forward + backward (no optimizer step)" if args.skip_optimizer else "forward + backward + optimizer"
+    memory = "peak GPU memory allocated" if device.type == "cuda" else "peak RSS of the configuration's own process"
     print(f"# ComSL benchmark: arch {args.arch}, device {device}, batch {args.batch_size}, "
-          f"{args.steps} timed steps, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}")
-    print("| config | train utt/s | train audio-s/s | decode utt/s (beam 5) | peak memory | MFU |")
-    print("|---|---|---|---|---|---|")
+          f"{args.steps} timed steps of {what}, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}; "
+          f"memory: {memory}")
+    print("| config | train utt/s | train audio-s/s | step s | decode utt/s (beam 5) | peak memory | MFU |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        peak = f"{r['peak_gb']:.1f} GB" if r["peak_gb"] is not None else \
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB RSS (process)"
         mfu = "n/a"
         if r["flops_per_utt"] and args.peak_tflops:
             mfu = f"{100 * r['flops_per_utt'] * r['utt_s'] / (args.peak_tflops * 1e12):.1f} %"
-        print(f"| {name} | {r['utt_s']:.2f} | {r['audio_s']:.1f} | {r['decode_utt_s']:.2f} | {peak} | {mfu} |")
-    ours, paper = results["ours"], results[configs[1].name]
-    print(f"decode_speedup_vs_fixed11: {ours['decode_utt_s'] / paper['decode_utt_s']:.2f}")
+        decode = f"{r['decode_utt_s']:.2f}" if "decode_utt_s" in r else "-"
+        print(f"| {name} | {r['utt_s']:.2f} | {r['audio_s']:.1f} | {r['step_s']:.2f} | {decode} | "
+              f"{r['peak_gb']:.2f} GB | {mfu} |")
+    ours, paper = results.get("ours"), results.get(PAPER_STYLE)
+    if ours is None or paper is None:
+        return
+    print(f"memory_vs_fixed11: {ours['peak_gb'] / paper['peak_gb']:.2f}")
+    if "decode_utt_s" in ours and "decode_utt_s" in paper:
+        print(f"decode_speedup_vs_fixed11: {ours['decode_utt_s'] / paper['decode_utt_s']:.2f}")
     print(f"speedup_vs_fixed11: {ours['utt_s'] / paper['utt_s']:.2f}")
-    return 0
-

@@ -15,7 +15,9 @@ With data, in order (each check prints ``[ok]`` or ``[FAIL]`` with what to chang
 ``--random-weights`` builds the real shapes of ``--arch`` (published Whisper / mBART-50 sizes,
 no checkpoint files), prints parameter counts and the static memory of training (weights,
 gradients, Adam state), and with ``--steps`` > 0 times training steps at ``--batch-size``
-utterances of ``--seconds`` each and reports the measured peak memory.
+utterances of ``--seconds`` each and reports the measured peak memory; ``--max-memory-gb``
+gives the largest batch that fits each budget. Other fairseq-train flags (e.g.
+``--full-output-layer``) apply to the random-weights model too.
 The estimates leave out validation and gradient communication between processes.
 """
 import argparse
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.5, help="random weights: clip length (CoVoST 2 mean ~5.5 s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="random weights: default cuda if present")
     p.add_argument("--bf16", action="store_true", help="random weights: bf16 autocast (the recipe's GPU setting)")
+    p.add_argument("--max-memory-gb", type=float, nargs="+", default=None, metavar="GB",
+                   help="random weights: the largest batch of --seconds clips that fits each budget, from the "
+                        "peak memory of forward + backward at --batch-size and twice it (e.g. 24 40 80)")
     return p
 
 

@@ -14,6 +14,11 @@ A zero weight (or alpha) means the passes that only that term needs are not run:
 criterion asks the model for exactly the branches it uses, in one forward call. The
 original's seventh decoder pass (translation from H_c^x) feeds no loss and is not run.
 
+The decoder passes' log-probabilities over the vocabulary are by default never held whole:
+each token term computes them a chunk of tokens at a time from the passes' final states
+and the tied output matrix (modules/chunked_output.py); --full-output-layer materialises
+them once per pass instead (the same losses, far more memory).
+
 ``sample_size`` is the number of target (translation) tokens in the batch. Every term
 is a sum over its own tokens, so fairseq's division by ``sample_size`` turns the total
 into a per-translation-token loss whatever mix of terms is active; the gradient scale
@@ -33,6 +38,7 @@ from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
 from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
+from comsl_fairseq.modules.chunked_output import ProjectedStates
 from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
@@ -56,6 +62,12 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "at least one per sentence, none with 0)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
+    full_output_layer: bool = field(default=False, metadata={
+        "help": "keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the teachers' "
+                "probabilities) alive through the backward. Default: the output layer, log-softmax and token "
+                "losses are computed a chunk of tokens at a time and recomputed in the backward (same losses "
+                "and gradients; with mBART-50's 250k rows far less memory per utterance, for one more "
+                "output-layer product per pass)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
                 "helps models trained from scratch align speech early)"})
@@ -66,7 +78,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
     """Weighted ComSL terms; each logged with its loss and token accuracy under its own key."""
 
     def __init__(self, task, st_weight, asr_weight, mt_weight, cml_weight, erm_weight, ddm_alpha,
-                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, ctc_weight=0.0):
+                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, full_output_layer=False, ctc_weight=0.0):
         super().__init__(task)
         self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight,
                   "ctc": ctc_weight}
@@ -80,6 +92,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
+        self.lean_output_layer = not full_output_layer
         self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
@@ -142,7 +155,12 @@ class ComslMultitaskCriterion(FairseqCriterion):
             kwargs["cml_text_tokens"], masked = self.mask_transcript(sample["transcript"])
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
-        out = model(**sample["net_input"], branches=branches, **kwargs)
+        out = model(**sample["net_input"], branches=branches, features_only=self.lean_output_layer, **kwargs)
+        if self.lean_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
+            dtype = torch.bfloat16 if model.autocast_bf16 else torch.float32
+            weight = model.decoder.output_projection.weight
+            out = {name: (ProjectedStates(o[0], weight, dtype), *o[1:]) if name in TOKEN_BRANCHES else o
+                   for name, o in out.items()}
         results = self.compute_terms(out, sample, branches, masked, reduce)
         loss = self.weighted_sum(results)
         if not bool(torch.isfinite(loss).all()):
@@ -165,11 +183,15 @@ class ComslMultitaskCriterion(FairseqCriterion):
         becomes a near-constant after the first updates, and accuracies include one easy
         token per sentence, so they read a little higher than over words alone.
         """
-        # log p once per decoder pass (the largest tensors of a step), shared by the terms
-        lp = {name: T.log_probs(out[name][0]) for name in branches if name in TOKEN_BRANCHES}
+        if self.lean_output_layer:  # ProjectedStates: log p is computed inside each term, chunked
+            lp = {name: out[name][0] for name in branches if name in TOKEN_BRANCHES}
+        else:  # log p once per decoder pass (the largest tensors of a step), shared by the terms
+            lp = {name: T.log_probs(out[name][0]) for name in branches if name in TOKEN_BRANCHES}
         y, x, pad = sample["target"], sample["transcript"], self.padding_idx
         # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
-        mt_teacher = lp["mt"].detach().exp() if self.ddm_alpha > 0 and "mt" in lp else None
+        mt_teacher = None
+        if self.ddm_alpha > 0 and "mt" in lp:
+            mt_teacher = lp["mt"].detach() if self.lean_output_layer else lp["mt"].detach().exp()
         results = {}
         if "st" in branches:
             results["st"] = T.distilled_cross_entropy(lp["st"], y, pad, mt_teacher, self.ddm_alpha, reduce)
@@ -188,15 +210,19 @@ class ComslMultitaskCriterion(FairseqCriterion):
             results["ctc"] = T.ctc_on_speech(*out["ctc"], x, self._special_ids_on(x.device), self.blank_idx, reduce)
         return results
 
-    def teacher_probs(self, sample) -> torch.Tensor | None:
-        """p_teacher(y | x) of the frozen MT teacher (B x T x V), or None without one."""
+    def teacher_probs(self, sample) -> torch.Tensor | ProjectedStates | None:
+        """p_teacher(y | x) of the frozen MT teacher (B x T x V; without --full-output-layer
+        its unprojected ProjectedStates), or None without one."""
         if self.teacher is None:
             return None
         net_input = sample["net_input"]
         self.teacher.to(sample["target"].device)
         with torch.no_grad():
-            logits = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"])[0]
-        return torch.softmax(logits.float(), dim=-1)
+            out = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"],
+                               features_only=self.lean_output_layer)[0]
+        if self.lean_output_layer:
+            return ProjectedStates(out, self.teacher.decoder.output_projection.weight)
+        return torch.softmax(out.float(), dim=-1)
 
     def weighted_sum(self, results: dict) -> torch.Tensor:
         """0.35 ST + 0.35 ASR + 0.2 MT + 0.1 ((STM-ASR + STM-ST + MTP) / 3 + 0.2 ERM) (+ CTC)."""

@@ -9,15 +9,22 @@ code (``reduce=False``: one sum per sentence, B), returned as a :class:`TermResu
 the counts needed to log it. The counts stay tensors on the loss's device: reading them
 as Python numbers would stall the GPU once per term and step (fairseq sums them later).
 
-Token terms take log-probabilities (``log_probs(logits)``), computed once per decoder pass
-by the criterion: ST, for one, needs them for its CE and for its DDM share, and the MT
-pass's distribution is the teacher of two terms. The vocabulary-sized softmax is the
-largest tensor of a step; it is materialised once per pass, not once per use.
+Token terms take a decoder pass's distribution in one of two forms:
+- log-probabilities (``log_probs(logits)``, B x T x V), computed once per decoder pass by
+  the criterion: ST, for one, needs them for its CE and for its DDM share, and the MT
+  pass's distribution is the teacher of two terms, so the vocabulary-sized softmax is
+  materialised once per pass, not once per use;
+- a :class:`ProjectedStates` (final decoder states and the output matrix), from which
+  modules/chunked_output.py computes the same per-token losses a chunk of tokens at a
+  time, never holding a B x T x V tensor through the backward. A teacher then is a
+  ProjectedStates too.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from comsl_fairseq.modules.chunked_output import ProjectedStates, token_losses
 
 
 @dataclass
@@ -43,9 +50,12 @@ def token_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
 
     The ST, ASR and MT cross-entropies, STM-ASR = CE(p(x | H_c^s), x), and MTP =
     CE(p(x | H_c^x), x) with ``count`` (B x T bool) restricting it to masked positions.
-    lprobs: B x T x V log-probabilities, target: B x T.
+    lprobs: B x T x V log-probabilities (or a ProjectedStates), target: B x T.
     """
     keep = target.ne(pad) if count is None else target.ne(pad) & count
+    if isinstance(lprobs, ProjectedStates):
+        nll, argmax = token_losses(lprobs, target)
+        return _chunked_result(nll, argmax, target, keep, reduce)
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # B x T
     loss = _total(nll.masked_fill(~keep, 0.0), reduce)
     with torch.no_grad():
@@ -70,13 +80,26 @@ def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int
     - STM-ST (CML): the same with p = p(y | H_c^s);
     - MT with regularization: p = p(y | H_x), teacher = the frozen fine-tuned mBART,
       alpha = --mt-reg-alpha (0.2).
-    Accuracy is that of p against the reference.
+    Accuracy is that of p against the reference. ``lprobs`` and ``teacher_probs`` are
+    B x T x V tensors (log p, q), or both ProjectedStates.
     """
+    if isinstance(lprobs, ProjectedStates):
+        a = alpha if teacher_probs is not None else 0.0
+        per_token, argmax = token_losses(lprobs, target, teacher_probs if a else None, a)
+        return _chunked_result(per_token, argmax, target, target.ne(pad), reduce)
     ce = token_cross_entropy(lprobs, target, pad, reduce=reduce)
     if teacher_probs is None or alpha == 0:
         return ce
     loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(lprobs, teacher_probs, target, pad, reduce)
     return TermResult(loss, ce.n_tokens, ce.n_correct)
+
+
+def _chunked_result(per_token: torch.Tensor, argmax: torch.Tensor, target: torch.Tensor, keep: torch.Tensor,
+                    reduce: bool) -> TermResult:
+    """A TermResult from per-token losses and argmaxes (B x T), counting ``keep`` only."""
+    with torch.no_grad():
+        correct = (argmax.eq(target) & keep).sum()
+    return TermResult(_total(per_token.masked_fill(~keep, 0.0), reduce), keep.sum(), correct)
 
 
 def embedding_representation_matching(h_speech: torch.Tensor, h_concat: torch.Tensor,

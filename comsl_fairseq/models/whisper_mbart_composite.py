@@ -158,7 +158,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
 
     def forward(self, src_tokens, src_lengths, src_lang_tags, prev_output_tokens,
                 src_text_tokens=None, prev_transcript_tokens=None, cml_text_tokens=None,
-                branches=("st",), erm_layer: int = 0, **unused):
+                branches=("st",), erm_layer: int = 0, features_only: bool = False, **unused):
         """Every requested branch in one call.
 
         ``branches``: names of modules/branches.py's table (or a {name: Branch} mapping);
@@ -166,6 +166,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         ``erm_layer`` k > 0 the result also holds "erm": (layer-k output of the speech-only
         pass, of the speech part of the concatenated pass, speech padding mask B x T).
         Returns {branch: (logits B x T x V, extra)}; CTC's entry is (T x B x V, mask B x T).
+        With ``features_only`` the decoder passes return their final states (B x T x C)
+        instead of logits: the caller projects them (criterions/terms.py, chunked).
         """
         table = branch_table(branches)
         needed = {b.encoder_output for b in table.values()} | ({SPEECH, CONCAT_SPEECH} if erm_layer > 0 else set())
@@ -183,7 +185,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                     out[name] = (self.decoder.output_layer(eo["encoder_out"][0]), eo["encoder_padding_mask"][0])
             for inputs, prev in ((TRANSCRIPT, prev_transcript_tokens), (TRANSLATION, prev_output_tokens)):
                 out.update(self._decode(prev, {name: h[branch.encoder_output] for name, branch in table.items()
-                                               if branch.decoder_input == inputs}))
+                                               if branch.decoder_input == inputs}, features_only))
             if erm_layer > 0:
                 n_layers = len(self.encoder.mbart.layers)
                 if erm_layer > n_layers:
@@ -232,7 +234,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
             raise CheckpointError("\n".join([f"the checkpoint does not fit this model{hint}:"] + lines))
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
-    def _decode(self, prev_tokens, encoder_outs: dict) -> dict:
+    def _decode(self, prev_tokens, encoder_outs: dict, features_only: bool = False) -> dict:
         """The decoder passes that read the same decoder input. With --stack-decoder-passes
         they run as one call: the encoder outputs (T_i x B x C) are padded to the longest,
         masked, and stacked along the batch; each pass sees exactly its own frames, so the
@@ -241,7 +243,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         if not encoder_outs:
             return {}
         if len(encoder_outs) == 1 or not self.stack_decoder_passes:
-            return {name: self.decoder(prev_tokens, encoder_out=eo) for name, eo in encoder_outs.items()}
+            return {name: self.decoder(prev_tokens, encoder_out=eo, features_only=features_only)
+                    for name, eo in encoder_outs.items()}
         T = max(eo["encoder_out"][0].size(0) for eo in encoder_outs.values())
         xs, masks = [], []
         for eo in encoder_outs.values():
@@ -251,7 +254,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         stacked = {"encoder_out": [torch.cat(xs, dim=1)], "encoder_padding_mask": [torch.cat(masks, dim=0)],
                    "encoder_embedding": [], "encoder_states": [], "src_tokens": [], "src_lengths": []}
         n = len(encoder_outs)
-        logits, extra = self.decoder(prev_tokens.repeat(n, 1), encoder_out=stacked)  # nB x T x V
+        logits, extra = self.decoder(prev_tokens.repeat(n, 1), encoder_out=stacked,
+                                     features_only=features_only)  # nB x T x V (or C)
         return {name: (chunk, extra) for name, chunk in zip(encoder_outs, logits.chunk(n, dim=0), strict=True)}
 
     def _grad_mult(self, encoder_out: dict) -> dict:

@@ -116,10 +116,11 @@ class MbartTextModel(FairseqEncoderDecoderModel):
     def train(self, mode: bool = True):
         return super().train(mode and not self.frozen)  # a frozen teacher never runs dropout
 
-    def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, **unused):
-        """``[src_tag] x </s>`` and ``</s> [tgt_tag] y`` -> (logits B x T x V, extra)."""
+    def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, features_only=False, **unused):
+        """``[src_tag] x </s>`` and ``</s> [tgt_tag] y`` -> (logits B x T x V, extra), or with
+        ``features_only`` the final decoder states (B x T x C) instead of logits."""
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
 
 
 def load_mbart_text_model(path, dictionary, n_pretrained_rows: int, dict_path) -> MbartTextModel:
