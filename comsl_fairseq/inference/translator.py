@@ -40,6 +40,7 @@ POOL_BATCHES = 8  # ... or this many batches
 # A segment this long whose text has fewer characters per second than this is flagged: speech
 # runs at 10-20 characters per second, so a few words for many seconds means text was lost.
 FLAG_MIN_SECONDS = 4.0
+_NO_SAMPLES = np.zeros(0, np.float32)
 FLAG_CHARS_PER_SECOND = 2.0
 
 
@@ -382,13 +383,24 @@ class SpeechTranslator:
         yield from self._flush(pool, plans, generator, nbest)
 
     def _flush(self, pool: list, plans: dict, generator, nbest: int):
-        """Decode every pooled piece, then yield the inputs this finished."""
-        failed = self._decode(pool, generator, nbest)
+        """Decode the pooled pieces, longest first, ``batch_size`` at a time; after each batch,
+        yield the inputs it finished (so that an interruption loses at most one batch). A batch
+        that fails is retried piece by piece; an input whose piece still fails is yielded with
+        an AudioError ("decoding error")."""
+        order = sorted(pool, key=lambda p: -p.wav.size)
         pool.clear()
-        for i, error in failed.items():
-            plans.pop(i, None)
-            yield i, error
-        yield from self._finished(plans)
+        for start in range(0, len(order), self.batch_size):
+            batch = [p for p in order[start:start + self.batch_size] if p.item in plans]
+            try:
+                self._decode_batch(batch, generator, nbest)
+            except RuntimeError:
+                for p in batch:
+                    try:
+                        self._decode_batch([p], generator, nbest)
+                    except RuntimeError as e:
+                        if plans.pop(p.item, None) is not None:
+                            yield p.item, AudioError(f"decoding failed: {e}", "decoding error")
+            yield from self._finished(plans)
 
     def _finished(self, plans: dict):
         for i in [i for i, p in plans.items() if p.complete and all(x.hypotheses for x in p.pieces_listed)]:
@@ -400,24 +412,6 @@ class SpeechTranslator:
             yield i, Translation(plan.name, text, segments, plan.seconds, sum(p.seconds for p in plan.pieces_listed),
                                  plan.vad_seconds, plan.forced_cuts)
 
-    def _decode(self, pieces: list, generator, nbest: int) -> dict:
-        """Fill each piece's hypotheses (and decoding seconds); returns {input index: AudioError}
-        for inputs whose pieces failed to decode even one at a time (a batch that fails is
-        retried piece by piece to find the culprit)."""
-        failed = {}
-        order = sorted(pieces, key=lambda p: -p.wav.size)
-        for start in range(0, len(order), self.batch_size):
-            batch = [p for p in order[start:start + self.batch_size] if p.item not in failed]
-            try:
-                self._decode_batch(batch, generator, nbest)
-            except RuntimeError:
-                for p in batch:
-                    try:
-                        self._decode_batch([p], generator, nbest)
-                    except RuntimeError as e:
-                        failed[p.item] = AudioError(f"decoding failed: {e}", "decoding error")
-        return failed
-
     def _decode_batch(self, batch: list, generator, nbest: int) -> None:
         t0 = time.perf_counter()
         out = self._generate(batch, generator)
@@ -426,7 +420,7 @@ class SpeechTranslator:
         for p, hyps in zip(batch, out, strict=True):
             p.hypotheses = [self._hypothesis(h) for h in hyps[:nbest]]
             p.seconds = elapsed * p.wav.size / total
-            p.wav = p.wav[:0]  # decoded: its samples are no longer needed
+            p.wav = _NO_SAMPLES  # decoded: its samples are freed (a view such as wav[:0] would keep them)
 
     def _generate(self, batch: list, generator) -> list:
         """Beam search on a batch of pieces, exactly as fairseq-generate runs it: the
