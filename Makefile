@@ -1,6 +1,6 @@
 # comsl_fairseq: install into .venv, run the tests, run the demo.
 #
-# Install order matters (see ../shared/FAIRSEQ-NOTES.md and README "Install"):
+# Install order matters (see README "Install"):
 #   1. torch first. TORCH_SPEC defaults to the CPU build; a torch the base interpreter
 #      already has is reused (the venv then sees system site-packages) and not replaced.
 #   2. the fairseq fork and openai-whisper with --no-deps: fairseq declares torchaudio,
@@ -61,8 +61,10 @@ test-all: install
 demo: install
 	PY=$(PY) bash examples/toy/run_demo.sh
 
+# ruff, then the import rules of .importlinter (which folder may import which)
 lint: install
 	$(VENV)/bin/ruff check comsl_fairseq tests scripts examples
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

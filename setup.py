@@ -11,7 +11,6 @@ setup(
     version="0.1.0",
     description="ComSL: Whisper + adapter + mBART-50 speech translation as a fairseq plugin",
     packages=find_packages(include=["comsl_fairseq", "comsl_fairseq.*"]),
-    package_data={"comsl_fairseq": ["data/*.tsv"]},
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.6",
@@ -24,5 +23,19 @@ setup(
         "tqdm",
         "silero-vad==6.2.3",
     ],
-    entry_points={"console_scripts": ["comsl-translate=comsl_fairseq.cli.translate:main"]},
+    entry_points={
+        "console_scripts": [
+            "comsl-translate=comsl_fairseq.cli.translate:main",
+            "comsl-export=comsl_fairseq.cli.export:main",
+            "comsl-convert-whisper=comsl_fairseq.cli.convert_whisper:main",
+            "comsl-convert-hf-mbart50=comsl_fairseq.cli.convert_hf_mbart50:main",
+            "comsl-preflight=comsl_fairseq.cli.preflight:main",
+            "comsl-benchmark=comsl_fairseq.cli.benchmark:main",
+            "comsl-average-checkpoints=comsl_fairseq.cli.average_checkpoints:main",
+            "comsl-score-covost=comsl_fairseq.cli.score_covost:main",
+            "comsl-compare-systems=comsl_fairseq.cli.compare_systems:main",
+            "comsl-modality-gap=comsl_fairseq.cli.modality_gap:main",
+            "comsl-plot-training=comsl_fairseq.cli.plot_training:main",
+        ]
+    },
 )

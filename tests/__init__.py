@@ -1,0 +1,1 @@
+"""Tests: pytest, CPU, offline; builders.py makes the fixtures."""

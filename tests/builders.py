@@ -4,9 +4,9 @@
 - an mBART-50-style folder: ``sentence.bpe.model``, ``dict.txt`` (pieces, no tags) and a
   fairseq ``model.pt`` of a ``BARTModel`` (mbart_large layout, pre-norm) with
   dict + 52 ML50 tags + ``<mask>`` embedding rows, saved with its ``args`` Namespace;
-- a speech data folder: wav/flac clips, SPEC §3 manifests and ``config.yaml``;
+- a speech data folder: wav/flac clips, manifests and ``config.yaml``;
 
-and the helpers that tests share: the SPEC §7 command lines and running them.
+and the helpers that tests share: the fairseq-train and fairseq-generate command lines and running them.
 """
 import random
 import shutil
@@ -20,6 +20,9 @@ import numpy as np
 import soundfile as sf
 import torch
 import yaml
+
+from comsl_fairseq.data.manifest import write_manifest
+from comsl_fairseq.training import fairseq_setup
 
 WORDS = {
     "fr": "le chat noir mange une pomme rouge dans la maison bleue avec mon ami petit grand".split(),
@@ -111,9 +114,6 @@ def synth_clip(seconds: float, rng: np.random.Generator, sr: int = 16000) -> np.
     return (0.1 * env * x + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-MANIFEST_HEADER = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
-
-
 def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("dev", 6), ("test", 6)),
                       seed: int = 0) -> Path:
     """Clips (mostly 16 kHz wav; some flac; one 44.1 kHz stereo wav) with fr/de transcripts
@@ -124,7 +124,7 @@ def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("de
     clips.mkdir(parents=True, exist_ok=True)
     n = 0
     for split, count in splits:
-        rows = ["\t".join(MANIFEST_HEADER)]
+        rows = []
         for i in range(count):
             lang = "fr" if i % 2 == 0 else "de"
             seconds = float(rng.uniform(0.6, 2.5))
@@ -143,8 +143,8 @@ def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("de
             n += 1
             src = sentences(lang, 1, trng)[0]
             tgt = sentences("en", 1, trng)[0]
-            rows.append("\t".join([uid, name, str(wav.size), src, tgt, lang, "en", "spk0"]))
-        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            rows.append([uid, name, str(wav.size), src, tgt, lang, "en", "spk0"])
+        write_manifest(folder / f"{split}.tsv", rows)
     cfg = {"vocab_filename": str(mbart_dir / "dict.txt"),
            "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": str(mbart_dir / "sentence.bpe.model")},
            "audio_root": "clips"}
@@ -154,14 +154,10 @@ def write_speech_data(folder: Path, mbart_dir: Path, splits=(("train", 16), ("de
 
 def fairseq_cfg(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny"):
     """Parse a fairseq-train command line for our task, exactly as the CLI would."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from comsl_fairseq.training.fairseq_setup import train_cfg
 
-    argv = [str(data_dir), "--user-dir", str(Path(__file__).resolve().parents[1] / "comsl_fairseq"),
-            "--task", "comsl_speech_to_text", "--arch", arch, "--criterion", "comsl_multitask",
-            "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "8", "--cpu", *extra]
-    parser = options.get_training_parser()
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
+    return train_cfg([data_dir, "--task", "comsl_speech_to_text", "--arch", arch, "--criterion", "comsl_multitask",
+                      "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "8", "--cpu", *extra])
 
 
 def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart_composite_tiny", **mbart):
@@ -169,17 +165,16 @@ def build_task_and_model(data_dir: Path, *extra: str, arch: str = "whisper_mbart
     arch's random-init MbartDims (e.g. ``max_positions=64``), as a checkpoint's dims would."""
     from dataclasses import replace
 
-    from fairseq import tasks
     from omegaconf import open_dict
 
     from comsl_fairseq.models.whisper_mbart_composite import RANDOM_INIT_DIMS
+    from comsl_fairseq.training import fairseq_setup
 
     cfg = fairseq_cfg(data_dir, *extra, arch=arch)
     if mbart:
         with open_dict(cfg.model):
             cfg.model.mbart_dims = replace(RANDOM_INIT_DIMS[arch][1], **mbart).to_cfg()
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
+    task, model = fairseq_setup.build_task_and_model(cfg)
     return cfg, task, model
 
 
@@ -190,7 +185,7 @@ def copy_data(data_dir: Path, dest: Path) -> Path:
 
 
 BIN = Path(sys.executable).parent
-USER_DIR = str(Path(__file__).resolve().parents[1] / "comsl_fairseq")
+USER_DIR = str(fairseq_setup.USER_DIR)
 
 
 def run(tool, *args, cwd=None):
@@ -203,7 +198,7 @@ def run(tool, *args, cwd=None):
 
 
 def train_cmd(data, whisper, mbart, save_dir, *extra):
-    """The SPEC §7 fairseq-train command line."""
+    """The fairseq-train command line of the tiny arch."""
     return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
             "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev",
             "--arch", "whisper_mbart_composite_tiny", "--whisper-checkpoint", whisper,
@@ -212,7 +207,7 @@ def train_cmd(data, whisper, mbart, save_dir, *extra):
 
 
 def generate_cmd(data, ckpt, *extra):
-    """The SPEC §7 fairseq-generate command line."""
+    """The fairseq-generate command line (beam 5, target tag forced)."""
     return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
             "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", ckpt, "--beam", "5",
             "--prefix-size", "1", "--batch-size", "8", "--scoring", "sacrebleu", "--cpu", *extra]

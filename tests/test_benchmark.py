@@ -1,17 +1,15 @@
-"""scripts/benchmark.py in its seconds-long smoke mode (the real figures are in the README)."""
+"""comsl-benchmark in its seconds-long smoke mode (the real figures are in the README)."""
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import BIN
 
 
 @pytest.mark.subprocess
 def test_benchmark_smoke_mode():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--arch", "tiny", "--smoke"],
+    proc = subprocess.run([str(BIN / "comsl-benchmark"), "--arch", "tiny", "--smoke"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

@@ -1,4 +1,4 @@
-"""Issue 16, item 1: a kill during a checkpoint save loses nothing; unreadable files are named."""
+"""A kill during a checkpoint save loses nothing; unreadable files are named."""
 import re
 
 import pytest

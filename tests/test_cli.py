@@ -1,4 +1,4 @@
-"""The SPEC §7 command lines, end to end, as a user runs them (subprocesses)."""
+"""The fairseq-train and fairseq-generate command lines, end to end, as a user runs them (subprocesses)."""
 import re
 import shutil
 from pathlib import Path

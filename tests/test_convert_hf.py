@@ -1,19 +1,19 @@
-"""scripts/convert_hf_mbart50.py: a tiny random Hugging Face MBart, converted and loaded by
-our model, gives the same logits as transformers on the same input."""
+"""comsl-convert-hf-mbart50: a converted Hugging Face MBart gives transformers' logits.
+
+comsl-convert-hf-mbart50: a tiny random Hugging Face MBart, converted and loaded by
+our model, gives the same logits as transformers on the same input.
+"""
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from fairseq.data import data_utils
 
-from tests.builders import build_task_and_model
+from tests.builders import BIN, build_task_and_model
 
 transformers = pytest.importorskip("transformers")  # test-only dependency (requirements-dev.txt)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.subprocess
@@ -33,7 +33,7 @@ def test_converted_hf_mbart_matches_transformers(mbart_dir, data_dir, tmp_path):
     shutil.copy(mbart_dir / "sentence.bpe.model", hf_dir / "sentencepiece.bpe.model")
 
     out = tmp_path / "converted"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_hf_mbart50.py"), "--hf-dir", str(hf_dir),
+    proc = subprocess.run([str(BIN / "comsl-convert-hf-mbart50"), "--hf-dir", str(hf_dir),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} >= {"model.pt", "dict.txt", "sentence.bpe.model"}

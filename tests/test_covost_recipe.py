@@ -1,6 +1,9 @@
-"""CoVoST 2 end to end on a fake Common Voice / CoVoST 2 layout made here: the README's
+"""The CoVoST 2 recipe README's commands, run as pasted on a fake Common Voice / CoVoST 2 layout.
+
+CoVoST 2 end to end on a fake Common Voice / CoVoST 2 layout made here: the README's
 commands, extracted and run as pasted: prep -> MT stage -> pseudo ST -> row 8 training ->
-beam-5 evaluation -> per-language report."""
+beam-5 evaluation -> per-language report.
+"""
 import json
 import os
 import re

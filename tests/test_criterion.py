@@ -1,4 +1,4 @@
-"""Criterion comsl_multitask: the SPEC §4 combination, skipped passes, training strategies."""
+"""Criterion comsl_multitask: the weighted sum of the terms, skipped passes, training strategies."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Data contract (SPEC §3): config, manifests, languages, dictionary, audio, batching."""
+"""Data contract: config, manifests, languages, dictionary, audio, batching."""
 import zipfile
 
 import numpy as np
@@ -8,10 +8,10 @@ import yaml
 
 from comsl_fairseq.data.audio import AudioError, read_audio
 from comsl_fairseq.data.config import DataConfig, DataConfigError
-from comsl_fairseq.data.manifest import SkipLog, read_manifest
+from comsl_fairseq.data.manifest import COLUMNS, SkipLog, read_manifest
 from comsl_fairseq.vocab.languages import COVOST_X_EN, COVOST_X_EN_LANGS, ML50_TAGS, mbart_tag
 from comsl_fairseq.vocab.vocabulary import VocabularyError, build_dictionary
-from tests.builders import MANIFEST_HEADER, build_task_and_model, copy_data, synth_clip
+from tests.builders import build_task_and_model, copy_data, synth_clip
 
 
 def test_every_covost_language_has_a_tag():
@@ -62,7 +62,7 @@ def test_config_resolves_relative_paths_and_rejects_unknown_keys(tmp_path, mbart
 
 def test_manifest_rows_are_parsed_or_skipped_with_a_reason(tmp_path, caplog):
     rows = [
-        "\t".join(MANIFEST_HEADER),
+        "\t".join(COLUMNS),
         "\t".join(["ok", "a.wav", "16000", 'il dit "bonjour"', "he says \"hello\"", "fr", "en", "s"]),
         "\t".join(["short_row", "a.wav", "16000", "x", "y", "fr"]),
         "\t".join(["bad_frames", "a.wav", "many", "x", "y", "fr", "en", "s"]),

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.vocab.vocabulary import build_dictionary
-from tests.builders import run, train_cmd
+from tests.builders import BIN, run, train_cmd
 
 pytestmark = pytest.mark.subprocess
 
@@ -89,11 +89,11 @@ def test_clips_cut_another_way_are_synthesized_again(tmp_path):
     assert not (tmp_path / "clips" / "fr_0001_v0.flac").exists() and not (tmp_path / "corpus_info.json").exists()
 
 
-def test_translate_script(data_dir, tmp_path):
+def test_translate_command(data_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     run(*train_cmd(data_dir, "", "", ckpt, "--max-update", "1", "--disable-validation"))
     clips = sorted((data_dir / "clips").glob("test_*"))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "translate.py"), "--path",
+    proc = subprocess.run([str(BIN / "comsl-translate"), "--path",
                            str(ckpt / "checkpoint_last.pt"), "--src-lang", "fr", "--beam", "5", "--max-len-b", "6",
                            "--cpu", str(clips[0]), str(data_dir / "clips")], capture_output=True, text=True,
                           timeout=300)
@@ -103,7 +103,7 @@ def test_translate_script(data_dir, tmp_path):
     assert len(lines) == 1 + n_clips and lines[0].startswith(str(clips[0]) + "\t")
     assert "[" not in proc.stdout  # no language tags in the output
     assert "real-time factor:" in proc.stderr
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "translate.py"), "--path",
+    bad = subprocess.run([str(BIN / "comsl-translate"), "--path",
                           str(ckpt / "checkpoint_last.pt"), "--src-lang", "xx", str(clips[0])],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown language code 'xx'" in bad.stderr
@@ -123,3 +123,23 @@ def test_score_toy_counts_exact_matches_and_refuses_missing_hypotheses(tmp_path)
     log.write_text("T-0\tone\nD-0\t-0.1\tone\n", encoding="utf-8")
     proc = subprocess.run(script, capture_output=True, text=True)
     assert proc.returncode == 1 and "1 of 2 utterances have no hypothesis" in proc.stderr
+
+
+def test_train_progress_prints_updates_validation_and_warnings(tmp_path):
+    log = "\n".join([
+        '2026-01-01 00:00:00 | INFO | train_inner | {"epoch": 1, "loss": "6.7", "st_loss": "7.01", "ups": "1.5", '
+        '"num_updates": "10"}',
+        "2026-01-01 00:00:01 | WARNING | fairseq.trainer | something odd",
+        '2026-01-01 00:00:02 | INFO | dev | {"epoch": 1, "dev_loss": "6.5", "dev_st_loss": "6.9", '
+        '"dev_num_updates": "20"}',
+        '2026-01-01 00:00:03 | INFO | train | {"epoch": 1, "train_loss": "6.6", "train_num_updates": "20"}',
+        "2026-01-01 00:00:04 | INFO | hydra | a notice"]) + "\n"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "toy" / "train_progress.py"), "--total", "100",
+                           "--log", str(tmp_path / "train.log")], input=log, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("update    10/100 ( 10 %) | loss 6.700 st_loss 7.010 | 1.50 upd/s")
+    assert lines[1:] == ["2026-01-01 00:00:01 | WARNING | fairseq.trainer | something odd",
+                         "  dev after epoch 1: loss 6.500 st_loss 6.900"]
+    assert (tmp_path / "train.log").read_text() == log

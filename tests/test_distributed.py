@@ -1,6 +1,9 @@
-"""Unit tests (in-process, seconds) for the pieces the multi-process recipe tests rely on:
+"""Unit tests (in-process, seconds) of the pieces the multi-process recipe tests rely on.
+
+Unit tests (in-process, seconds) for the pieces the multi-process recipe tests rely on:
 the measured schedule, the LR scheduler over it, the CPU DDP shim, Whisper kept out of DDP's
-reducer, and mBART activation checkpointing that recomputes in the backward pass."""
+reducer, and mBART activation checkpointing that recomputes in the backward pass.
+"""
 import socket
 
 import pytest

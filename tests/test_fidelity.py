@@ -1,5 +1,8 @@
-"""Options that make the recipes match the original ComSL run (issue 11): the adapter's
-activation, no weight decay on biases and norms, the text-only MT-stage architecture."""
+"""Options that make the recipes match the original ComSL run.
+
+Options that make the recipes match the original ComSL run: the adapter's
+activation, no weight decay on biases and norms, the text-only MT-stage architecture.
+"""
 import pytest
 import torch
 from fairseq import checkpoint_utils, optim

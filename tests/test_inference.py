@@ -3,7 +3,7 @@
 One module fixture trains the tiny model for 3 updates on a private copy of the test data
 (dictionary and SentencePiece model inside it), decodes the test split with
 fairseq-generate (its own main(), in this process), exports the model with
-scripts/export_model.py, and then deletes the data folder: everything after that loads
+comsl-export, and then deletes the data folder: everything after that loads
 from the exported folder alone. The command is run in this process too (each new
 interpreter costs the fairseq import), except once to check the console entry and the
 lazy import.
@@ -12,7 +12,6 @@ import json
 import math
 import random
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -31,13 +30,13 @@ from tests.test_cli import generate_cmd, run, train_cmd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(capsys, *args) -> tuple:
-    """(exit status, stdout, stderr) of comsl-translate run in this process."""
+def cli(capsys, model, *args) -> tuple:
+    """(exit status, stdout, stderr) of ``comsl-translate --path MODEL ARGS...`` run in this process."""
     from comsl_fairseq.cli.translate import main
 
     message = ""
     try:
-        status = main([str(a) for a in args])
+        status = main(["--path", str(model), *map(str, args)])
     except SystemExit as e:
         status, message = (e.code, "") if isinstance(e.code, int) else (1, str(e.code))
     out, err = capsys.readouterr()
@@ -81,8 +80,9 @@ def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
     for task in ("st", "asr"):
         out = fairseq_generate(data, ckpt, tmp / f"generate-{task}", "--decode-task", task, "--max-len-b", "12")
         generated[task] = generate_hypotheses(out, data / "test.tsv")
-    export_script = runpy.run_path(str(ROOT / "scripts" / "export_model.py"), run_name="export_model")
-    assert export_script["main"]([str(ckpt), str(tmp / "model"), "--score-log",
+    from comsl_fairseq.cli import export
+
+    assert export.main(["--path", str(ckpt), "--out", str(tmp / "model"), "--score-log",
                                   str(tmp / "generate-st" / "generate-test.txt")]) == 0
     clips = Path(shutil.copytree(data / "clips", tmp / "clips"))
     manifest = (data / "test.tsv").read_text()
@@ -244,13 +244,12 @@ def bad_folder(exported, tmp_path_factory):
 
 def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(exported, bad_folder, tmp_path):
     """In a fresh interpreter: ``import comsl_fairseq`` loads no inference code (the API is a
-    lazy attribute), then ``python -m comsl_fairseq.cli.translate`` runs over a folder."""
-    code = ("import runpy, sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
+    lazy attribute), then comsl-translate's ``main`` runs over a folder."""
+    code = ("import sys, comsl_fairseq; assert 'comsl_fairseq.inference.translator' not in sys.modules; "
             "assert 'silero_vad' not in sys.modules; from comsl_fairseq import SpeechTranslator; "
             "assert SpeechTranslator.__module__ == 'comsl_fairseq.inference.translator'; "
-            "sys.argv = ['comsl-translate'] + sys.argv[1:]; "
-            "runpy.run_module('comsl_fairseq.cli.translate', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code, str(exported["model"]), str(bad_folder),
+            "from comsl_fairseq.cli.translate import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code, "--path", str(exported["model"]), str(bad_folder),
                            str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
                            "jsonl", "--no-progress", "--keep-no-speech"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -280,7 +279,7 @@ def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folde
 def test_cli_srt_of_a_long_recording(exported, long_recording, tmp_path, capsys):
     path, placed = long_recording
     status, _, err = cli(capsys, exported["model"], path, "--src-lang", "fr", "--max-len-b", "6", "--format", "srt",
-                         "--output-dir", tmp_path / "subs", "--no-progress")
+                         "--out", tmp_path / "subs", "--no-progress")
     assert status == 0, err[-3000:]
     assert re.search(r"real-time factor: \d+\.\d+ \(segmentation \d+\.\d+ s \+ decoding", err), err
     srt = (tmp_path / "subs" / "long.srt").read_text()
@@ -312,7 +311,7 @@ def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
     status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "xx")
     assert status != 0 and "unknown language code 'xx'" in err
     status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "fr", "--format", "srt")
-    assert status != 0 and "needs --output-dir" in err
+    assert status != 0 and "needs --out" in err
     status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
     assert status != 0 and "not found" in err
 
@@ -354,7 +353,7 @@ def test_output_names_stay_inside_their_folder(exported, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     manifest = _write_manifest(tmp_path / "in", exported["clips"], [f"{i}\t{clip}\tfr\ten" for i in ids])
     out = tmp_path / "out"
-    status, _, err = cli(capsys, exported["model"], manifest, "--output-dir", out, "--format", "jsonl",
+    status, _, err = cli(capsys, exported["model"], manifest, "--out", out, "--format", "jsonl",
                          "--max-len-b", "4", "--no-progress", "--keep-no-speech")
     assert status == 0, err
     assert victim.read_text() == "the user's file\n" and not (tmp_path / "x.jsonl").exists()
@@ -485,7 +484,7 @@ def test_nothing_half_written(exported, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(SpeechTranslator, "_decode_batch", interrupted_third)
     clips = sorted(exported["clips"].glob("test_*"))
     status, _, err = cli(capsys, exported["model"], *clips, "--src-lang", "fr", "--batch-size", "1",
-                         "--output-dir", tmp_path / "out", "--max-len-b", "4", "--no-progress", "--keep-no-speech")
+                         "--out", tmp_path / "out", "--max-len-b", "4", "--no-progress", "--keep-no-speech")
     assert status == 130 and "interrupted: the 2 translation(s) finished are kept" in err, err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 3 and "sources.tsv" in written  # two translations, no partial file

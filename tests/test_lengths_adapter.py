@@ -1,4 +1,4 @@
-"""The length helper and the adapter's padding handling (SPEC §2)."""
+"""The length helper and the adapter's padding handling."""
 import torch
 import whisper.audio
 

@@ -1,4 +1,4 @@
-"""Issue 16, item 7: errors that name the real cause when a checkpoint or --arch does not fit."""
+"""Errors that name the real cause when a checkpoint or --arch does not fit."""
 import pytest
 import torch
 

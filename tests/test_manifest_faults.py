@@ -1,5 +1,8 @@
-"""Issue 16, items 2, 3 and 7a: manifests that never abort a split, n_frames checked against
-the clips, clips too short for a log-mel frame."""
+"""Faulty manifests and clips: skipped and counted, never aborting a split.
+
+Manifests that never abort a split, n_frames checked against
+the clips, clips too short for a log-mel frame.
+"""
 import re
 import shutil
 
@@ -10,8 +13,8 @@ import torch
 import yaml
 
 from comsl_fairseq.data.audio import AudioError
-from comsl_fairseq.data.manifest import SkipLog, read_manifest
-from tests.builders import MANIFEST_HEADER, build_task_and_model, synth_clip
+from comsl_fairseq.data.manifest import COLUMNS, SkipLog, read_manifest
+from tests.builders import build_task_and_model, synth_clip
 
 
 @pytest.fixture()
@@ -29,7 +32,7 @@ def good_rows(data, split="train") -> list:
 def test_bom_and_an_undecodable_row_skip_only_that_row(data, caplog):
     rows = good_rows(data)
     bad = rows[1].replace("\tfr\t", "\tfr\t").encode("utf-8").replace(b"\ten\t", b"\t\xe9n\t", 1)
-    blob = ("\ufeff" + "\t".join(MANIFEST_HEADER) + "\n" + rows[0] + "\n").encode("utf-8")
+    blob = ("\ufeff" + "\t".join(COLUMNS) + "\n" + rows[0] + "\n").encode("utf-8")
     blob += bad.replace(rows[1].split("\t")[3].encode(), b"caf\xe9 cr\xe8me") + b"\r\n"
     blob += "\n".join(rows[2:]).encode("utf-8") + b"\n"
     path = data / "excel.tsv"
@@ -43,7 +46,7 @@ def test_bom_and_an_undecodable_row_skip_only_that_row(data, caplog):
 
 
 def write_manifest(data, name, rows) -> None:
-    (data / f"{name}.tsv").write_text("\n".join(["\t".join(MANIFEST_HEADER), *rows]) + "\n", encoding="utf-8")
+    (data / f"{name}.tsv").write_text("\n".join(["\t".join(COLUMNS), *rows]) + "\n", encoding="utf-8")
 
 
 def with_n_frames(row: str, n: int, audio: str | None = None) -> str:

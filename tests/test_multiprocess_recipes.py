@@ -1,4 +1,6 @@
-"""Ablation recipes launched as a user launches them: NPROC_PER_NODE=2 through torchrun (gloo,
+"""Ablation recipes launched as a user launches them: 2 processes through torchrun, and 1.
+
+Ablation recipes launched as a user launches them: NPROC_PER_NODE=2 through torchrun (gloo,
 CPU, fairseq's default pytorch_ddp backend) and 1 process, on the tiny fixture.
 
 16 training rows, 4 utterances per process per step, 2 epochs, Whisper frozen for 1 epoch.
@@ -85,7 +87,7 @@ def run_row(script, nproc, global_batch, data_dir, whisper_pt, mbart_dir, save_d
 
 
 def check_run(out, nproc, update_freq, save_dir, original) -> int:
-    """The issue's list for one run; returns the unfreeze update."""
+    """The schedule checks of one run; returns the unfreeze update."""
     m = SCHEDULE.search(out)
     assert m, out[-3000:]
     world, batches, per_epoch, total, unfreeze = map(int, m.groups())

@@ -1,7 +1,10 @@
-"""Watching training and trusting scores (issue 13): TensorBoard scalars, training curves,
+"""Watching training and trusting scores, on one tiny model trained here.
+
+Watching training and trusting scores: TensorBoard scalars, training curves,
 checkpoint averaging, chrF / normalised WER, paired bootstrap, and the modality-gap report with
-its HTML page, on one tiny model trained here for 4 updates (2 epochs)."""
-import importlib.util
+its HTML page, on one tiny model trained here for 4 updates (2 epochs).
+"""
+import importlib
 import json
 import os
 import re
@@ -20,12 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TERMS = ("st", "asr", "mt", "stm_asr", "stm_st", "mtp")
 
 
-def script(name: str):
-    """A module of scripts/ loaded from its file (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def command(name: str):
+    """The module of console script ``comsl-<name>`` (its ``main`` takes the command line)."""
+    return importlib.import_module(f"comsl_fairseq.cli.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_simple_format_log_as_the_demo_writes_it(tmp_path):
 
 
 def test_plot_training_overlays_runs(run_dir, tmp_path, capsys):
-    plot_training = script("plot_training")
+    plot_training = command("plot_training")
 
     out = tmp_path / "curves.png"
     simple = tmp_path / "simple" / "train.log"
@@ -89,7 +89,9 @@ def test_plot_training_overlays_runs(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     runs = {"a": read_run(run_dir / "ckpt")}
-    assert plot_training.panels(runs, False)[:2] == ["loss", "asr_loss"] and "bleu" in plot_training.panels(runs, False)
+    from comsl_fairseq.evaluation.plot import panels
+
+    assert panels(runs, False)[:2] == ["loss", "asr_loss"] and "bleu" in panels(runs, False)
     assert plot_training.main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
 
 
@@ -105,7 +107,7 @@ def test_average_of_identical_checkpoints_is_that_checkpoint(run_dir, tmp_path):
 
 
 def test_average_of_two_checkpoints_is_their_mean(run_dir, tmp_path):
-    average_checkpoints = script("average_checkpoints")
+    average_checkpoints = command("average_checkpoints")
 
     out = tmp_path / "avg.pt"
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "2", "--out", str(out)]) == 0
@@ -120,7 +122,7 @@ def test_average_of_two_checkpoints_is_their_mean(run_dir, tmp_path):
 
 
 def test_averaging_asks_for_keep_last_epochs_when_checkpoints_are_missing(run_dir, tmp_path, capsys):
-    average_checkpoints = script("average_checkpoints")
+    average_checkpoints = command("average_checkpoints")
 
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "3",
                                      "--out", str(tmp_path / "x.pt")]) == 2
@@ -175,8 +177,8 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def gap_dir(run_dir, data_dir):
     """The modality-gap report of the 2-epoch average (decoded by fairseq-generate in process)."""
-    average_checkpoints = script("average_checkpoints")
-    modality_gap = script("modality_gap")
+    average_checkpoints = command("average_checkpoints")
+    modality_gap = command("modality_gap")
 
     avg = run_dir / "avg.pt"
     assert average_checkpoints.main(["--save-dir", str(run_dir / "ckpt"), "--last", "2", "--out", str(avg)]) == 0
@@ -215,11 +217,11 @@ def test_modality_gap_page_lists_every_utterance_with_playable_audio(gap_dir, da
 
 
 def test_compare_systems_on_the_decoded_model(gap_dir, data_dir, tmp_path, capsys):
-    compare_systems = script("compare_systems")
+    compare_systems = command("compare_systems")
 
     out = tmp_path / "cmp.json"
     assert compare_systems.main([str(gap_dir / "st"), str(gap_dir / "mt"), "--data", str(data_dir),
-                                 "--samples", "200", "--json", str(out)]) == 0
+                                 "--samples", "200", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     gap = json.loads((gap_dir / "modality_gap.json").read_text())
@@ -281,7 +283,7 @@ def _generate_log(path: Path, pairs: list) -> None:
 
 
 def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
-    score_covost = script("score_covost")
+    score_covost = command("score_covost")
 
     data, gen = tmp_path / "data", tmp_path / "eval"
     data.mkdir()

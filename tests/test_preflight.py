@@ -1,13 +1,12 @@
-"""scripts/preflight.py on the tiny arch: through the recipe (PREFLIGHT=1, the row's exact flags),
-a refused configuration, and the random-weights mode."""
+"""comsl-preflight on the tiny arch: through the recipe, a refused configuration, random weights.
+
+comsl-preflight on the tiny arch: through the recipe (PREFLIGHT=1, the row's exact flags),
+a refused configuration, and the random-weights mode.
+"""
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 from tests.test_multiprocess_recipes import ABLATIONS, recipe_env
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def preflight_via_recipe(script, data_dir, whisper_pt, mbart_dir, tmp_path, *flags, **env):
@@ -36,17 +35,12 @@ def test_preflight_checks_times_and_estimates_a_row(data_dir, whisper_pt, mbart_
     assert out.rstrip().endswith("preflight: all checks passed")
 
 
-def load_preflight():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import preflight
-
-    return preflight
-
-
 def test_preflight_refuses_fully_sharded_with_freezing(data_dir, capsys):
-    preflight = load_preflight()
+    from comsl_fairseq.benchmark import preflight
+    from comsl_fairseq.training.fairseq_setup import train_cfg
+
     report = preflight.Report()
-    cfg = preflight.fairseq_cfg([
+    cfg = train_cfg([
         str(data_dir), "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny", "--criterion",
         "comsl_multitask", "--optimizer", "adam", "--lr", "1e-4", "--cpu", "--ddp-backend", "fully_sharded",
         "--freeze-whisper-epochs", "5"])
@@ -56,7 +50,9 @@ def test_preflight_refuses_fully_sharded_with_freezing(data_dir, capsys):
 
 
 def test_preflight_random_weights_reports_parameters_and_memory(capsys):
-    assert load_preflight().main(["--random-weights", "--arch", "whisper_mbart_composite_tiny", "--batch-size", "2",
+    from comsl_fairseq.cli import preflight
+
+    assert preflight.main(["--random-weights", "--arch", "whisper_mbart_composite_tiny", "--batch-size", "2",
                                   "--seconds", "1", "--steps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     counts = {m.group(1): int(m.group(2).replace(",", "")) for m in re.finditer(r"parameters, (.+): ([0-9,]+)", out)}

@@ -1,5 +1,8 @@
-"""Pseudo-ST clip selection (examples/covost2/make_pseudo_st.py): a separate, newer Common
-Voice root, and no clip whose sentence is a CoVoST 2 dev or test sentence."""
+"""Pseudo-ST clip selection: a newer Common Voice root, no CoVoST 2 dev or test sentence.
+
+Pseudo-ST clip selection (examples/covost2/make_pseudo_st.py): a separate, newer Common
+Voice root, and no clip whose sentence is a CoVoST 2 dev or test sentence.
+"""
 import logging
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Each ComSL term against an independent computation of its SPEC §4 formula.
+"""Each ComSL term against an independent computation of its formula in the paper (§3).
 
 The references below are written from the formulas with explicit loops over sentences
 and positions (numpy / plain torch), not with the functions under test.

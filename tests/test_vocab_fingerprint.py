@@ -1,4 +1,4 @@
-"""Issue 16, item 6: a checkpoint remembers its dict.txt and SentencePiece model."""
+"""A checkpoint remembers its dict.txt and SentencePiece model."""
 import re
 import shutil
 

@@ -1,7 +1,10 @@
-"""examples/covost2/whisper_input_length.py end to end on a tiny random Whisper
+"""The Whisper input-length study end to end on a tiny random Whisper.
+
+examples/covost2/whisper_input_length.py end to end on a tiny random Whisper
 checkpoint in the openai-whisper format and a few synthetic clips: cached features are the
 model's own speech path, the padded mode has its fixed frame count, training on the cache
-lowers the loss, and the tables are written."""
+lowers the loss, and the tables are written.
+"""
 import json
 from dataclasses import asdict
 from pathlib import Path

@@ -1,4 +1,6 @@
-"""Averaging the weights of the last N checkpoints of a run (as fairseq's CoVoST 2 recipe and
+"""Average the weights of the last N checkpoints of a run.
+
+Averaging the weights of the last N checkpoints of a run (as fairseq's CoVoST 2 recipe and
 ESPnet do before the final evaluation: 10 there).
 
 fairseq names epoch checkpoints ``checkpoint{EPOCH}.pt`` and, with ``--save-interval-updates``,

@@ -1,5 +1,7 @@
-"""Strict loading of the pretrained parts: an openai-whisper ``.pt`` and a fairseq
-mBART-50 ``model.pt`` (SPEC §2), and their dimensions. Nothing is downloaded; every
+"""Strict loading of the pretrained Whisper and mBART-50 checkpoints, and their dimensions.
+
+Strict loading of the pretrained parts: an openai-whisper ``.pt`` and a fairseq
+mBART-50 ``model.pt``, and their dimensions. Nothing is downloaded; every
 mismatch is named.
 
 Each part's shape is one small object, as whisper's ``ModelDimensions``:

@@ -1,9 +1,9 @@
 """``comsl-translate``: translate (or transcribe) audio files, folders and manifests.
 
-    comsl-translate MODEL INPUTS... --src-lang fr [--task st|asr] [--format txt|jsonl|srt|vtt]
+    comsl-translate --path MODEL INPUTS... --src-lang fr [--task st|asr] [--format txt|jsonl|srt|vtt]
 
-MODEL is an exported model folder (``scripts/export_model.py``) or a training checkpoint.
-Without ``--output-dir`` results go to standard output (txt: ``name<TAB>text`` per input;
+MODEL is an exported model folder (``comsl-export``) or a training checkpoint.
+Without ``--out`` results go to standard output (txt: ``name<TAB>text`` per input;
 jsonl: one object per segment; srt/vtt: one input only); with it, one file per input.
 A file, folder entry or manifest row that cannot be used (unreadable, no speech, a language
 the model was not trained on, ...) is named on standard error with its reason and skipped;
@@ -21,24 +21,25 @@ from pathlib import Path
 
 from comsl_fairseq.inference.inputs import Problem
 from comsl_fairseq.inference.subtitles import FORMATS, WRITERS, timestamp
+from comsl_fairseq.inference.translator import DTYPES
 
 logger = logging.getLogger(__name__)
 
-SOURCES_FILE = "sources.tsv"  # in --output-dir: output file, source, manifest id
+SOURCES_FILE = "sources.tsv"  # in --out: output file, source, manifest id
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="comsl-translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="exported model folder, or a training checkpoint (.pt)")
+    p.add_argument("--path", required=True, help="exported model folder, or a training checkpoint (.pt)")
     p.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or manifest .tsv files")
     p.add_argument("--src-lang", help="source language (CoVoST or mBART-50 code, e.g. fr); manifests with a "
                                       "src_lang column may omit it")
     p.add_argument("--tgt-lang", default="en", help="target language for --task st (default: en)")
     p.add_argument("--task", choices=("st", "asr"), default="st", help="st: translate; asr: transcribe")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: txt)")
-    p.add_argument("--output-dir", type=Path, help="write OUTPUT_DIR/<name>.<format> per input, each file "
-                                                   "whole when it is done; OUTPUT_DIR/sources.tsv maps them to "
-                                                   "their inputs (names are made safe: no folders, no '..')")
+    p.add_argument("--out", type=Path, help="write OUT/<name>.<format> per input, each file whole when it is "
+                                            "done; OUT/sources.tsv maps them to their inputs (names are made "
+                                            "safe: no folders, no '..')")
     p.add_argument("--segment", choices=("auto", "always", "never"), default="auto",
                    help="auto: cut only recordings longer than the model's window into speech segments; "
                         "always: segment every input (finer subtitles); never: refuse long recordings")
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="clips or segments decoded together")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--data", help="for a training checkpoint: its data folder, if it moved since training")
     p.add_argument("--allow-unseen-language", action="store_true",
@@ -107,20 +108,20 @@ class Run:
         if item.uid is not None:
             extra["id"] = item.uid
         text = WRITERS[fmt](item.name, result.segments, **(extra if fmt == "jsonl" else {}))
-        if self.args.output_dir is None:
+        if self.args.out is None:
             sys.stdout.write(f"{item.name}\t{result.text}\n" if fmt == "txt" else text)
             sys.stdout.flush()
         else:
             name = f"{self.stems[index]}.{fmt}"
-            write_atomic(self.args.output_dir / name, text)
+            write_atomic(self.args.out / name, text)
             self.written.append((name, item.name, item.uid or ""))
         self.done += 1
 
     def write_sources(self) -> None:
         """OUT/sources.tsv: which input each output file holds (ids can differ from file names)."""
-        if self.args.output_dir is None or not self.written:
+        if self.args.out is None or not self.written:
             return
-        path = self.args.output_dir / SOURCES_FILE
+        path = self.args.out / SOURCES_FILE
         rows = {}
         if path.is_file():  # an earlier run into the same folder: its rows stay unless overwritten
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
@@ -136,7 +137,7 @@ class Run:
                  + f"; {self.segments} segment(s), {self.audio_seconds:.1f} s of audio"]
         if self.interrupted:
             lines.insert(0, f"interrupted: the {self.done} translation(s) finished are kept"
-                            + (f" in {self.args.output_dir}" if self.args.output_dir is not None else ""))
+                            + (f" in {self.args.out}" if self.args.out is not None else ""))
         if self.forced_cuts:
             lines.append(f"{self.forced_cuts} segment(s) cut inside speech without a pause (at its quietest "
                          "point): check their edges")
@@ -179,8 +180,8 @@ def main(argv=None) -> int:
             except KeyError as e:
                 raise SystemExit(f"error: {e.args[0]}") from None
     items, problems = collect(args.inputs)
-    if args.format in ("srt", "vtt") and args.output_dir is None and len(items) > 1:
-        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --output-dir")
+    if args.format in ("srt", "vtt") and args.out is None and len(items) > 1:
+        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --out")
     if any((i.src_lang or args.src_lang) is None for i in items):
         raise SystemExit("error: --src-lang is required (only manifests with a src_lang column may omit it)")
 
@@ -200,8 +201,8 @@ def main(argv=None) -> int:
             problems.append(Problem(item.name, str(e), "language not trained"))
     items = usable
     run = Run(args, len(items) + len(problems), assign_outputs(items))
-    if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
     for p in problems:
         run.fail(p.name, p.reason, p.category)
     from tqdm import tqdm
@@ -237,7 +238,7 @@ def load_translator(args):
 
     device = "cpu" if args.cpu else args.device
     try:
-        t = SpeechTranslator.from_pretrained(args.model, device=device, dtype=args.dtype, data=args.data,
+        t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
                                              beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size,
                                              allow_unseen_language=args.allow_unseen_language,
                                              require_speech=not args.keep_no_speech)
@@ -248,7 +249,3 @@ def load_translator(args):
             raise SystemExit(f"error: --max-segment-seconds must be in (0, {t.max_seconds:g}]")
         t.segmenter = SegmenterConfig(max_seconds=args.max_segment_seconds)
     return t
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Criterion ``comsl_multitask``: the ComSL objective (paper §3; SPEC §4).
+"""Criterion ``comsl_multitask``: the ComSL objective (paper §3).
 
     ST   = (1-a) CE(p(y|H_s), y) + a softCE(p(y|H_x) || p(y|H_s))          a = --ddm-alpha
     ASR  = CE(p(x|H_s), x)
@@ -157,7 +157,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         return loss, sample["ntokens"], log
 
     def compute_terms(self, out: dict, sample, branches, masked, reduce: bool) -> dict:
-        """{term: TermResult} from the model's branch outputs (SPEC §4).
+        """{term: TermResult} from the model's branch outputs.
 
         The target (and transcript) starts with the language tag that decoding forces with
         --prefix-size 1. It counts in every token loss and accuracy, as in the original

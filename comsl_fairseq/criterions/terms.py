@@ -1,4 +1,4 @@
-"""The loss terms of ComSL (Le et al., 2023, §3; SPEC §4), one function each.
+"""The loss terms of ComSL (Le et al., 2023, §3), one function each.
 
 Notation: H_s = mBART-encoder output on the speech path, H_x = on the transcript,
 H_c = on the concatenation [emb(x~) ; speech embeddings], x~ being the transcript with

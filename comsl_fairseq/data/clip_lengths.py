@@ -1,4 +1,4 @@
-"""Is a manifest's ``n_frames`` the clip's real length? (SPEC §3)
+"""Is a manifest's ``n_frames`` the clip's real length?
 
 ``n_frames`` must count samples at 16 kHz (fairseq's raw-audio convention): batching and
 ``--max-tokens`` use it before any clip is read. Other tools write other units -- fairseq's
@@ -15,7 +15,7 @@ from whisper.audio import HOP_LENGTH
 from comsl_fairseq.data.audio import SAMPLE_RATE, resolve_audio_path
 
 # A clip shorter than one hop has no log-mel frame at all; Whisper's front end cannot
-# read it (the issue's crash with min_audio_seconds: 0), whatever min_audio_seconds says.
+# read it (it would crash with min_audio_seconds: 0), whatever min_audio_seconds says.
 MIN_CLIP_SAMPLES = HOP_LENGTH
 
 # A read clip may differ from n_frames by resampling rounding and mp3 decoder padding;

@@ -1,4 +1,4 @@
-"""The data ``config.yaml`` that sits beside the manifests (SPEC §3, §7).
+"""The data ``config.yaml`` that sits beside the manifests.
 
 Every key is read; an unknown key is an error rather than silently ignored (the
 original code carried config keys it never read). Relative paths resolve against

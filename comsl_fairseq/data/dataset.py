@@ -1,6 +1,6 @@
 """Dataset of (audio, transcript, translation) triples for ComSL training and decoding.
 
-Every batch carries all three (SPEC §3, needed by the multi-task objective):
+Every batch carries all three (the multi-task objective needs them):
 
     net_input.src_tokens            B x S  float  waveform at 16 kHz, zero-padded
     net_input.src_lengths           B      long   samples per clip

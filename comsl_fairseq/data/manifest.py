@@ -1,10 +1,11 @@
-"""Reading fairseq speech-to-text TSV manifests (SPEC §3).
+"""fairseq speech-to-text TSV manifests: their columns, reading and writing.
 
 Columns: ``id audio n_frames src_text tgt_text src_lang tgt_lang`` (``speaker``
 optional). ``n_frames`` counts audio samples at 16 kHz (fairseq's raw-audio
 convention); it is used for batching and length filtering before any audio is read.
 Rows that cannot be used are skipped, each named with its reason, and counted.
 """
+import csv
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from comsl_fairseq.vocab.languages import mbart_tag
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang")
+COLUMNS = (*REQUIRED_COLUMNS, "speaker")  # what every manifest writer writes, in this order
 
 
 class ManifestError(ValueError):
@@ -127,3 +129,27 @@ def _parse_row(row_id: str, get: dict, skips: SkipLog):
         skips.skip(row_id, "empty target text")
         return None
     return ManifestRow(row_id, get["audio"], n_samples, src_text, tgt_text, src_tag, tgt_tag)
+
+
+def write_manifest(path: Path, rows, columns=COLUMNS) -> int:
+    """Write a manifest: the header, then one line per row (a sequence in ``columns`` order).
+    A tab or line break inside a field becomes a space, so that no row can split. Returns the
+    number of rows."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            if len(row) != len(columns):
+                raise ValueError(f"{path}: a row of {len(row)} fields for the {len(columns)} columns {columns}")
+            f.write("\t".join(" ".join(str(field).replace("\t", " ").splitlines()) for field in row) + "\n")
+            n += 1
+    return n
+
+
+def read_table(path: Path) -> tuple:
+    """(header, rows as {column: text} dicts) of a manifest, fields as written: no row is
+    checked or skipped (for tools that look up columns; training reads with :func:`read_manifest`)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows

@@ -5,12 +5,12 @@ writes: ``generate-test_fr_en.txt`` ...). The language of each utterance comes f
 manifest (``src_lang`` column of ``DATA/{subset}.tsv``) when the data folder is given, else from a
 CoVoST-style subset name (``test_fr_en`` -> ``fr``), else the subset name is the group.
 """
-import csv
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comsl_fairseq.data.manifest import read_table
 from comsl_fairseq.evaluation.logs import read_generate_log
 
 logger = logging.getLogger(__name__)
@@ -42,14 +42,11 @@ def subset_of(log: Path) -> str:
 
 
 def manifest_column(manifest: Path, column: str) -> list:
-    """One column of a SPEC §3 manifest, in row order."""
-    with open(manifest, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
-        header = next(reader, None) or []
-        if column not in header:
-            raise ValueError(f"{manifest}: no column {column!r} (header: {header})")
-        i = header.index(column)
-        return [row[i] for row in reader if row and row != [""]]
+    """One column of a manifest, in row order."""
+    header, rows = read_table(manifest)
+    if column not in header:
+        raise ValueError(f"{manifest}: no column {column!r} (header: {header})")
+    return [row[column] for row in rows]
 
 
 def read_log(log: Path, data: Path | None = None) -> tuple:

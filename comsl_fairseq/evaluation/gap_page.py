@@ -1,4 +1,6 @@
-"""The modality-gap HTML page: one table row per test utterance with an audio player, the gold
+"""The modality-gap HTML page: one sortable row per test utterance.
+
+The modality-gap HTML page: one table row per test utterance with an audio player, the gold
 transcript and translation, the ASR, MT, cascade and ST outputs with sentence-level scores, and
 the per-utterance gaps; columns sort on click (inline script, no network, no external files).
 

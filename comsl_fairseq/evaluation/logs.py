@@ -21,6 +21,7 @@ _SIMPLE_INNER = re.compile(r"^epoch \d+:\s+\d+ / \d+ (?P<kv>.*)$")
 _VALID = re.compile(r"^valid on '(?P<subset>[^']+)' subset$")
 _LOG_NAMES = ("train.log", "train.json.log", "log.txt")
 _GENERATE_LINE = re.compile(r"^(D|T)-(\d+)\t(.*)$")
+_GENERATE_HEADER = re.compile(r"Generate (\S+) with beam=(\d+)")
 
 
 @dataclass
@@ -71,18 +72,19 @@ def _simple_record(tag: str, rest: str) -> Record | None:
     return Record(tag, int(values.pop("num_updates")), values)
 
 
+def read_log_line(line: str) -> Record | None:
+    """The record of one fairseq-train log line (``json`` or ``simple`` format), or None."""
+    m = _LINE.match(line.rstrip("\r\n"))
+    if not m or m["tag"].startswith(("fairseq", "comsl_fairseq")):
+        return None
+    rest = m["rest"].strip()
+    return _json_record(m["tag"], rest) if rest.startswith("{") else _simple_record(m["tag"], rest)
+
+
 def read_text_log(path: Path) -> list:
     """Records of a fairseq-train log in ``json`` or ``simple`` format (other lines ignored)."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        m = _LINE.match(line)
-        if not m or m["tag"].startswith(("fairseq", "comsl_fairseq")):
-            continue
-        rest = m["rest"].strip()
-        record = _json_record(m["tag"], rest) if rest.startswith("{") else _simple_record(m["tag"], rest)
-        if record is not None:
-            records.append(record)
-    return records
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    return [record for line in lines if (record := read_log_line(line)) is not None]
 
 
 def _tfrecords(path: Path):
@@ -152,3 +154,24 @@ def read_generate_log(path) -> tuple:
         else:
             refs[idx] = rest
     return hyps, refs
+
+
+def read_generate_header(path) -> tuple:
+    """(subset, beam) from fairseq-generate's closing ``Generate SUBSET with beam=N`` line,
+    (None, None) without one."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if m := _GENERATE_HEADER.search(line):
+            return m[1], int(m[2])
+    return None, None
+
+
+def write_generate_log(path, refs: list, hyps: list) -> Path:
+    """A fairseq-generate log of T- and D- lines (score 0.0), as :func:`read_generate_log` reads
+    it, for outputs assembled outside fairseq-generate."""
+    path = Path(path)
+    lines = []
+    for i, (ref, hyp) in enumerate(zip(refs, hyps, strict=True)):
+        lines += [f"T-{i}\t{ref}", f"D-{i}\t0.0\t{hyp}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,4 +1,6 @@
-"""Modality-gap report of one model (the gap ComSL's cross-modality learning closes, paper §3.3):
+"""Modality-gap report of one model, from its decodes: per-language BLEU and gaps with intervals.
+
+Modality-gap report of one model (the gap ComSL's cross-modality learning closes, paper §3.3):
 per language, BLEU of speech translation (ST), of text translation from the gold transcript (MT)
 and of the cascade ASR -> MT through the same model, with the gaps MT - ST and cascade - ST and
 their paired-bootstrap intervals; plus per-utterance rows for the HTML page (``gap_page``).

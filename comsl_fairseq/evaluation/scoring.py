@@ -1,4 +1,6 @@
-"""Scores for decoded systems (SPEC §5 step 6): corpus BLEU and chrF with their sacreBLEU
+"""BLEU and chrF, ASR error rates, sentence scores and paired bootstrap: every score, in one place.
+
+Scores for decoded systems: corpus BLEU and chrF with their sacreBLEU
 signatures, normalised ASR word / character error rates, sentence-level scores, and paired
 bootstrap resampling between two systems on the same references.
 

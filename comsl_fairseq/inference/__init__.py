@@ -1,4 +1,6 @@
-"""Using a trained model: self-contained model folders (:mod:`.export`), the Python API
+"""Using a trained model: export, the Python API, segmentation and subtitles.
+
+Using a trained model: self-contained model folders (:mod:`.export`), the Python API
 (:mod:`.translator`), long-recording segmentation (:mod:`.segment`) and subtitle writers
 (:mod:`.subtitles`); the ``comsl-translate`` command is :mod:`comsl_fairseq.cli.translate`.
 

@@ -17,7 +17,6 @@ built under a temporary name beside OUT and renamed when complete.
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -28,17 +27,13 @@ import yaml
 
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.inference.languages import training_pairs
-from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, INFO_FILE, WEIGHTS_FILE
+from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, DTYPES, INFO_FILE, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "comsl_fairseq-export-1"
-CAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 PARTS = (("encoder.whisper.", "Whisper encoder"), ("encoder.adapter.", "adapter"),
          ("encoder.mbart.", "mBART encoder"), ("decoder.", "mBART decoder"))
-_HYP = re.compile(r"^D-(\d+)\t[^\t]*\t(.*)$")
-_REF = re.compile(r"^T-(\d+)\t(.*)$")
-_SUBSET = re.compile(r"Generate (\S+) with beam=(\d+)")
 
 
 class ExportError(ValueError):
@@ -52,8 +47,8 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
     dict.txt and the SentencePiece model). ``score_logs``: fairseq-generate outputs whose
     hypotheses (D-) and references (T-) are scored with sacreBLEU for the card.
     """
-    if dtype not in CAST:
-        raise ExportError(f"dtype must be one of {sorted(CAST)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     checkpoint, out = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} not found")
@@ -102,7 +97,7 @@ def _write_folder(out: Path, name: str, state: dict, cfg: dict, data_cfg: DataCo
     shutil.copyfile(data_cfg.vocab_filename, out / "dict.txt")
     shutil.copyfile(data_cfg.sentencepiece_model, out / "sentence.bpe.model")
     _write_data_config(out, data_cfg)
-    weights = cast_state(state["model"], CAST[dtype])
+    weights = cast_state(state["model"], DTYPES[dtype])
     slim = {k: v for k, v in state.items() if k not in ("model", "last_optimizer_state")}
     slim["model"], slim["last_optimizer_state"] = weights, None
     slim["optimizer_history"] = [{k: v for k, v in h.items() if k != "optimizer"}
@@ -169,24 +164,18 @@ def count_parameters(folder: Path) -> dict:
 def score_log(path) -> dict:
     """sacreBLEU of a fairseq-generate output (D- hypotheses against T- references): score,
     signature, subset and beam as printed by fairseq, number of sentences."""
-    import sacrebleu
+    from comsl_fairseq.evaluation.logs import read_generate_header, read_generate_log
+    from comsl_fairseq.evaluation.scoring import corpus_scores
 
-    hyps, refs, subset, beam = {}, {}, None, None
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if m := _HYP.match(line):
-            hyps[int(m[1])] = m[2]
-        elif m := _REF.match(line):
-            refs[int(m[1])] = m[2]
-        elif m := _SUBSET.search(line):
-            subset, beam = m[1], int(m[2])
+    hyps, refs = read_generate_log(path)
+    subset, beam = read_generate_header(path)
     ids = sorted(set(hyps) & set(refs))
     if not ids or len(ids) != len(refs):
         raise ExportError(f"{path}: {len(ids)} scored hypotheses for {len(refs)} references; expected "
                           "a complete fairseq-generate output (D- and T- lines)")
-    bleu = sacrebleu.BLEU()
-    score = bleu.corpus_score([hyps[i] for i in ids], [[refs[i] for i in ids]])
+    scores = corpus_scores([hyps[i] for i in ids], [refs[i] for i in ids])
     return {"log": Path(path).name, "subset": subset, "beam": beam, "sentences": len(ids),
-            "bleu": round(score.score, 2), "signature": str(bleu.get_signature())}
+            "bleu": scores["bleu"], "signature": scores["bleu_signature"]}
 
 
 def model_info(state: dict, cfg: dict, data_cfg: DataConfig, dtype: str, scores: list, source: str,

@@ -42,7 +42,7 @@ def model_card(info: dict, folder: Path, name: str | None = None) -> str:
         "```",
         "",
         "```",
-        f"comsl-translate {name} recordings/ --src-lang {example_lang} --format srt --output-dir subs/",
+        f"comsl-translate --path {name} recordings/ --src-lang {example_lang} --format srt --out subs/",
         "```",
         "",
         f"Clips up to {info['max_audio_seconds']:g} s are decoded whole; longer recordings are cut into "
@@ -79,7 +79,7 @@ def model_card(info: dict, folder: Path, name: str | None = None) -> str:
                         [(s["subset"], s["beam"], s["sentences"], s["bleu"], f"`{s['signature']}`")
                          for s in info["scores"]])
     else:
-        lines.append("None given at export (`export_model.py ... --score-log generate-test.txt`).")
+        lines.append("None given at export (`comsl-export ... --score-log generate-test.txt`).")
     lines += ["", "## Files", ""]
     lines += _table(("file", "size"), [(p.name, _size(p.stat().st_size))
                                        for p in sorted(folder.iterdir()) if p.is_file() and p.name != "README.md"])

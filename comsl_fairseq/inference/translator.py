@@ -34,14 +34,14 @@ DATA_CONFIG_FILE = "config.yaml"
 INFO_FILE = "model_info.json"
 TASKS = ("st", "asr")
 SEGMENT_MODES = ("auto", "always", "never")
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names of every tool
 POOL_SAMPLES = 10 * 60 * SAMPLE_RATE  # pieces decoded together (sorted by length): at most 10 min of audio
 POOL_BATCHES = 8  # ... or this many batches
 # A segment this long whose text has fewer characters per second than this is flagged: speech
 # runs at 10-20 characters per second, so a few words for many seconds means text was lost.
 FLAG_MIN_SECONDS = 4.0
-_NO_SAMPLES = np.zeros(0, np.float32)
 FLAG_CHARS_PER_SECOND = 2.0
+_NO_SAMPLES = np.zeros(0, np.float32)
 
 
 @dataclass
@@ -195,7 +195,7 @@ class SpeechTranslator:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path, device=None, dtype: str = "fp32", data=None, **kwargs) -> "SpeechTranslator":
-        """Load an exported model folder (``scripts/export_model.py``) or a training checkpoint.
+        """Load an exported model folder (``comsl-export``) or a training checkpoint.
 
         ``device``: "cpu", "cuda", "cuda:1", ...; default CUDA when available. ``dtype``:
         "fp32", or "fp16" / "bf16" autocast (weights stay fp32). ``data``: for a training
@@ -213,7 +213,7 @@ class SpeechTranslator:
             for need in (ckpt, path / DATA_CONFIG_FILE):
                 if not need.is_file():
                     raise FileNotFoundError(f"{path} is not an exported model folder: {need.name} is missing "
-                                            "(write one with scripts/export_model.py CKPT OUT/)")
+                                            "(write one with comsl-export --path CKPT --out OUT/)")
             if data is not None:
                 raise ValueError("data= applies to training checkpoints; an exported folder carries its files")
             overrides = {"data": str(path.resolve()), "config_yaml": DATA_CONFIG_FILE}

@@ -1,4 +1,6 @@
-"""LR scheduler ``epoch_polynomial_decay``: fairseq's polynomial decay (SPEC §4: warm-up, then
+"""LR scheduler ``epoch_polynomial_decay``: polynomial decay over the training's real length.
+
+LR scheduler ``epoch_polynomial_decay``: fairseq's polynomial decay (warm-up, then
 power 2 down to 1e-7) whose length is the training's real length in updates.
 
 fairseq's ``polynomial_decay`` needs ``--total-num-update`` typed in, which a recipe can only

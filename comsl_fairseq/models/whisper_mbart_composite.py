@@ -1,4 +1,4 @@
-"""The ComSL composite model: Whisper encoder -> conv adapter -> mBART-50 (SPEC §2).
+"""The ComSL composite model: Whisper encoder -> conv adapter -> mBART-50.
 
     wav --log-mel (per clip, on device)--> Whisper encoder (masked)     B x T/2 x Cw
         --adapter (2 strided GLU convs)-->                              B x T/8 x Cm
@@ -83,10 +83,10 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     attention_dropout: float = field(default=0.0, metadata={"help": "mBART attention dropout"})
     activation_dropout: float = field(default=0.0, metadata={"help": "mBART FFN activation dropout"})
     adapter_dropout: float = field(default=0.0, metadata={
-        "help": "dropout inside the adapter FFNs (original ComSL: none; ours before: 0.1)"})
+        "help": "dropout inside the adapter FFNs (the original ComSL adapter has none)"})
     adapter_activation: ChoiceEnum(list(ADAPTER_ACTIVATIONS)) = field(default="relu", metadata={
-        "help": "non-linearity of the adapter FFNs: relu (the original ComSL adapter) or gelu (ours before; "
-                "checkpoints written without this option were trained with gelu and load as gelu)"})
+        "help": "non-linearity of the adapter FFNs: relu (the original ComSL adapter) or gelu "
+                "(a checkpoint saved without this option was trained with gelu and loads as gelu)"})
     text_only_model: bool = field(default=False, metadata={
         "help": "build only the mBART encoder-decoder, no Whisper and no adapter (the MT stage); set by "
                 "--arch mbart50_text, whose checkpoints hold no speech weights"})
@@ -268,10 +268,6 @@ def _embedding_rows_hint(own: dict, state: dict) -> str:
     return ""
 
 
-# Whisper width expected of each named size; a mismatching checkpoint is a user error.
-_ARCH_WHISPER_DIM = {"whisper_mbart_composite_medium": 1024, "whisper_mbart_composite_large": 1280}
-
-
 def _whisper_part(cfg) -> tuple:
     """(WhisperDims, encoder state or None): saved dims (rebuilding: no file read), else the
     --whisper-checkpoint's, else the arch's random-init preset."""
@@ -280,7 +276,8 @@ def _whisper_part(cfg) -> tuple:
         return dims, None
     if cfg.whisper_checkpoint:
         dims, state = load_whisper_checkpoint(cfg.whisper_checkpoint)
-        expected = _ARCH_WHISPER_DIM.get(cfg._name)
+        # the Whisper width of a named size; a mismatching checkpoint is a user error
+        expected = ARCH_DIMS[cfg._name][0].n_audio_state if cfg._name in PUBLISHED_ARCHS else None
         if expected is not None and dims.n_audio_state != expected:  # before reading a large mBART file
             raise CheckpointError(f"--arch {cfg._name} expects a Whisper encoder of width {expected}, but "
                                   f"{cfg.whisper_checkpoint} has {dims.n_audio_state}")
@@ -345,11 +342,26 @@ def mbart50_text(cfg):
     cfg.text_only_model = True
 
 
-# Shapes of the parts built without a checkpoint, per arch (random init; tests and the demo).
-RANDOM_INIT_DIMS = {
+# The shapes of each arch, in one table: the published Whisper and mBART-50 sizes of the
+# medium and large archs (their checkpoints are checked against them; the benchmark builds
+# them), and the tiny arch's, which it takes for any part built without a checkpoint.
+_MBART50_LARGE = MbartDims(dim=1024, ffn_dim=4096, heads=16, encoder_layers=12, decoder_layers=12,
+                           max_positions=1024, activation_fn="gelu")
+ARCH_DIMS = {
     "whisper_mbart_composite_tiny": (
         WhisperDims(n_mels=80, n_audio_ctx=1500, n_audio_state=128, n_audio_head=2, n_audio_layer=3),
         MbartDims(dim=128, ffn_dim=512, heads=2, encoder_layers=2, decoder_layers=2, max_positions=1024,
                   activation_fn="gelu"),
     ),
+    "whisper_mbart_composite_medium": (
+        WhisperDims(n_mels=80, n_audio_ctx=1500, n_audio_state=1024, n_audio_head=16, n_audio_layer=24),
+        _MBART50_LARGE,
+    ),
+    "whisper_mbart_composite_large": (
+        WhisperDims(n_mels=80, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32),
+        _MBART50_LARGE,
+    ),
 }
+PUBLISHED_ARCHS = ("whisper_mbart_composite_medium", "whisper_mbart_composite_large")
+# Archs whose parts may be built without a checkpoint (random init; tests and the demo).
+RANDOM_INIT_DIMS = {name: ARCH_DIMS[name] for name in ("whisper_mbart_composite_tiny",)}

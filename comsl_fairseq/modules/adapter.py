@@ -1,4 +1,6 @@
-"""The convolutional length adapter between Whisper and mBART (SPEC §2): 50 -> 12.5
+"""The convolutional length adapter between Whisper and mBART (50 -> 12.5 frames/s).
+
+The convolutional length adapter between Whisper and mBART: 50 -> 12.5
 frames/s. Its lengths and padding masks come from modules/lengths.py; every conv input
 has its padding re-zeroed first, so no output depends on batch padding.
 """
@@ -43,7 +45,7 @@ class StridedGLUConv(nn.Module):
 
 
 class Adapter(nn.Module):
-    """Two-layer conv adapter, 4x down-sampling, Whisper width -> mBART width (SPEC §2).
+    """Two-layer conv adapter, 4x down-sampling, Whisper width -> mBART width.
 
     layer 1: x + 0.5 FFN(x) -> LayerNorm -> Conv1d(k3, s2) -> GLU -> x + 0.5 FFN(x) -> LayerNorm
     layer 2: Conv1d(k3, s2) -> GLU

@@ -1,4 +1,6 @@
-"""The routing table of ComSL's decoder passes (paper §3, SPEC §4): which mBART-encoder
+"""The routing table of ComSL's decoder passes: which encoder output feeds which decoder input.
+
+The routing table of ComSL's decoder passes (paper §3): which mBART-encoder
 output feeds which decoder input. The model routes by it, the criterion asks for its
 rows by name; nothing else lists branches.
 

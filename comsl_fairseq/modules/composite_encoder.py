@@ -1,4 +1,6 @@
-"""The composite encoder of ComSL (SPEC §2): Whisper -> adapter -> [src tag ; speech] ->
+"""The composite encoder of ComSL: Whisper, adapter and the mBART-50 encoder.
+
+The composite encoder of ComSL: Whisper -> adapter -> [src tag ; speech] ->
 mBART-50 encoder for speech, the same mBART encoder for text and for the concatenation
 [masked transcript ; speech] of cross-modality learning.
 
@@ -95,7 +97,7 @@ class CompositeEncoder(FairseqEncoder):
         embeddings B x 1+T/4 x C, padding mask B x 1+T/4): [tag ; adapter(h)].
 
         The tag embedding is scaled by sqrt(d) like every token embedding; the adapter
-        output enters unscaled (SPEC §2)."""
+        output enters unscaled."""
         speech, _, speech_mask = self.adapter(h, h_lengths)  # B x T/4 x Cm
         tag = self.mbart.embed_scale * self.mbart.embed_tokens(lang_tags).unsqueeze(1)  # B x 1 x Cm
         x = torch.cat([tag.to(speech.dtype), speech], dim=1)

@@ -1,4 +1,4 @@
-"""Every length limit of the built model, checked per row when a manifest is read (SPEC §2, §3).
+"""Every length limit of the built model, checked per row when a manifest is read.
 
 The mBART encoder's learned positions bound each sequence it reads, and the
 cross-modality pass reads the longest one, [transcript ; speech]::

@@ -1,5 +1,7 @@
-"""Length arithmetic along the speech path, in one place: input lengths -> output lengths
-and padding masks (SPEC §2). The Whisper wrapper and the adapter both use it.
+"""Length arithmetic along the speech path: input lengths to output lengths and padding masks.
+
+Length arithmetic along the speech path, in one place: input lengths -> output lengths
+and padding masks. The Whisper wrapper and the adapter both use it.
 
 Frame rates (16 kHz audio; the signal constants are upstream whisper's, whisper/audio.py):
 

@@ -1,5 +1,7 @@
-"""mBART-50 encoder-decoder built from fairseq's own transformer modules, its strict weight
-loading (with the two tag rows ComSL adds), and the frozen MT teacher (SPEC §2, §4).
+"""mBART-50 encoder-decoder from fairseq's transformer modules, its weight loading and the MT teacher.
+
+mBART-50 encoder-decoder built from fairseq's own transformer modules, its strict weight
+loading (with the two tag rows ComSL adds), and the frozen MT teacher.
 """
 import logging
 from argparse import Namespace

@@ -1,4 +1,4 @@
-"""Whisper's front end and audio encoder on variable-length, padded batches (SPEC §2).
+"""Whisper's front end and audio encoder on variable-length, padded batches.
 
 openai-whisper's ``AudioEncoder.forward`` accepts exactly 30 s (3000 log-mel frames) and
 its ``mask`` argument means *causal*. ComSL batches clips of different lengths, so this

@@ -1,5 +1,7 @@
-"""Optimizer ``adam_grouped``: fairseq's Adam (AdamW-style decoupled weight decay) with
-weight decay only on the parameters that should decay (SPEC §4, training strategies).
+"""Optimizer ``adam_grouped``: fairseq's Adam with weight decay only where it should decay.
+
+Optimizer ``adam_grouped``: fairseq's Adam (AdamW-style decoupled weight decay) with
+weight decay only on the parameters that should decay (the training strategies).
 
 The original ComSL excludes biases and LayerNorm weights from weight decay (by name:
 ``bias``, ``LayerNorm.weight``, ``layer_norm.weight``, ``attn_ln``, ``mlp_ln``); with

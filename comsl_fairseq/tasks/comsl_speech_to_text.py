@@ -1,4 +1,4 @@
-"""Task ``comsl_speech_to_text``: speech translation with transcripts (SPEC §3, §7).
+"""Task ``comsl_speech_to_text``: speech translation with transcripts.
 
 Reads fairseq speech-to-text manifests and the data ``config.yaml`` beside them,
 builds the mBART-50 dictionary with ComSL's extra tags, and yields batches that carry

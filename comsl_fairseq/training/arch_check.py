@@ -1,5 +1,8 @@
-"""Which ``--arch`` the task can build (issue 16: resuming with ``--arch transformer`` failed
-inside fairseq with ``TypeError: object of type 'NoneType' has no len()``)."""
+"""Which ``--arch`` the task can build.
+
+This plugin's models only: another one (e.g. ``--arch transformer`` when resuming) would
+fail inside fairseq with a ``TypeError``.
+"""
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_REGISTRY
 
 

@@ -2,7 +2,7 @@
 
 Two problems with fairseq's default ``--ddp-backend pytorch_ddp`` (``torch`` DDP):
 
-1. While Whisper is frozen (SPEC §4: it runs under ``torch.no_grad()``) its parameters get no
+1. While Whisper is frozen (it runs under ``torch.no_grad()``) its parameters get no
    gradient. DDP's reducer waits for every parameter it manages and stops the second update
    with "Expected to have finished reduction in the prior iteration". Our mechanism: when a
    freeze is configured, the model lists Whisper's parameters in

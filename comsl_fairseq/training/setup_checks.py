@@ -1,5 +1,7 @@
-"""Flag combinations that cannot train, refused when the model or criterion is built --
-before the first step, not at step N (SPEC §4 training strategies, §7 flags).
+"""Flag combinations that cannot train, refused when the model or criterion is built.
+
+Flag combinations that cannot train, refused when the model or criterion is built --
+before the first step, not at step N.
 
 Each check names the flags to change. They read the full fairseq config that the model
 and criterion configs belong to; a config built without one (a script assembling a

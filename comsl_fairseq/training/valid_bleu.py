@@ -1,4 +1,6 @@
-"""Validation BLEU for checkpoint selection: sacreBLEU statistics that sum across batches
+"""Validation BLEU for checkpoint selection, from sacreBLEU statistics that sum across workers.
+
+Validation BLEU for checkpoint selection: sacreBLEU statistics that sum across batches
 and workers, pooled over the validation set or kept per source language, and the
 selection of every N-th utterance to decode.
 

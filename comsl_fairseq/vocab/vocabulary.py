@@ -1,6 +1,6 @@
 """The mBART-50 dictionary with ComSL's extra tags, and SentencePiece text encoding.
 
-Row layout (SPEC §7): fairseq's 4 specials, ``dict.txt`` as shipped, the 52 ML50 tags
+Row layout: fairseq's 4 specials, ``dict.txt`` as shipped, the 52 ML50 tags
 in ML50 order, ``<mask>`` -- together the mBART-50 checkpoint's embedding rows -- then
 ``[cy_GB]`` and ``[ca_ES]``, which the model adds as new embedding rows.
 """
@@ -77,7 +77,7 @@ def language_tag_ids(dictionary: Dictionary) -> set:
 
 
 class TextTokenizer:
-    """Text -> ``[tag] pieces </s>`` token ids (SPEC §3), one convention everywhere."""
+    """Text -> ``[tag] pieces </s>`` token ids, one convention everywhere."""
 
     def __init__(self, sentencepiece_model, dictionary: Dictionary):
         self.path = Path(sentencepiece_model)

@@ -15,11 +15,10 @@ out="${2:-$(dirname "$ckpt")/eval}"
 : "${DATA:?set DATA to the folder with test_{lang}_en.tsv and config.yaml}"
 LANGS="${LANGS:-fr,de,ca,es,fa,it,ru,pt,zh-CN,nl,tr,et,mn,ar,lv,sl,sv-SE,ta,ja,id,cy}"
 BATCH_SIZE="${BATCH_SIZE:-16}"
-PY="${PY:-python}"
 mkdir -p "$out"
 if [ "${AVERAGE_LAST:-1}" -gt 1 ]; then
   avg="$out/checkpoint_avg_last${AVERAGE_LAST}.pt"
-  "$PY" "$root/scripts/average_checkpoints.py" --save-dir "$(dirname "$ckpt")" --last "$AVERAGE_LAST" \
+  comsl-average-checkpoints --save-dir "$(dirname "$ckpt")" --last "$AVERAGE_LAST" \
     --allow-fewer --out "$avg" >&2
   ckpt="$avg"
 fi
@@ -41,4 +40,4 @@ for lang in "${langs[@]}"; do
   if [ "${DECODE_ASR:-0}" = 1 ]; then decode asr "$out/asr" "$lang"; fi
   if [ "${DECODE_MT:-0}" = 1 ]; then decode mt "$out/mt" "$lang"; fi
 done
-"$PY" "$root/scripts/score_covost.py" --gen-dir "$out" --data "$DATA" --langs "$LANGS"
+comsl-score-covost --gen-dir "$out" --data "$DATA" --langs "$LANGS"

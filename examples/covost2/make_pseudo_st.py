@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Pseudo speech-translation data: Common Voice clips that are in no CoVoST 2 split, their
+"""Pseudo speech-translation data from Common Voice clips outside CoVoST 2.
+
+Pseudo speech-translation data: Common Voice clips that are in no CoVoST 2 split, their
 transcripts translated into English by the fine-tuned mBART (beam 5).
 
     python examples/covost2/make_pseudo_st.py --cv-root CV --covost-tsv-root TSV --out-root OUT \\
@@ -29,8 +31,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from comsl_fairseq.data.manifest import write_manifest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prep_covost2 import COVOST_X_EN, MANIFEST_COLUMNS, SAMPLE_RATE, clean_text, decode_clip, read_tsv  # noqa: E402
+from prep_covost2 import COVOST_X_EN, SAMPLE_RATE, clean_text, decode_clip, read_tsv  # noqa: E402
 
 logger = logging.getLogger("make_pseudo_st")
 
@@ -169,10 +173,7 @@ def main(argv=None) -> int:
                     continue
                 rows.append([f"{lang}_{Path(path).stem}", f"{lang}/{Path(path).stem}.flac", str(n), text,
                              translation, lang, "en", speaker])
-        with open(out / f"pseudo_{lang}_en.tsv", "w", encoding="utf-8") as f:
-            f.write("\t".join(MANIFEST_COLUMNS) + "\n")
-            for row in rows:
-                f.write("\t".join(field.replace("\t", " ") for field in row) + "\n")
+        write_manifest(out / f"pseudo_{lang}_en.tsv", rows)
         logger.info("%s: %d validated clips outside CoVoST 2, %d pseudo-ST rows written, %d dropped", lang,
                     len(candidates), len(rows), len(candidates) - len(rows))
     with open(out / "pseudo_dropped.tsv", "w", encoding="utf-8") as f:

@@ -33,13 +33,13 @@ import yaml
 from tqdm import tqdm
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
+from comsl_fairseq.data.manifest import write_manifest
 from comsl_fairseq.vocab.languages import COVOST_X_EN_LANGS
 
 logger = logging.getLogger("prep_covost2")
 
 COVOST_X_EN = list(COVOST_X_EN_LANGS)
 SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
-MANIFEST_COLUMNS = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 
 
@@ -147,10 +147,7 @@ def prepare_language(lang, args, dropped, counts) -> dict:
     written = {}
     for split in ("train", "dev", "test"):
         name = f"{split}_{lang}_en"
-        with open(args.out_root / f"{name}.tsv", "w", encoding="utf-8") as f:
-            f.write("\t".join(MANIFEST_COLUMNS) + "\n")
-            for row in manifests[split]:
-                f.write("\t".join(field.replace("\t", " ") for field in row) + "\n")
+        write_manifest(args.out_root / f"{name}.tsv", manifests[split])
         written[name] = len(manifests[split])
         counts[f"{lang}/{split}"] = len(manifests[split])
     return written

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared ComSL training recipe (SPEC §4): one fairseq-train call with the paper's
+# Shared ComSL training recipe: one fairseq-train call with the paper's
 # optimisation settings; each script in ablations/ adds one row's loss flags.
 #
 # Usage: [NPROC_PER_NODE=N NNODES= NODE_RANK= MASTER_ADDR= MASTER_PORT=] DATA=... SAVE_DIR=...
@@ -20,8 +20,8 @@
 #                 (512 = 16 per GPU x 32 GPUs, the original's 4 nodes of 8);  UPDATE_FREQ overrides it
 #   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
 #   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000];  DRY_RUN=1 prints the command instead of running it;
-#   PREFLIGHT=1 runs scripts/preflight.py with the same flags instead (checks, timed steps, estimates)
-# Launch (SPEC §8): world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
+#   PREFLIGHT=1 runs comsl-preflight with the same flags instead (checks, timed steps, estimates)
+# Launch: world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
 #   NPROC_PER_NODE [every visible GPU; 1 with --cpu or without GPUs]  NNODES [1]  NODE_RANK [0]
 #   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]; under Slurm (one task per node) NNODES, NODE_RANK,
 #   MASTER_ADDR (first host of the job) and MASTER_PORT (from the job id) come from Slurm's variables.
@@ -115,8 +115,8 @@ fi
 
 echo "ComSL recipe: world size $world ($NNODES node(s) x $NPROC_PER_NODE process(es)), $BATCH_SIZE utterances" \
      "per process x update_freq $UPDATE_FREQ = $((BATCH_SIZE * world * UPDATE_FREQ)) per update" >&2
-if [ "${PREFLIGHT:-0}" = 1 ]; then  # check inputs, time a few steps, estimate (scripts/preflight.py)
-  launch=(python "$root/scripts/preflight.py" --world-size "$world")
+if [ "${PREFLIGHT:-0}" = 1 ]; then  # check inputs, time a few steps, estimate (comsl-preflight)
+  launch=(comsl-preflight --world-size "$world")
   distributed=()
 fi
 run=(exec)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Whisper input length (issue 11, item 7): does the length a clip is encoded at move BLEU?
+"""Whisper input length: does the length a clip is encoded at move BLEU?
 
 Compares the modes of ``CompositeEncoder.whisper_features`` with a frozen Whisper encoder:
 ``own`` (each clip at its own length, batch padding masked; the default), ``own+S`` (own length
@@ -43,7 +43,6 @@ from whisper.audio import SAMPLE_RATE
 from comsl_fairseq.evaluation.scoring import corpus_scores, edit_distance, normalize_asr
 
 logger = logging.getLogger("whisper_input_length")
-USER_DIR = Path(__file__).resolve().parents[2] / "comsl_fairseq"
 
 # English test sentences for Whisper's own decoder (the first five are tests/test_convert_whisper.py's).
 SENTENCES = ["please call stella and ask her to bring these things with her from the store",
@@ -77,14 +76,11 @@ def mode_flags(mode: str) -> list:
 
 def parse(data: Path, whisper_checkpoint: Path, mode: str, seed: int = 1):
     """The fairseq-train configuration of this mode (``--arch whisper_mbart_composite_tiny``)."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from comsl_fairseq.training.fairseq_setup import train_cfg
 
-    argv = [str(data), "--user-dir", str(USER_DIR), "--task", "comsl_speech_to_text",
-            "--arch", "whisper_mbart_composite_tiny", "--whisper-checkpoint", str(whisper_checkpoint),
-            "--criterion", "comsl_multitask", "--optimizer", "adam", "--lr", "1e-3", "--cpu",
-            "--seed", str(seed), *mode_flags(mode)]
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    return train_cfg([data, "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny",
+                      "--whisper-checkpoint", whisper_checkpoint, "--criterion", "comsl_multitask",
+                      "--optimizer", "adam", "--lr", "1e-3", "--cpu", "--seed", str(seed), *mode_flags(mode)])
 
 
 def build_model(task, cfg, seed: int):

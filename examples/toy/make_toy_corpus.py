@@ -29,13 +29,14 @@ import soxr
 import yaml
 from whisper.audio import SAMPLE_RATE
 
+from comsl_fairseq.data.manifest import write_manifest
+
 logger = logging.getLogger("make_toy_corpus")
 
 # espeak-ng voice variants: (variant, words per minute, pitch 0-99); each utterance also
 # gets a small seeded jitter of speed and pitch.
 VARIANTS = [("m1", 150, 45), ("f2", 170, 70), ("m3", 130, 30), ("f4", 185, 60), ("m7", 160, 40)]
 ESPEAK_VOICE = {"fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt", "nl": "nl"}
-MANIFEST_COLUMNS = ["id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang", "speaker"]
 
 
 def spell(number: int, lang: str) -> str:
@@ -172,11 +173,9 @@ def main(argv=None) -> None:
             if i % 500 == 0 or i == len(jobs):
                 logger.info("%d / %d clips", i, len(jobs))
     for split, split_rows in rows.items():
-        with open(out / f"{split}.tsv", "w", encoding="utf-8") as f:
-            f.write("\t".join(MANIFEST_COLUMNS) + "\n")
-            for row in split_rows:
-                row[2] = str(lengths[row[1]])
-                f.write("\t".join(row) + "\n")
+        for row in split_rows:
+            row[2] = str(lengths[row[1]])
+        write_manifest(out / f"{split}.tsv", split_rows)
         seconds = sum(int(r[2]) for r in split_rows) / SAMPLE_RATE
         logger.info("%s: %d utterances, %.1f minutes", split, len(split_rows), seconds / 60)
 

@@ -7,12 +7,11 @@ Every utterance of the manifest must have a hypothesis (fairseq can drop a last 
 batch); a missing one is an error, not a silently smaller test set.
 """
 import argparse
-import csv
 import sys
 
-from sacrebleu.metrics import BLEU
-
+from comsl_fairseq.data.manifest import read_table
 from comsl_fairseq.evaluation.logs import read_generate_log
+from comsl_fairseq.evaluation.scoring import bleu_metric
 
 
 def main(argv=None) -> int:
@@ -22,8 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=5, help="examples to print")
     args = p.parse_args(argv)
 
-    with open(args.manifest, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    _, rows = read_table(args.manifest)
     hyps, refs = read_generate_log(args.generate_log)
     missing = [i for i in range(len(rows)) if i not in hyps]
     if missing:
@@ -44,7 +42,7 @@ def main(argv=None) -> int:
         mark = "ok " if hyp_list[i] == ref_list[i] else "   "
         print(f"{mark}{row['id']:<14} {row['src_lang']}: {row['src_text']:<38} "
               f"ref: {ref_list[i]:<36} hyp: {hyp_list[i]}")
-    metric = BLEU()
+    metric = bleu_metric()
     bleu = metric.corpus_score(hyp_list, [ref_list])
     print(f"utterances: {len(rows)}")
     print(f"exact_match: {100.0 * exact / len(rows):.1f}%")

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Follow a fairseq-train JSON log on stdin: copy it to a file, print one progress line per
+"""Follow a fairseq-train JSON log on stdin: progress lines, a copy of the log, validation results.
+
+Follow a fairseq-train JSON log on stdin: copy it to a file, print one progress line per
 logged interval (update n/N, losses, speed, elapsed time, ETA) and every validation result.
 
     fairseq-train ... --log-format json 2>&1 | python examples/toy/train_progress.py --total 1500 --log train.log
@@ -9,9 +11,10 @@ why; library notices (hydra, Python warnings inside torch) stay in the log file 
 status is 0; the pipeline's status (``set -o pipefail``) is fairseq's.
 """
 import argparse
-import json
 import sys
 import time
+
+from comsl_fairseq.evaluation.logs import read_log_line
 
 # Terms printed when present, in this order (the rest stays in the log file).
 SHOWN = ("loss", "st_loss", "asr_loss", "mt_loss", "ctc_loss", "cml_loss")
@@ -20,17 +23,6 @@ SHOWN = ("loss", "st_loss", "asr_loss", "mt_loss", "ctc_loss", "cml_loss")
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _record(line: str):
-    """The JSON object of a fairseq log line (``... | train_inner | {...}``), or None."""
-    start = line.find("{")
-    if start < 0 or not line.rstrip().endswith("}"):
-        return None
-    try:
-        return json.loads(line[start:])
-    except json.JSONDecodeError:
-        return None
 
 
 def main(argv=None) -> int:
@@ -44,7 +36,7 @@ def main(argv=None) -> int:
         for line in sys.stdin:
             log.write(line)
             log.flush()
-            rec = _record(line)
+            rec = read_log_line(line)
             if rec is None:
                 # fairseq's own warnings and errors, and any traceback from its first line on;
                 # library chatter (hydra notices, Python warnings) stays in the log file
@@ -53,20 +45,19 @@ def main(argv=None) -> int:
                     print(line, end="", flush=True)
                 continue
             elapsed = time.monotonic() - start
-            if "| train_inner |" in line and "num_updates" in rec:
-                done = int(rec["num_updates"])
+            values = rec.values
+            if rec.tag == "train_inner":
+                done = rec.update
                 eta = elapsed / done * (args.total - done) if done else 0.0
-                terms = " ".join(f"{k} {float(rec[k]):.3f}" for k in SHOWN if k in rec)
+                terms = " ".join(f"{k} {values[k]:.3f}" for k in SHOWN if k in values)
                 print(f"update {done:>5}/{args.total} ({100 * done / args.total:3.0f} %) | {terms} | "
-                      f"{float(rec.get('ups', 0)):.2f} upd/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}",
+                      f"{values.get('ups', 0):.2f} upd/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}",
                       flush=True)
-            else:
-                # validation: fairseq logs it under the subset's name, keys prefixed with it
-                subset = line[:line.find("{")].rstrip(" |").rsplit("| ", 1)[-1].strip()
-                if subset not in ("train", "train_inner") and f"{subset}_loss" in rec:
-                    terms = " ".join(f"{k} {float(rec[f'{subset}_{k}']):.3f}" for k in SHOWN
-                                     if f"{subset}_{k}" in rec)
-                    print(f"  {subset} after epoch {rec.get('epoch', '?')}: {terms}", flush=True)
+            elif rec.tag != "train" and "loss" in values:
+                # validation: fairseq logs it under the subset's name
+                terms = " ".join(f"{k} {values[k]:.3f}" for k in SHOWN if k in values)
+                epoch = int(values["epoch"]) if "epoch" in values else "?"
+                print(f"  {rec.tag} after epoch {epoch}: {terms}", flush=True)
     return 0
 
 

@@ -1,35 +1,11 @@
-#!/usr/bin/env python3
-"""Before a multi-day job: check that the inputs fit, time a few real training steps, estimate.
-
-    python scripts/preflight.py [--world-size N] [--steps 3] DATA [the row's fairseq-train flags]
-    PREFLIGHT=1 bash examples/covost2/ablations/row7_cml.sh     # the same, with the recipe's exact flags
-    python scripts/preflight.py --random-weights --arch whisper_mbart_composite_medium --batch-size 8
-
-With data, in order (each check prints ``[ok]`` or ``[FAIL]`` with what to change):
-  DDP backend against freezing, visible devices against the world size, the data config and
-  dictionary, every manifest (rows kept / skipped and why), the checkpoints against ``--arch``
-  and the dictionary (strict loading), a random sample of clips decoded; then a few real
-  training steps through fairseq's Trainer with the row's flags on this machine, and
-  estimates: updates per epoch for the world size, hours per epoch and for the run, peak
-  memory per device, disk for the checkpoints the run keeps.
-
-``--random-weights`` builds the real shapes of ``--arch`` (published Whisper / mBART-50 sizes,
-no checkpoint files), prints parameter counts and the static memory of training (weights,
-gradients, Adam state), and with ``--steps`` > 0 times training steps at ``--batch-size``
-utterances of ``--seconds`` each and reports the measured peak memory.
-The estimates leave out validation and gradient communication between processes.
-"""
-import argparse
-import logging
+"""Preflight of a training run: input checks, a few timed real training steps, estimates of time, memory and disk."""
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 GB = 2**30
 # Bytes per parameter in training: fp32 weight + gradient + Adam's two moments.
 TRAIN_BYTES_PER_PARAM = 4 + 4 + 8
@@ -63,16 +39,6 @@ def visible_devices() -> int:
 
 
 # ------------------------------------------------------------------ data mode
-def fairseq_cfg(argv: list):
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    if "--user-dir" not in argv:
-        argv = [*argv, "--user-dir", str(ROOT / "comsl_fairseq")]
-    parser = options.get_training_parser()
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
-
-
 def check_config(cfg, world_size: int, report: Report) -> None:
     freezes = cfg.model.get("freeze_whisper_updates", 0) > 0 or cfg.model.get("freeze_whisper_epochs", 0) > 0
     backend = cfg.distributed_training.ddp_backend
@@ -194,13 +160,11 @@ def parameter_table(model) -> dict:
 
 
 def random_weights(args, report: Report) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import tempfile
 
     import numpy as np
-    from benchmark import arch_dims, build, collate, synthetic_data_folder, timed_step
 
-    import comsl_fairseq  # noqa: F401
+    from comsl_fairseq.benchmark.synthetic import arch_dims, build, collate, synthetic_data_folder, timed_step
 
     size = args.arch.rsplit("_", 1)[-1]
     if size not in ("tiny", "medium", "large"):
@@ -242,34 +206,22 @@ def random_weights(args, report: Report) -> None:
     report.value("peak memory", f"{peak:.2f} {unit}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="Other arguments: DATA and the fairseq-train flags of the run to check.")
-    p.add_argument("--random-weights", action="store_true", help="the arch's real shapes without checkpoint files")
-    p.add_argument("--arch", default=None, help="model architecture (with data: passed on to fairseq)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="utterances per step (random weights: default 8; with data: passed on to fairseq)")
-    p.add_argument("--world-size", type=int, default=None,
-                   help="processes the run will use (default: visible GPUs, 1 on CPU); sizes updates per epoch")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps (0: checks / counts only)")
-    p.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
-    p.add_argument("--sample-clips", type=int, default=16, help="training clips decoded as a check")
-    p.add_argument("--seconds", type=float, default=5.5, help="random weights: clip length (CoVoST 2 mean ~5.5 s)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="random weights: default cuda if present")
-    p.add_argument("--bf16", action="store_true", help="random weights: bf16 autocast (the recipe's GPU setting)")
-    args, rest = p.parse_known_args(argv)
+def run(args, rest: list) -> int:
+    """The checks, timings and estimates of ``comsl-preflight`` (``rest``: DATA and fairseq-train flags)."""
+    from comsl_fairseq.training.fairseq_setup import train_cfg
+
     report = Report()
     torch.manual_seed(0)
     if args.random_weights:
         if args.arch is None:
-            p.error("--random-weights needs --arch whisper_mbart_composite_{tiny,medium,large}")
+            raise SystemExit("error: --random-weights needs --arch whisper_mbart_composite_{tiny,medium,large}")
         args.batch_size = args.batch_size or 8
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         random_weights(args, report)
         return 1 if report.failed else 0
     rest += ["--arch", args.arch] if args.arch else []
     rest += ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    cfg = fairseq_cfg(rest)
+    cfg = train_cfg(rest)
     if args.world_size is None:
         args.world_size = 1 if cfg.common.cpu or visible_devices() == 0 else visible_devices()
     check_config(cfg, args.world_size, report)
@@ -279,7 +231,3 @@ def main(argv=None) -> int:
     print("preflight: " + ("FAILED: " + ", ".join(report.failed) if report.failed else "all checks passed"))
     return 1 if report.failed else 0
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    sys.exit(main())

@@ -1,29 +1,8 @@
-#!/usr/bin/env python3
-"""Convert a Whisper model to the openai-whisper checkpoint format (SPEC §8).
-
-    python scripts/convert_whisper.py SRC OUT.pt
-
-SRC is detected from its files:
-
-- a Hugging Face transformers Whisper folder (``config.json`` with ``model_type: whisper``
-  and ``model.safetensors`` or ``pytorch_model.bin``), the format most fine-tuned Whisper
-  models are published in;
-- a CTranslate2 Whisper folder (``model.bin`` + ``config.json``), as used by faster-whisper.
-  ``model.bin`` is read here directly (binary version 6: a header, then each variable's
-  name, shape, dtype and bytes, then aliases); no ctranslate2 install is needed.
-
-OUT.pt holds ``{"dims": ModelDimensions fields, "model_state_dict": ...}``, what
-``whisper.load_model(OUT.pt)`` reads; the converter checks that every key matches a
-``whisper.model.Whisper`` of those dims before writing. Dims come from the weights (and the
-head counts from the config or the CTranslate2 header), never typed in. Tensors keep their
-stored dtype (float16 from CTranslate2, as OpenAI ships its checkpoints).
-"""
-import argparse
+"""Convert a Hugging Face or CTranslate2 Whisper model to the openai-whisper checkpoint format."""
 import json
 import logging
 import re
 import struct
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -264,17 +243,3 @@ def convert(src: Path, out: Path) -> dict:
     torch.save(ckpt, out)
     logger.info("%s Whisper %s -> %s: %s, %d tensors", kind, src, out, ckpt["dims"], len(ckpt["model_state_dict"]))
     return ckpt
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("src", type=Path, help="Hugging Face or CTranslate2 Whisper folder (detected)")
-    p.add_argument("out", type=Path, help="openai-whisper checkpoint to write (.pt)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
-    convert(args.src, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Export a training checkpoint as a self-contained model folder.
 
-    python scripts/export_model.py exp/demo/checkpoint_best.pt models/demo/ [--dtype fp16] \
+    comsl-export --path exp/demo/checkpoint_best.pt --out models/demo/ [--dtype fp16] \
         [--score-log exp/demo/generate-test.txt]
 
 Writes model.pt (weights and the training cfg, no optimizer state), dict.txt,
@@ -10,14 +9,15 @@ alone is enough for `comsl-translate` and `SpeechTranslator.from_pretrained`.
 """
 import argparse
 import logging
-import sys
+
+from comsl_fairseq.inference.translator import DTYPES
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="checkpoint written by fairseq-train (checkpoint_best.pt, ...)")
-    p.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+    p.add_argument("--path", required=True, help="checkpoint written by fairseq-train (checkpoint_best.pt, ...)")
+    p.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="storage precision of the weights (they are loaded as fp32)")
     p.add_argument("--data", help="the training data folder, if it moved since training")
     p.add_argument("--score-log", action="append", default=[],
@@ -26,18 +26,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    import comsl_fairseq  # noqa: F401  (registers the components, allowlists checkpoint classes)
     from comsl_fairseq.data.config import DataConfigError
     from comsl_fairseq.inference.export import ExportError, export_model
 
     try:
-        out = export_model(args.checkpoint, args.out, dtype=args.dtype, data=args.data,
+        out = export_model(args.path, args.out, dtype=args.dtype, data=args.data,
                            score_logs=args.score_log, overwrite=args.overwrite)
     except (ExportError, DataConfigError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     print(out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

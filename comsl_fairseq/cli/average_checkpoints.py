@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Average the weights of the last N checkpoints of a run (or of given checkpoint files).
 
-    python scripts/average_checkpoints.py --save-dir SAVE_DIR --last 5 --out SAVE_DIR/checkpoint_avg5.pt
-    python scripts/average_checkpoints.py --save-dir SAVE_DIR --last 5 --updates --out avg.pt
-    python scripts/average_checkpoints.py --inputs a.pt b.pt --out avg.pt
+    comsl-average-checkpoints --save-dir SAVE_DIR --last 5 --out SAVE_DIR/checkpoint_avg5.pt
+    comsl-average-checkpoints --save-dir SAVE_DIR --last 5 --updates --out avg.pt
+    comsl-average-checkpoints --inputs a.pt b.pt --out avg.pt
 
 Epoch checkpoints (``checkpointE.pt``) must be kept by training with ``--keep-last-epochs N``;
 update checkpoints (``checkpoint_E_U.pt``, ``--updates``) with ``--save-interval-updates`` and
@@ -14,7 +13,6 @@ import logging
 import sys
 from pathlib import Path
 
-import comsl_fairseq  # noqa: F401  (checkpoint allowlist for torch.load)
 from comsl_fairseq.checkpoints.averaging import AveragingError, average_checkpoints, last_checkpoints
 
 
@@ -39,7 +37,3 @@ def main(argv=None) -> int:
         return 2
     print(args.out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

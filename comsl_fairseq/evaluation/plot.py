@@ -1,20 +1,6 @@
-#!/usr/bin/env python3
-"""Training curves without a server: per-term losses (training every --log-interval updates,
-validation per epoch), validation BLEU, learning rate and gradient norm, several runs overlaid.
-
-    python scripts/plot_training.py LOG_OR_DIR... --out curves.png [--labels row6,row7] [--acc]
-
-Each LOG_OR_DIR is a fairseq-train log written with ``--log-format json`` or ``simple`` (e.g.
-``fairseq-train ... 2>&1 | tee SAVE_DIR/train.log``), a save dir holding ``train.log``, or a
-``--tensorboard-logdir`` folder. Prints the path of the figure.
-"""
-import argparse
-import logging
+"""Training curves from fairseq-train logs: per-term losses, validation BLEU, learning rate, gradient norm."""
 import math
-import sys
 from pathlib import Path
-
-from comsl_fairseq.evaluation.logs import read_run
 
 TRAIN_TAGS = ("train_inner",)
 EPOCH_TRAIN = "train"
@@ -86,42 +72,3 @@ def plot(runs: dict, out: Path, with_acc: bool = False) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("logs", type=Path, nargs="+", help="fairseq-train logs, save dirs or TensorBoard folders")
-    p.add_argument("--out", type=Path, required=True, help="figure to write (.png, .pdf, .svg)")
-    p.add_argument("--labels", help="comma-separated run names (default: each log's folder name)")
-    p.add_argument("--acc", action="store_true", help="also draw each term's token accuracy")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    labels = args.labels.split(",") if args.labels else [label_of(x) for x in args.logs]
-    if len(labels) != len(args.logs):
-        print(f"error: {len(labels)} labels for {len(args.logs)} logs", file=sys.stderr)
-        return 2
-    runs = {}
-    for label, log in zip(labels, args.logs, strict=True):
-        try:
-            records = read_run(log)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if not records:
-            print(f"error: {log}: no training records (fairseq-train log with --log-format json or simple?)",
-                  file=sys.stderr)
-            return 2
-        while label in runs:
-            label += "'"
-        runs[label] = records
-    try:
-        out = plot(runs, args.out, args.acc)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

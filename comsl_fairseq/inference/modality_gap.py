@@ -1,35 +1,19 @@
-#!/usr/bin/env python3
-"""Modality-gap report of one model: per language, BLEU of speech translation (ST), of MT on the
-gold transcripts, and of the cascade ASR -> MT through the same model, with the gaps MT - ST and
-cascade - ST and their 95 % paired-bootstrap intervals; plus an HTML page of every utterance
-(audio player, transcript, ASR / MT / cascade / ST outputs, sentence scores, sortable by gap).
-
-    python scripts/modality_gap.py --path CKPT --data DATA --subsets test_fr_en,test_de_en --out DIR \
-        [--beam 5] [--batch-size 16] [--generate-args="--cpu --max-len-b 200"]
-
-Decodes with fairseq-generate (``--decode-task st``, ``asr``, ``mt``), writes the ASR hypotheses
-as the transcripts of a copy of each manifest (DIR/cascade_data/) and decodes that with
-``--decode-task mt``. Writes DIR/modality_gap.{md,json,html}. Decoding already done in DIR is
-reused (``--force`` decodes again). An utterance whose ASR output is empty gets an empty cascade
-translation (counted and logged: the manifest reader refuses empty transcripts).
-"""
-import argparse
+"""Decoding for the modality-gap report: ST, ASR, MT and the ASR -> MT cascade of one model, with fairseq-generate."""
 import json
 import logging
 import shlex
-import sys
 from pathlib import Path
 
 import yaml
 
 from comsl_fairseq.data.config import DataConfig
+from comsl_fairseq.data.manifest import read_table, write_manifest
 from comsl_fairseq.evaluation.decoded_system import manifest_column, read_log
 from comsl_fairseq.evaluation.gap_page import audio_files, render, summary_table
-from comsl_fairseq.evaluation.logs import read_generate_log
+from comsl_fairseq.evaluation.logs import read_generate_log, write_generate_log
 from comsl_fairseq.evaluation.modality_gap import language_report, load_systems, markdown, utterances
 
-logger = logging.getLogger("modality_gap")
-USER_DIR = Path(__file__).resolve().parents[1] / "comsl_fairseq"
+logger = logging.getLogger(__name__)
 
 
 def generate(args, data: Path, subset: str, task: str, out: Path) -> Path:
@@ -41,6 +25,8 @@ def generate(args, data: Path, subset: str, task: str, out: Path) -> Path:
         return log
     from fairseq import options
     from fairseq_cli.generate import main as generate_main
+
+    from comsl_fairseq.training.fairseq_setup import USER_DIR
 
     argv = [str(data), "--user-dir", str(USER_DIR), "--task", "comsl_speech_to_text",
             "--config-yaml", args.config_yaml, "--gen-subset", subset, "--path", str(args.path),
@@ -66,21 +52,17 @@ def cascade_data(args, subset: str, asr_log: Path, folder: Path) -> tuple:
                bpe_tokenizer={"bpe": "sentencepiece", "sentencepiece_model": str(cfg.sentencepiece_model)})
     (folder / args.config_yaml).write_text(yaml.safe_dump(raw), encoding="utf-8")
     _, ids, hyps, _, _ = read_log(asr_log, args.data)
-    lines = (args.data / f"{subset}.tsv").read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    src = header.index("src_text")
-    kept, rows, empty = [], [lines[0]], 0
+    header, table = read_table(args.data / f"{subset}.tsv")
+    kept, rows, empty = [], [], 0
     for i, hyp in zip(ids, hyps, strict=True):
-        hyp = " ".join(hyp.split())  # no tab or newline can break the TSV
+        hyp = " ".join(hyp.split())
         if not hyp:
             empty += 1
             logger.warning("%s row %d: empty ASR output, cascade translation left empty", subset, i)
             continue
-        fields = lines[1 + i].split("\t")
-        fields[src] = hyp
-        rows.append("\t".join(fields))
+        rows.append([hyp if name == "src_text" else table[i][name] for name in header])
         kept.append(i)
-    (folder / f"{subset}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_manifest(folder / f"{subset}.tsv", rows, columns=header)
     return folder, kept, empty
 
 
@@ -99,30 +81,13 @@ def decode_cascade(args, subset: str, asr_log: Path, out: Path) -> None:
             raise SystemExit(f"error: cascade MT of {subset} decoded {len(hyps)} of {len(kept)} rows")
     refs = manifest_column(args.data / f"{subset}.tsv", "tgt_text")
     by_row = {orig: hyps[j] for j, orig in enumerate(kept)}
-    lines = []
-    for i, ref in enumerate(refs):
-        lines += [f"T-{i}\t{ref.strip()}", f"D-{i}\t0.0\t{by_row.get(i, '')}"]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    final.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_generate_log(final, [ref.strip() for ref in refs], [by_row.get(i, "") for i in range(len(refs))])
     logger.info("%s: cascade over %d rows (%d with empty ASR output)", subset, len(refs), empty)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--path", type=Path, required=True, help="trained comsl_fairseq checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="folder with SUBSET.tsv manifests and config.yaml")
-    p.add_argument("--subsets", required=True, help="comma-separated test subsets, e.g. test_fr_en,test_de_en")
-    p.add_argument("--out", type=Path, required=True, help="output folder (decodes, report, HTML page)")
-    p.add_argument("--config-yaml", default="config.yaml", help="data config name inside --data")
-    p.add_argument("--beam", type=int, default=5, help="beam size of every decode")
-    p.add_argument("--batch-size", type=int, default=16, help="sentences per decoding batch")
-    p.add_argument("--generate-args", default="",
-                   help="more fairseq-generate flags, written with = (--generate-args='--cpu')")
-    p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples for the gap intervals")
-    p.add_argument("--force", action="store_true", help="decode again even where DIR holds decodes")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("sacrebleu").setLevel(logging.WARNING)
+def run(args) -> str:
+    """Decode every subset (reusing decodes already in ``args.out``), write the report and the
+    page; the Markdown table. ``args``: the ``comsl-modality-gap`` options."""
     args.data, args.out = args.data.resolve(), args.out.resolve()
     subsets = [s for s in args.subsets.split(",") if s]
     for subset in subsets:
@@ -141,10 +106,4 @@ def main(argv=None) -> int:
     page = args.out / "modality_gap.html"
     render(utts, audio_files(args.data, subsets, args.out, args.config_yaml), page, summary_table(rows),
            f"Modality gap of {args.path.name}")
-    print(table)
-    print(f"page: {page}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return table

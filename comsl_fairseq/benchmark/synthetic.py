@@ -1,25 +1,6 @@
-#!/usr/bin/env python3
-"""Training and decoding throughput of ComSL: our pass structure vs the original's.
-
-    python scripts/benchmark.py --arch tiny                       # CPU
-    python scripts/benchmark.py --arch medium --device cuda --bf16 --batch-size 32
-
-One run, one model (random weights, the arch's real shapes), the same synthetic utterances
-for both configurations:
-
-- ours:        batches of similar length (length-bucketed), padded to the longest clip and
-               masked; the full objective's 3 encoder and 6 decoder passes;
-- paper-style: every clip cut or padded to 11 s, no bucketing, and the original's unused
-               seventh decoder pass (translation from the text part of the concatenation).
-
-Clip lengths follow a CoVoST 2-like distribution (log-normal, mean about 5 s, 1-15 s).
-Prints a table (utterances/s, audio-seconds/s, peak memory, and MFU on a GPU) and, last,
-``speedup_vs_fixed11: X`` for training at equal batch size. ``--smoke`` runs in seconds.
-"""
-import argparse
+"""Synthetic-batch training and decoding throughput: our pass structure vs the original's."""
 import math
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +9,15 @@ import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
 
-ROOT = Path(__file__).resolve().parents[1]
+MBART50_VOCABULARY_ROWS = 250_054  # mBART-50's embedding rows: 4 specials, 249,997 pieces, 52 tags, <mask>
 
 
 def arch_dims(arch: str) -> tuple:
     """(WhisperDims, MbartDims, vocabulary rows of the pretrained mBART) of each arch's real
     shapes; the plugin itself reads them from checkpoints."""
-    from comsl_fairseq.checkpoints.pretrained import MbartDims, WhisperDims
-    from comsl_fairseq.models.whisper_mbart_composite import RANDOM_INIT_DIMS
+    from comsl_fairseq.models.whisper_mbart_composite import ARCH_DIMS
 
-    if arch == "tiny":
-        return (*RANDOM_INIT_DIMS["whisper_mbart_composite_tiny"], 8000)
-    whisper = {"medium": WhisperDims(80, 1500, 1024, 16, 24), "large": WhisperDims(80, 1500, 1280, 20, 32)}[arch]
-    return whisper, MbartDims(1024, 4096, 16, 12, 12, 1024, "gelu"), 250_054
+    return (*ARCH_DIMS[f"whisper_mbart_composite_{arch}"], 8000 if arch == "tiny" else MBART50_VOCABULARY_ROWS)
 
 
 def synthetic_data_folder(folder: Path, n_pretrained: int) -> Path:
@@ -62,20 +39,18 @@ def synthetic_data_folder(folder: Path, n_pretrained: int) -> Path:
 def build(arch: str, pad_seconds: float, data: Path, device, stack_decoder_passes: bool = False):
     """Task, model and criterion as fairseq-train builds them, with the arch's dims put in
     the model config (as a trained model's are): random weights, no checkpoint read."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import open_dict
 
-    argv = [str(data), "--user-dir", str(ROOT / "comsl_fairseq"), "--task", "comsl_speech_to_text",
-            "--arch", f"whisper_mbart_composite_{arch}", "--criterion", "comsl_multitask",
-            "--whisper-pad-seconds", str(pad_seconds)] + (["--stack-decoder-passes"] if stack_decoder_passes else [])
-    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    from comsl_fairseq.training.fairseq_setup import build_task_and_model, train_cfg
+
+    cfg = train_cfg([data, "--task", "comsl_speech_to_text", "--arch", f"whisper_mbart_composite_{arch}",
+                     "--criterion", "comsl_multitask", "--whisper-pad-seconds", str(pad_seconds)]
+                    + (["--stack-decoder-passes"] if stack_decoder_passes else []))
     whisper, mbart, _ = arch_dims(arch)
     with open_dict(cfg.model):
         cfg.model.whisper_dims, cfg.model.mbart_dims = whisper.to_cfg(), mbart.to_cfg()
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model).to(device)
-    return model, task.build_criterion(cfg.criterion), task
+    task, model = build_task_and_model(cfg)
+    return model.to(device), task.build_criterion(cfg.criterion), task
 
 
 def original_unused_pass() -> dict:
@@ -202,31 +177,16 @@ def decode_throughput(conf, args, data, device, utts, rng):
     return n / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--arch", choices=["large", "medium", "tiny"], default="tiny", help="model shapes")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per training step, both configs")
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--decode-batches", type=int, default=2, help="batches decoded with beam 5")
-    p.add_argument("--decode-len", type=int, default=20, help="hypothesis length in tokens (same for both)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (cuda)")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (bf16) for MFU, e.g. 790 on H200")
-    p.add_argument("--stack-decoder-passes", action="store_true",
-                   help="ours with the decoder passes stacked into one call per decoder input")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests): 1 step, short clips")
-    args = p.parse_args(argv)
+def run(args) -> int:
+    """Time both configurations with ``args`` (the ``comsl-benchmark`` options); print the table."""
     if args.smoke:
         args.steps, args.warmup, args.decode_batches, args.batch_size, args.decode_len = 1, 0, 1, 2, 3
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but no GPU is available")
+        raise SystemExit("error: --device cuda but no GPU is available")
     torch.manual_seed(args.seed)
     torch.set_num_threads(torch.get_num_threads())
 
-    import comsl_fairseq  # noqa: F401
 
     tmp = tempfile.TemporaryDirectory(prefix="comsl_benchmark_")
     data = synthetic_data_folder(Path(tmp.name), arch_dims(args.arch)[2])
@@ -259,6 +219,3 @@ def main(argv=None) -> int:
     print(f"speedup_vs_fixed11: {ours['utt_s'] / paper['utt_s']:.2f}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

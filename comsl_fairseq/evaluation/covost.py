@@ -1,21 +1,5 @@
-#!/usr/bin/env python3
-"""Per-language CoVoST 2 X->En scores from fairseq-generate logs, beside the paper's.
-
-    python scripts/score_covost.py --gen-dir EVAL --data DATA [--langs fr,de] [--out EVAL/results]
-
-Reads EVAL/generate-test_{lang}_en.txt for each language (and, when present,
-EVAL/asr/generate-test_{lang}_en.txt and EVAL/mt/generate-test_{lang}_en.txt from
-evaluate.sh with DECODE_ASR=1 / DECODE_MT=1), checks that every utterance of
-DATA/test_{lang}_en.tsv was decoded, and writes a Markdown and a JSON table: sacreBLEU per
-language with its signature and chrF beside it, the average over the languages scored (the
-21-language average when all are there), the high / medium / low resource group averages, ASR
-WER (CER for zh-CN and ja) after Whisper's BasicTextNormalizer (lower case, punctuation
-removed, as the original ComSL scores ASR) and MT BLEU / chrF on gold transcripts when
-available, and the paper's numbers (SPEC §5) beside ours.
-"""
-import argparse
+"""CoVoST 2 X->En scores per language from fairseq-generate logs, beside the paper's."""
 import json
-import sys
 from pathlib import Path
 
 from comsl_fairseq.evaluation.logs import read_generate_log
@@ -34,7 +18,7 @@ def pairs(log: Path, n_expected: int) -> tuple:
     hyps, refs = read_generate_log(log)
     missing = sorted(set(range(n_expected)) - set(hyps))
     if missing or len(refs) != n_expected:
-        raise SystemExit(f"error: {log} has {len(hyps)} hypotheses and {len(refs)} references for "
+        raise ValueError(f"{log} has {len(hyps)} hypotheses and {len(refs)} references for "
                          f"{n_expected} test utterances (missing ids from {missing[:5]})")
     order = sorted(hyps)
     return [hyps[i] for i in order], [refs[i] for i in order]
@@ -45,27 +29,20 @@ def mean(values) -> float | None:
     return round(sum(values) / len(values), 2) if values else None
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gen-dir", type=Path, required=True, help="folder with generate-test_{lang}_en.txt")
-    p.add_argument("--data", type=Path, required=True, help="folder with test_{lang}_en.tsv")
-    p.add_argument("--langs", default=",".join(ALL), help="languages to score (default: all 21)")
-    p.add_argument("--out", type=Path, help="output prefix for .md and .json (default: GEN_DIR/results)")
-    args = p.parse_args(argv)
-    langs = [x for x in args.langs.split(",") if x]
-    out = args.out or args.gen_dir / "results"
-
+def score_covost(gen_dir: Path, data: Path, langs: list, out: Path) -> str:
+    """Score each language's logs; write OUT.json and OUT.md; the Markdown table."""
+    gen_dir, data = Path(gen_dir), Path(data)
     rows = {}
     signature = chrf_signature = None
     for lang in langs:
-        n = len((args.data / f"test_{lang}_en.tsv").read_text(encoding="utf-8").strip().splitlines()) - 1
-        scores = corpus_scores(*pairs(args.gen_dir / f"generate-test_{lang}_en.txt", n))
+        n = len((data / f"test_{lang}_en.tsv").read_text(encoding="utf-8").strip().splitlines()) - 1
+        scores = corpus_scores(*pairs(gen_dir / f"generate-test_{lang}_en.txt", n))
         row = {"utterances": n, "bleu": scores["bleu"], "chrf": scores["chrf"], "paper_large": PAPER_LARGE.get(lang)}
         signature, chrf_signature = scores["bleu_signature"], scores["chrf_signature"]
-        asr_log = args.gen_dir / "asr" / f"generate-test_{lang}_en.txt"
+        asr_log = gen_dir / "asr" / f"generate-test_{lang}_en.txt"
         if asr_log.is_file():
             row.update(asr_scores(*pairs(asr_log, n), lang))  # asr_wer, or asr_cer for zh-CN / ja
-        mt_log = args.gen_dir / "mt" / f"generate-test_{lang}_en.txt"
+        mt_log = gen_dir / "mt" / f"generate-test_{lang}_en.txt"
         if mt_log.is_file():
             mt = corpus_scores(*pairs(mt_log, n))
             row["mt_bleu"], row["mt_chrf"] = mt["bleu"], mt["chrf"]
@@ -106,9 +83,4 @@ def main(argv=None) -> int:
     if any(k in extra for k in ("asr_wer", "asr_cer")):
         lines.append("ASR: WER (CER for zh-CN, ja) after Whisper's BasicTextNormalizer (lower case, no punctuation).")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return "\n".join(lines)

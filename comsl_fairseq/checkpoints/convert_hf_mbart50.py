@@ -1,26 +1,13 @@
-#!/usr/bin/env python3
-"""Convert a Hugging Face mBART-50 folder into the fairseq layout our model loads.
-
-    python scripts/convert_hf_mbart50.py --hf-dir mbart-large-50-many-to-many-mmt --out mbart50_fairseq
-
-Input: a local folder in the layout of facebook/mbart-large-50-many-to-many-mmt
-(config.json, model.safetensors or pytorch_model.bin, sentencepiece.bpe.model). Output:
-model.pt (a fairseq checkpoint of the mbart_large architecture, with its args), dict.txt
-and sentence.bpe.model. Nothing is downloaded.
-
-Vocabulary: the Hugging Face tokenizer gives SentencePiece piece i the id i + 1 and puts
-the 52 ML50 language codes and <mask> after the pieces; fairseq's dictionary has its 4
-specials, then dict.txt, then the same codes and <mask>. Writing dict.txt in SentencePiece
-order (pieces 3 .. n-1) therefore makes every embedding row mean the same token in both.
-"""
-import argparse
+"""Convert a Hugging Face mBART-50 folder into the fairseq layout the model loads."""
 import json
+import logging
 import shutil
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 N_LANG_CODES = 52
 
@@ -126,37 +113,29 @@ def write_dict(spm_path: Path, out: Path, vocab_rows: int) -> int:
     return write_fairseq_dict(spm_path, out / "dict.txt")  # pieces 3 .. n-1, in id order
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hf-dir", type=Path, required=True, help="local Hugging Face mBART-50 folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, dict.txt, sentence.bpe.model)")
-    args = p.parse_args(argv)
-    hf_dir = args.hf_dir.resolve()
+def convert(hf_dir: Path, out: Path) -> Path:
+    """Write OUT/model.pt, dict.txt and sentence.bpe.model from the Hugging Face folder; OUT."""
+    hf_dir, out = Path(hf_dir).resolve(), Path(out)
     for name in ("config.json", "sentencepiece.bpe.model"):
         if not (hf_dir / name).is_file():
-            raise SystemExit(f"error: {hf_dir / name} not found")
-    import comsl_fairseq  # noqa: F401  (allowlists the checkpoint classes we write and read back)
+            raise ConversionError(f"{hf_dir / name} not found")
     from comsl_fairseq.checkpoints.pretrained import load_mbart_checkpoint
 
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     try:
         state = convert_state(load_hf_state(hf_dir), config)
         model_args = fairseq_args(config)
-        args.out.mkdir(parents=True, exist_ok=True)
-        n_dict = write_dict(hf_dir / "sentencepiece.bpe.model", args.out, state["encoder.embed_tokens.weight"].size(0))
-    except (ConversionError, KeyError) as e:
-        raise SystemExit(f"error: cannot convert {hf_dir}: {e}") from None
-    shutil.copy(hf_dir / "sentencepiece.bpe.model", args.out / "sentence.bpe.model")
+        out.mkdir(parents=True, exist_ok=True)
+        n_dict = write_dict(hf_dir / "sentencepiece.bpe.model", out, state["encoder.embed_tokens.weight"].size(0))
+    except KeyError as e:
+        raise ConversionError(f"cannot convert {hf_dir}: {e}") from None
+    shutil.copy(hf_dir / "sentencepiece.bpe.model", out / "sentence.bpe.model")
     history = [{"criterion_name": "converted", "optimizer_name": "none", "lr_scheduler_state": {"best": None},
                 "num_updates": 0}]
     torch.save({"args": model_args, "model": state, "optimizer_history": history, "extra_state": {"epoch": 1},
-                "last_optimizer_state": None}, args.out / "model.pt")
-    load_mbart_checkpoint(args.out / "model.pt")  # reads back as our loader will
-    print(f"wrote {args.out}/model.pt ({model_args.encoder_layers}+{model_args.decoder_layers} layers, "
-          f"d={model_args.encoder_embed_dim}, {state['encoder.embed_tokens.weight'].size(0)} rows), "
-          f"dict.txt ({n_dict} pieces), sentence.bpe.model")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                "last_optimizer_state": None}, out / "model.pt")
+    load_mbart_checkpoint(out / "model.pt")  # reads back as our loader will
+    logger.info("wrote %s/model.pt (%d+%d layers, d=%d, %d rows), dict.txt (%d pieces), sentence.bpe.model", out,
+                model_args.encoder_layers, model_args.decoder_layers, model_args.encoder_embed_dim,
+                state["encoder.embed_tokens.weight"].size(0), n_dict)
+    return out
