@@ -17,6 +17,7 @@ Prints a table (utterances/s, audio-seconds/s, peak memory, and MFU on a GPU) an
 """
 import argparse
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.models.whisper_mbart_composite import ARCH_DIMS
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from comsl_fairseq.benchmark.synthetic import run

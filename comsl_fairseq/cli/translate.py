@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.inference.inputs import Problem
 from comsl_fairseq.inference.subtitles import FORMATS, WRITERS, timestamp
 from comsl_fairseq.inference.translator import DTYPES
@@ -164,6 +165,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     imports = process_age()
@@ -188,10 +190,7 @@ def main(argv=None) -> int:
     translator = load_translator(args)
     tgt = None if args.task == "asr" else args.tgt_lang
     if args.src_lang is not None:
-        try:
-            translator.check_languages(args.src_lang, tgt)
-        except UnseenLanguageError as e:
-            raise SystemExit(f"error: {e}") from None
+        translator.check_languages(args.src_lang, tgt)  # refused: one line (see cli.command)
     usable = []
     for item in items:  # row languages of manifests: an untrained pair skips the row, not the run
         try:
@@ -237,13 +236,10 @@ def load_translator(args):
     from comsl_fairseq.inference.translator import SpeechTranslator
 
     device = "cpu" if args.cpu else args.device
-    try:
-        t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
-                                             beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size,
-                                             allow_unseen_language=args.allow_unseen_language,
-                                             require_speech=not args.keep_no_speech)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
+                                         beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size,
+                                         allow_unseen_language=args.allow_unseen_language,
+                                         require_speech=not args.keep_no_speech)
     if args.max_segment_seconds is not None:
         if not 0 < args.max_segment_seconds <= t.max_seconds:
             raise SystemExit(f"error: --max-segment-seconds must be in (0, {t.max_seconds:g}]")

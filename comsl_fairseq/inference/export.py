@@ -28,6 +28,7 @@ import yaml
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.inference.languages import training_pairs
 from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, DTYPES, INFO_FILE, WEIGHTS_FILE
+from comsl_fairseq.vocab.vocabulary import load_sentencepiece
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
     if not cfg or "model" not in state:
         raise ExportError(f"{checkpoint} is not a fairseq checkpoint with a cfg (written by fairseq-train)")
     data_cfg = _data_config(cfg, data, checkpoint)
+    load_sentencepiece(data_cfg.sentencepiece_model)  # a corrupt one is named here, not in the copy
     pairs = training_pairs(cfg, data)
     if not pairs:
         logger.warning("the training manifests of %s are not in %s: the model folder will not record its "
@@ -88,8 +90,13 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
 
 
 def load_checkpoint(checkpoint: Path) -> dict:
-    """The checkpoint read with torch's weights-only unpickler (torch >= 2.6 default)."""
-    return torch.load(checkpoint, map_location="cpu")
+    """The checkpoint read with torch's weights-only unpickler; errors name the file."""
+    from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+    try:
+        return load_weights_only(checkpoint)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
 
 def _write_folder(out: Path, name: str, state: dict, cfg: dict, data_cfg: DataConfig, dtype: str,

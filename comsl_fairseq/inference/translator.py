@@ -226,7 +226,11 @@ class SpeechTranslator:
             raise FileNotFoundError(f"model {path} not found (an exported folder or a checkpoint .pt)")
         # Decoding needs neither validation BLEU nor the text-only MT setting of a training run.
         overrides.update(eval_bleu=False, text_only=False, decode_task="st")
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides=overrides)
+        try:
+            models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides=overrides)
+        except (KeyError, TypeError, AttributeError) as e:  # fairseq looks up entries a foreign file lacks
+            raise ValueError(f"{ckpt} is not a comsl_fairseq checkpoint written by fairseq-train "
+                             f"({type(e).__name__}: {e})") from None
         if pairs is None:
             pairs = training_pairs(cfg, data)
         if device is None:
