@@ -209,19 +209,31 @@ def main(argv=None) -> int:
     from comsl_fairseq.data.audio import AudioSource
 
     bar = tqdm(total=len(items), unit="file", disable=True if args.no_progress else None, file=sys.stderr)
+    finished, waiting, next_k = set(), {}, 0
     try:
         results = translator.iter_translate(
             [AudioSource(i.field, i.root) for i in items], [i.src_lang or args.src_lang for i in items],
             [i.tgt_lang or args.tgt_lang for i in items], task=args.task, segment=args.segment,
             names=[i.name for i in items])
+        # Inputs finish out of order (decoding is sorted by length): files are written at once,
+        # standard output keeps the input order.
         for k, result in results:
+            finished.add(k)
             if isinstance(result, Exception):
                 run.fail(items[k].name, str(result), getattr(result, "reason", "decoding error"), bar)
-            else:
+            elif args.out is not None:
                 run.emit(k, items[k], result, bar)
+            else:
+                waiting[k] = result
+            while next_k in finished:
+                if next_k in waiting:
+                    run.emit(next_k, items[next_k], waiting.pop(next_k), bar)
+                next_k += 1
             bar.update(1)
     except KeyboardInterrupt:
         run.interrupted = True
+        for k in sorted(waiting):  # finished, held back only for the order
+            run.emit(k, items[k], waiting[k], bar)
     finally:
         bar.close()
         run.write_sources()
