@@ -204,6 +204,16 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     for p in problems:
         run.fail(p.name, p.reason, p.category)
+    decode_all(translator, args, items, run)
+    run.summary(imports, translator.load_seconds, translator.device)
+    if run.interrupted:
+        return 130
+    return 0 if run.done else 1
+
+
+
+def decode_all(translator, args, items: list, run: Run) -> None:
+    """Translate ``items``, writing or printing each as it finishes; Ctrl-C keeps what is done."""
     from tqdm import tqdm
 
     from comsl_fairseq.data.audio import AudioSource
@@ -237,10 +247,6 @@ def main(argv=None) -> int:
     finally:
         bar.close()
         run.write_sources()
-    run.summary(imports, translator.load_seconds, translator.device)
-    if run.interrupted:
-        return 130
-    return 0 if run.done else 1
 
 
 def load_translator(args):

@@ -37,6 +37,10 @@ SEGMENT_MODES = ("auto", "always", "never")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names of every tool
 POOL_SAMPLES = 10 * 60 * SAMPLE_RATE  # pieces decoded together (sorted by length): at most 10 min of audio
 POOL_BATCHES = 8  # ... or this many batches
+# On the CPU, at most this much audio in one batch: each 30 s segment in a batch adds about
+# 120 MB of transient memory (measured, tiny model; the encoder's attention grows with T^2),
+# while clips of a few seconds still go several at a time. On a GPU batch_size alone decides.
+CPU_BATCH_SAMPLES = 30 * SAMPLE_RATE
 # A segment this long whose text has fewer characters per second than this is flagged: speech
 # runs at 10-20 characters per second, so a few words for many seconds means text was lost.
 FLAG_MIN_SECONDS = 4.0
@@ -387,14 +391,24 @@ class SpeechTranslator:
         yield from self._flush(pool, plans, generator, nbest)
 
     def _flush(self, pool: list, plans: dict, generator, nbest: int):
-        """Decode the pooled pieces, longest first, ``batch_size`` at a time; after each batch,
+        """Decode the pooled pieces, longest first, ``batch_size`` at a time (on the CPU no more
+        than CPU_BATCH_SAMPLES of audio at a time); after each batch,
         yield the inputs it finished (so that an interruption loses at most one batch). A batch
         that fails is retried piece by piece; an input whose piece still fails is yielded with
         an AudioError ("decoding error")."""
-        order = sorted(pool, key=lambda p: -p.wav.size)
+        batches, size = [[]], 0
+        cap = CPU_BATCH_SAMPLES if self.device.type == "cpu" else float("inf")
+        for p in sorted(pool, key=lambda p: -p.wav.size):
+            if batches[-1] and (len(batches[-1]) == self.batch_size or size + p.wav.size > cap):
+                batches.append([])
+                size = 0
+            batches[-1].append(p)
+            size += p.wav.size
         pool.clear()
-        for start in range(0, len(order), self.batch_size):
-            batch = [p for p in order[start:start + self.batch_size] if p.item in plans]
+        for batch in batches:
+            batch = [p for p in batch if p.item in plans]
+            if not batch:
+                continue
             try:
                 self._decode_batch(batch, generator, nbest)
             except RuntimeError:
