@@ -8,8 +8,11 @@ Decoding is fairseq's own: the model and task come from
 ``checkpoint_utils.load_model_ensemble_and_task`` and every batch goes through the task's
 ``build_generator`` (a ``SequenceGenerator`` that forces the language tag as prefix and
 strips tags from the output) and ``inference_step`` -- the path ``fairseq-generate`` takes,
-so hypotheses are the same. Recordings longer than the model's window (30 s) are cut into
-speech segments by :mod:`comsl_fairseq.inference.segment` and returned as timed segments.
+so hypotheses are the same. Recordings longer than the model's window (30 s) are streamed
+and cut into speech segments by :mod:`comsl_fairseq.inference.segment` and returned as timed
+segments. Every input is first checked for speech (an input without any is refused rather than
+decoded into invented text), and the languages asked for are checked against those the model
+was trained on (:mod:`comsl_fairseq.inference.languages`).
 """
 import json
 import logging
