@@ -165,9 +165,23 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def fix_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after the first large block is freed; from then on audio
+    blocks and batch tensors come from the heap, which fragments, and the resident size creeps
+    up with the recording's length. A fixed threshold (128 KiB, glibc's initial one) keeps them
+    mapped, so what is freed goes back to the system. No-op outside glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    fix_mmap_threshold()
     imports = process_age()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO
