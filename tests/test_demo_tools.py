@@ -116,7 +116,8 @@ def test_translate_command(data_dir, tmp_path):
     clips = sorted((data_dir / "clips").glob("test_*"))
     proc = subprocess.run([str(BIN / "comsl-translate"), "--path",
                            str(ckpt / "checkpoint_last.pt"), "--src-lang", "fr", "--beam", "5", "--max-len-b", "6",
-                           "--cpu", str(clips[0]), str(data_dir / "clips")], capture_output=True, text=True,
+                           "--cpu", "--keep-no-speech", str(clips[0]), str(data_dir / "clips")],
+                          capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

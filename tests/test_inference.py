@@ -10,6 +10,7 @@ lazy import.
 """
 import json
 import math
+import random
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import torch
 import yaml
 
 from tests import speech_synth
-from tests.builders import fairseq_generate, run, train_cmd
+from tests.builders import fairseq_generate, run, sentences, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,8 @@ def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
 def translator(exported):
     from comsl_fairseq import SpeechTranslator
 
-    return SpeechTranslator.from_pretrained(exported["model"], device="cpu", max_len_b=12)
+    # The synthetic clips are not all speech to Silero VAD: decode them all, as fairseq-generate does.
+    return SpeechTranslator.from_pretrained(exported["model"], device="cpu", max_len_b=12, require_speech=False)
 
 
 def test_export_folder_is_self_contained(exported):
@@ -121,7 +123,7 @@ def test_half_precision_export_is_smaller_and_loads(exported, tmp_path):
     out = export_model(exported["ckpt"], tmp_path / "fp16", dtype="fp16", data=exported["model"])
     full, half = (exported["model"] / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
     assert 0.4 < half / full < 0.6  # tied embeddings are still stored once
-    t = SpeechTranslator.from_pretrained(out, device="cpu", max_len_b=12)
+    t = SpeechTranslator.from_pretrained(out, device="cpu", max_len_b=12, require_speech=False)
     assert next(t.model.parameters()).dtype == torch.float32
     assert isinstance(t.translate(next(exported["clips"].glob("test_*")), src_lang="fr").text, str)
 
@@ -186,13 +188,18 @@ def test_long_recording_segments_every_sentence_once_in_order(translator, long_r
 
 def test_segments_never_exceed_the_limit(long_recording):
     from comsl_fairseq.data.audio import read_audio
-    from comsl_fairseq.inference.segment import SegmenterConfig, speech_segments, split_evenly
+    from comsl_fairseq.inference.segment import SegmenterConfig, cut_at_quietest, speech_segments
 
     wav = read_audio(str(long_recording[0]), Path("/"))[0]
     segments = speech_segments(wav, SegmenterConfig(max_seconds=2.0, min_silence_ms=2000))
     assert segments and all(e - s <= 2.0 * 16000 for s, e in segments)
     assert all(a[1] <= b[0] for a, b in zip(segments, segments[1:], strict=False))
-    assert split_evenly(0, 10, 4) == [(0, 3), (3, 6), (6, 10)] and split_evenly(5, 8, 4) == [(5, 8)]
+    loudness = np.ones(20, np.float32)
+    loudness[13] = 0.0  # the quietest window in the second half of the first 8 windows is not there
+    loudness[6] = 0.1
+    assert cut_at_quietest(0, 20 * 512, 8 * 512, loudness) == [(0, 6 * 512 + 256), (6 * 512 + 256, 13 * 512 + 256),
+                                                              (13 * 512 + 256, 20 * 512)]
+    assert cut_at_quietest(5, 8, 4 * 512, loudness) == [(5, 8)]
     assert speech_segments(np.zeros(16000 * 5, np.float32)) == []
 
 
@@ -233,7 +240,7 @@ def test_console_entry_skips_bad_files_and_keeps_the_user_dir_import_light(expor
             "from comsl_fairseq.cli.translate import main; sys.exit(main())")
     proc = subprocess.run([sys.executable, "-c", code, "--path", str(exported["model"]), str(bad_folder),
                            str(tmp_path / "missing.wav"), "--src-lang", "fr", "--max-len-b", "8", "--format",
-                           "jsonl", "--no-progress"], capture_output=True, text=True, timeout=600)
+                           "jsonl", "--no-progress", "--keep-no-speech"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     n_good = len(list(exported["clips"].iterdir()))
     records = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -253,8 +260,8 @@ def test_cli_exits_non_zero_only_when_nothing_was_translated(exported, bad_folde
     status, _, err = cli(capsys, exported["model"], bad_folder / "broken.wav", bad_folder / "empty.flac",
                          "--src-lang", "fr", "--no-progress")
     assert status == 1 and "translated 0 of 2 input(s); 2 skipped" in err
-    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav",
-                           sorted(bad_folder.glob("t*"))[0], "--src-lang", "fr", "--max-len-b", "4", "--no-progress")
+    status, out, err = cli(capsys, exported["model"], bad_folder / "broken.wav", sorted(bad_folder.glob("t*"))[0],
+                           "--src-lang", "fr", "--max-len-b", "4", "--no-progress", "--keep-no-speech")
     assert status == 0 and len(out.splitlines()) == 1 and "translated 1 of 2 input(s); 1 skipped" in err
 
 
@@ -282,7 +289,7 @@ def test_cli_manifest_with_row_languages_and_asr(exported, tmp_path, capsys):
     header = "id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n"
     (tmp_path / "test.tsv").write_text(header + "".join("\t".join(r[:7]) + "\n" for r in rows))
     status, out, err = cli(capsys, exported["model"], tmp_path / "test.tsv", "--task", "asr", "--max-len-b", "12",
-                           "--no-progress")
+                           "--no-progress", "--keep-no-speech")
     assert status == 0, err[-3000:]
     got = dict(line.split("\t", 1) for line in out.splitlines())
     expected = exported["generated"]["asr"]
@@ -310,3 +317,197 @@ def test_fixed_padding_model_segments_at_its_padding_length(translator, long_rec
         assert all(s.end - s.start <= 11.0 for s in t.translate(long_recording[0], src_lang="fr").segments)
     finally:
         encoder.pad_seconds = 0.0
+
+
+# ---------------------------------------------------------------- bad input on the user side
+def _write_manifest(folder: Path, clips: Path, rows: list) -> Path:
+    """A manifest in ``folder`` whose audio_root is ``clips``; ``rows``: lines after the header
+    (str, or bytes for lines that are not UTF-8)."""
+    (folder / "config.yaml").write_text(f"audio_root: {clips}\n")
+    header = b"id\taudio\tsrc_lang\ttgt_lang\n"
+    (folder / "m.tsv").write_bytes(header + b"".join((r if isinstance(r, bytes) else r.encode()) + b"\n"
+                                                     for r in rows))
+    return folder / "m.tsv"
+
+
+def test_output_names_stay_inside_their_folder(exported, tmp_path, capsys):
+    from comsl_fairseq.inference.inputs import safe_stem
+
+    assert safe_stem("../x") == "_x" and safe_stem("/etc/passwd") == "_etc_passwd" and safe_stem("..") is None
+    assert safe_stem("a\\b:c") == "a_b_c" and safe_stem(".hidden") == "hidden" and len(safe_stem("é" * 300)) == 100
+    clip = sorted(exported["clips"].glob("test_*.wav"))[0].name
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("the user's file\n")
+    ids = ["../x", str(tmp_path / "victim"), "a/b", "..", "same", "SAME"]
+    (tmp_path / "in").mkdir()
+    manifest = _write_manifest(tmp_path / "in", exported["clips"], [f"{i}\t{clip}\tfr\ten" for i in ids])
+    out = tmp_path / "out"
+    status, _, err = cli(capsys, exported["model"], manifest, "--out", out, "--format", "jsonl",
+                         "--max-len-b", "4", "--no-progress", "--keep-no-speech")
+    assert status == 0, err
+    assert victim.read_text() == "the user's file\n" and not (tmp_path / "x.jsonl").exists()
+    assert all(p.parent == out for p in out.rglob("*")), list(out.rglob("*"))
+    assert f"skipped {manifest}:5 (id '..'): no safe output name" in err
+    sources = [line.split("\t") for line in (out / "sources.tsv").read_text().splitlines()]
+    assert sources[0] == ["output", "source", "id"]
+    mapping = {row[0]: row[2] for row in sources[1:]}
+    assert mapping == {"_x.jsonl": "../x", f"{safe_stem(str(tmp_path / 'victim'))}.jsonl": str(tmp_path / "victim"),
+                       "a_b.jsonl": "a/b", "same.jsonl": "same", "SAME-2.jsonl": "SAME"}
+    assert json.loads((out / "_x.jsonl").read_text().splitlines()[0])["id"] == "../x"
+    assert not list(out.glob(".*partial"))
+
+
+def test_one_bad_row_one_named_skip(exported, tmp_path, capsys):
+    clips = sorted(p.name for p in exported["clips"].glob("test_*.wav"))
+    rows = [f"good1\t{clips[0]}\tfr\ten", "only_an_id", f"nolang\t{clips[0]}\txx\ten", b"bad\t\xff\xfe.wav\tfr\ten",
+            "missing\tgone.wav\tfr\ten", f"\t{clips[0]}\tfr\ten", f"good2\t{clips[1]}\tde\ten"]
+    manifest = _write_manifest(tmp_path, exported["clips"], rows)
+    status, out, err = cli(capsys, exported["model"], manifest, "--max-len-b", "4", "--no-progress",
+                           "--keep-no-speech")
+    assert status == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [f"{manifest}:good1", f"{manifest}:good2"]
+    for line_no, reason in ((3, "1 field(s), the header has 4"), (4, "unknown language code 'xx'"),
+                            (5, "row is not UTF-8"), (7, "empty id field")):
+        assert re.search(rf"skipped (line {line_no} of )?{re.escape(str(manifest))}(:{line_no})?.*{re.escape(reason)}",
+                         err), \
+            (line_no, err)
+    assert "gone.wav" in err and "audio file not found" in err
+    assert "translated 2 of 7 input(s); 5 skipped" in err
+    # A folder: every file translated or named, and counted.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    wav, sr = sf.read(exported["clips"] / clips[0])
+    sf.write(folder / "take.aiff", wav, sr)  # libsndfile reads AIFF: translated
+    (folder / "phone.m4a").write_bytes(b"\0\0\0 ftypM4A ")
+    (folder / "notes.txt").write_text("not audio")
+    (folder / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    status, out, err = cli(capsys, exported["model"], folder, "--src-lang", "fr", "--max-len-b", "4", "--no-progress",
+                           "--keep-no-speech")
+    assert status == 0 and len(out.splitlines()) == 1, err
+    assert "phone.m4a: .m4a is not a format we can decode" in err and "ffmpeg -i phone.m4a" in err
+    assert "gone.wav: broken link" in err and "notes.txt: not an audio file" in err
+    assert "translated 1 of 4 input(s); 3 skipped" in err
+
+
+def test_no_invented_output(exported, translator, tmp_path, capsys):
+    """Silence and noise of any length are 'no speech'; speech without pauses is cut at its
+    quietest point and counted; a segment with far too little text is flagged."""
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "silence.wav", np.zeros(10 * 16000, np.float32), 16000)
+    sf.write(tmp_path / "noise.wav", (0.1 * rng.standard_normal(10 * 16000)).astype(np.float32), 16000)
+    sf.write(tmp_path / "long_silence.wav", np.zeros(70 * 16000, np.float32), 16000)
+    said = [speech_synth.speak(text) for text in sentences("fr", 48, random.Random(1))]
+    run = np.concatenate([w[np.abs(w) > 1e-3].clip(-1, 1) for w in said])[: 40 * 16000]  # 40 s without a pause
+    sf.write(tmp_path / "run.wav", run, 16000)
+    inputs = [tmp_path / n for n in ("silence.wav", "noise.wav", "long_silence.wav", "run.wav")]
+    status, out, err = cli(capsys, exported["model"], *inputs, "--src-lang", "fr", "--max-len-b", "2", "--format",
+                           "jsonl", "--no-progress")
+    assert status == 0, err
+    for name in ("silence.wav", "noise.wav", "long_silence.wav"):
+        assert re.search(rf"skipped \S*{name}: .*no speech found", err), err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {r["source"] for r in records} == {str(inputs[3])} and len(records) == 2
+    assert all(r["end"] - r["start"] <= 30.0 for r in records)
+    assert "3 skipped (3 no speech)" in err and "1 segment(s) cut inside speech without a pause" in err
+    assert all(r["flag"].startswith("text implausibly short") for r in records)
+    assert "2 segment(s) flagged" in err and "warning: " in err
+    # The API: the same refusal, and a translation of nothing when asked to decode anyway.
+    from comsl_fairseq.data.audio import AudioError
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    strict = SpeechTranslator(translator.model, translator.task, translator.cfg, translator.device, max_len_b=4)
+    with pytest.raises(AudioError, match="no speech"):
+        strict.translate(np.zeros(16000, np.float32), src_lang="fr")
+    assert translator.translate(tmp_path / "long_silence.wav", src_lang="fr").segments == []
+
+
+def test_languages_the_model_knows(exported, tmp_path, capsys, caplog):
+    clip = sorted(exported["clips"].glob("test_*.wav"))[0]
+    for flags, what in ((("--src-lang", "it"), "translate it into en"), (("--src-lang", "fr", "--tgt-lang", "de"),
+                                                                          "translate fr into de"),
+                        (("--src-lang", "en", "--task", "asr"), "transcribe en")):
+        status, _, err = cli(capsys, exported["model"], clip, *flags, "--no-progress", "--keep-no-speech")
+        assert status != 0 and f"was not trained to {what}; it knows de-en, fr-en" in err, err
+        assert "--allow-unseen-language" in err
+    status, out, err = cli(capsys, exported["model"], clip, clip, "--src-lang", "it", "--allow-unseen-language",
+                           "--max-len-b", "4", "--no-progress", "--keep-no-speech")
+    assert status == 0 and len(out.splitlines()) == 2
+    assert len([r for r in caplog.records if "was not trained to translate it into en" in r.message]) == 1
+    # A manifest row in an untrained pair is one named skip.
+    manifest = _write_manifest(tmp_path, exported["clips"], [f"a\t{clip.name}\tfr\ten", f"b\t{clip.name}\tes\ten"])
+    status, out, err = cli(capsys, exported["model"], manifest, "--max-len-b", "4", "--no-progress", "--keep-no-speech")
+    assert status == 0 and len(out.splitlines()) == 1 and f"skipped {manifest}:b: model" in err
+    # Exported with --data after the data moved: the pairs come from that folder's manifests.
+    from comsl_fairseq.inference.export import export_model
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    data = Path(shutil.copytree(exported["model"], tmp_path / "moved_data"))
+    (data / "train.tsv").write_text("id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n"
+                                    "a\ta.wav\t1\tx\ty\tzh-CN\ten\nb\tb.wav\t1\tx\ty\tfr\ten\n")
+    out = export_model(exported["ckpt"], tmp_path / "model", data=data)
+    assert json.loads((out / "model_info.json").read_text())["training_data"]["pairs"] == {"fr-en": 1, "zh-CN-en": 1}
+    assert "Sources: fr zh-CN; targets: en." in (out / "README.md").read_text()
+    t = SpeechTranslator.from_pretrained(exported["ckpt"], device="cpu", data=data)  # a checkpoint: its manifests
+    assert t.languages.describe() == "fr-en, zh-CN-en"
+
+
+def test_nothing_half_written(exported, tmp_path, capsys, monkeypatch):
+    from comsl_fairseq.inference.export import ExportError, export_model
+
+    bad_log = tmp_path / "generate-test.txt"
+    bad_log.write_text("S-0\tx\nT-0\ty\n")  # no hypotheses: refused after the weights are written
+    with pytest.raises(ExportError, match="0 scored hypotheses"):
+        export_model(exported["ckpt"], tmp_path / "model", data=exported["model"], score_logs=[bad_log])
+    assert list(tmp_path.iterdir()) == [bad_log]  # neither the folder nor a temporary one
+    # Ctrl-C during decoding: the finished files stay, the summary says how many.
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    real, calls = SpeechTranslator._decode_batch, []
+
+    def interrupted_third(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(SpeechTranslator, "_decode_batch", interrupted_third)
+    clips = sorted(exported["clips"].glob("test_*"))
+    status, _, err = cli(capsys, exported["model"], *clips, "--src-lang", "fr", "--batch-size", "1",
+                         "--out", tmp_path / "out", "--max-len-b", "4", "--no-progress", "--keep-no-speech")
+    assert status == 130 and "interrupted: the 2 translation(s) finished are kept" in err, err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(written) == 3 and "sources.tsv" in written  # two translations, no partial file
+    assert len((tmp_path / "out" / "sources.tsv").read_text().splitlines()) == 3
+
+
+def test_long_recordings_are_streamed(translator, long_recording, monkeypatch):
+    """A recording longer than the window is never read whole: two streamed passes, the cut
+    pieces equal to slices of the whole waveform."""
+    from comsl_fairseq.data.audio import AudioSource, read_audio
+    from comsl_fairseq.inference.segment import cut_spans, map_speech
+
+    wav = read_audio(str(long_recording[0]), Path("/"))[0]
+    source = AudioSource(str(long_recording[0]))
+    speech = map_speech(source.blocks(7.0))
+    pieces = list(cut_spans(source.blocks(7.0), speech.spans))
+    assert [(s, e) for s, e, _ in pieces] == speech.spans and len(pieces) == len(long_recording[1])
+    assert all(np.array_equal(w, wav[s:e]) for s, e, w in pieces)
+
+    def refuse(self):
+        raise AssertionError("a long recording was read whole")
+
+    monkeypatch.setattr(AudioSource, "read", refuse)
+    assert len(translator.translate(long_recording[0], src_lang="fr").segments) == len(long_recording[1])
+
+
+def test_streamed_resampling_matches_reading_whole(tmp_path):
+    from comsl_fairseq.data.audio import AudioSource, read_audio
+
+    rng = np.random.default_rng(1)
+    stereo = (0.1 * rng.standard_normal((44100 * 3, 2))).astype(np.float32)
+    sf.write(tmp_path / "s.wav", stereo, 44100)
+    whole = read_audio("s.wav", tmp_path)[0]
+    streamed = np.concatenate(list(AudioSource("s.wav", tmp_path).blocks(0.7)))
+    assert abs(streamed.size - whole.size) <= 1
+    n = min(streamed.size, whole.size)
+    assert np.abs(streamed[:n] - whole[:n]).max() < 1e-3

@@ -310,7 +310,8 @@ def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
     st = [("the black cat eats an apple", "the black cat eats an apple"), ("a red house", "the blue house")]
     for lang, asr in (("fr", [("Le chat, noir!", "le chat noir"), ("une maison", "une maison rouge")]),
                       ("zh-CN", [("你好，世界", "你好世界。"), ("谢谢", "谢谢你")])):
-        (data / f"test_{lang}_en.tsv").write_text("id\taudio\n" + "a\tx.wav\nb\ty.wav\n", encoding="utf-8")
+        rows = "".join(f"{uid}\t{uid}.wav\t{a[1]}\t{t[1]}\n" for uid, a, t in zip("ab", asr, st, strict=True))
+        (data / f"test_{lang}_en.tsv").write_text("id\taudio\tsrc_text\ttgt_text\n" + rows, encoding="utf-8")
         _generate_log(gen / f"generate-test_{lang}_en.txt", st)
         _generate_log(gen / "asr" / f"generate-test_{lang}_en.txt", asr)
         _generate_log(gen / "mt" / f"generate-test_{lang}_en.txt", st)
@@ -321,6 +322,22 @@ def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
     assert zh["asr_cer"] == pytest.approx(100 / 7, abs=0.01) and "asr_wer" not in zh  # 1 of 7 characters
     assert 0 < fr["chrf"] < 100 and fr["mt_chrf"] == fr["chrf"] and "nc:6" in result["chrf_signature"]
     assert "| chrF (ours) |" in (gen / "results.md").read_text()
+
+
+def test_score_covost_refuses_a_log_of_another_set_and_names_missing_languages(tmp_path, capsys):
+    score_covost = command("score_covost")
+    data, gen = tmp_path / "data", tmp_path / "eval"
+    data.mkdir()
+    (data / "test_fr_en.tsv").write_text("id\taudio\tsrc_text\ttgt_text\na\ta.wav\tun chat\ta cat\n"
+                                         "b\tb.wav\tune maison\ta house\n", encoding="utf-8")
+    _generate_log(gen / "generate-test_fr_en.txt", [("a dog", "good morning"), ("a car", "thank you")])  # de's log
+    assert score_covost.main(["--gen-dir", str(gen), "--data", str(data), "--langs", "fr"]) == 2
+    err = capsys.readouterr().err
+    assert f"{gen / 'generate-test_fr_en.txt'} was not decoded from {data / 'test_fr_en.tsv'}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert score_covost.main(["--gen-dir", str(gen), "--data", str(data)]) == 2  # default: all 21 languages
+    err = capsys.readouterr().err
+    assert "pass --langs with the languages decoded" in err and "de" in err and len(err.strip().splitlines()) == 1
 
 
 def test_page_audio_from_plain_files_and_zip_entries(tmp_path, mbart_dir):

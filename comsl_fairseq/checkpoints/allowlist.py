@@ -11,7 +11,10 @@ callable is still refused. The weights-only protection is never switched off.
 import argparse
 import collections
 import logging
+import pickle
+import re
 import typing
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,3 +71,31 @@ def allow_fairseq_checkpoints() -> None:
     if add is None:  # torch < 2.4 has no allowlist and no weights-only default
         return
     add(fairseq_checkpoint_globals())
+
+
+class UnsafeCheckpointError(ValueError):
+    """A file whose pickle names a callable outside the allowlist: loading it would run code."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_weights_only(path, what: str = "checkpoint"):
+    """``torch.load`` of ``path`` on the CPU with the weights-only unpickler, and errors that
+    name the file: missing, empty, truncated, or pickling code (refused, never run)."""
+    from comsl_fairseq.checkpoints.files import checkpoint_problem
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return torch.load(path, map_location="cpu")  # weights_only=True (torch >= 2.6)
+    except pickle.UnpicklingError as e:
+        found = _GLOBAL.search(str(e))
+        raise UnsafeCheckpointError(
+            f"{what} {path} would run code when loaded (it pickles {found[1] if found else 'a callable'}, "
+            "which is not a tensor, number or training setting) and is refused; use a checkpoint written by "
+            "fairseq-train or torch.save of tensors only") from None
+    except Exception as e:  # noqa: BLE001  (torch raises RuntimeError, EOFError, ... for broken files)
+        problem = checkpoint_problem(path) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ValueError(f"cannot read {what} {path}: {problem}; copy or write it again") from None

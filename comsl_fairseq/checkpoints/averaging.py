@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
 logger = logging.getLogger(__name__)
 
 _EPOCH = re.compile(r"^checkpoint(\d+)\.pt$")
@@ -49,9 +51,40 @@ def last_checkpoints(folder: Path, n: int, kind: str = "epoch", allow_fewer: boo
     return [p for _, p in found[-n:]]
 
 
+def _arch(state: dict):
+    """The architecture name in a checkpoint's cfg (or its older ``args``)."""
+    model = (state.get("cfg") or {}).get("model")
+    if model is not None:
+        return model.get("_name") or model.get("arch")
+    return getattr(state.get("args"), "arch", None)
+
+
+def check_same_training_setup(states: list, names: list) -> None:
+    """Refuse to average checkpoints of different architectures or vocabularies (their
+    dictionary fingerprints differ: the same ids mean other words), naming the first pair."""
+    from comsl_fairseq.vocab.fingerprint import checkpoint_fingerprint
+
+    ref_arch, ref_vocab = _arch(states[-1]), checkpoint_fingerprint(states[-1])
+    for state, name in zip(states[:-1], names[:-1], strict=True):
+        arch = _arch(state)
+        if arch != ref_arch:
+            raise AveragingError(f"{name} is a {arch} model, {names[-1]} a {ref_arch} one; "
+                                 "only checkpoints of one training run can be averaged")
+        vocab = checkpoint_fingerprint(state)
+        if (vocab is None) != (ref_vocab is None) or (vocab and any(
+                vocab[part]["sha256"] != ref_vocab[part]["sha256"] for part in ("dict_txt", "sentencepiece_model"))):
+            describe = (lambda v: "no fingerprint" if v is None else  # noqa: E731
+                        f"dict.txt sha256 {v['dict_txt']['sha256'][:12]}, SentencePiece sha256 "
+                        f"{v['sentencepiece_model']['sha256'][:12]}")
+            raise AveragingError(f"{name} and {names[-1]} were trained with different vocabularies "
+                                 f"({describe(vocab)} vs {describe(ref_vocab)}); the same token ids mean other "
+                                 "words in each, so their weights cannot be averaged")
+
+
 def average_states(states: list, names: list) -> dict:
     """Element-wise mean of the ``model`` state dicts; other entries from the last state."""
     reference = states[-1]["model"]
+    check_same_training_setup(states, names)
     for state, name in zip(states, names, strict=True):
         keys = set(state["model"])
         if keys != set(reference):
@@ -88,10 +121,11 @@ def average_checkpoints(paths: list, out: Path) -> Path:
         raise AveragingError("no checkpoints to average")
     states = []
     for path in paths:
-        if not Path(path).is_file():
-            raise AveragingError(f"checkpoint {path} not found")
-        states.append(torch.load(path, map_location="cpu"))  # weights_only: the plugin's allowlist applies
-        if "model" not in states[-1]:
+        try:
+            states.append(load_weights_only(path))  # the plugin's allowlist applies
+        except (OSError, ValueError) as e:
+            raise AveragingError(str(e)) from None
+        if not isinstance(states[-1], dict) or "model" not in states[-1]:
             raise AveragingError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     state = average_states(states, [str(p) for p in paths])
     out = Path(out)

@@ -33,7 +33,9 @@ def load_hf_state(hf_dir: Path) -> dict:
 
         return load_file(str(hf_dir / "model.safetensors"))
     if (hf_dir / "pytorch_model.bin").is_file():
-        return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu")  # weights only (torch >= 2.6)
+        from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+        return load_weights_only(hf_dir / "pytorch_model.bin", "Hugging Face weights")
     raise ConversionError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
 
 

@@ -31,7 +31,9 @@ def read_hf_state(folder: Path) -> dict:
 
         return load_file(str(folder / "model.safetensors"))
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu")
+        from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+        return load_weights_only(folder / "pytorch_model.bin", "Hugging Face weights")
     raise SystemExit(f"error: {folder} has a Hugging Face config.json but neither model.safetensors nor "
                      "pytorch_model.bin (sharded checkpoints: merge them first)")
 

@@ -20,6 +20,7 @@ documented changes to ``fairseq.checkpoint_utils`` only:
 """
 import logging
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -87,11 +88,16 @@ def _named_load_checkpoint_to_cpu(original):
         try:
             return original(path, *args, **kwargs)
         except Exception as e:
+            if isinstance(e, pickle.UnpicklingError) and not PathManager.path_requires_pathmanager(str(path)):
+                from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+                load_weights_only(path)  # raises UnsafeCheckpointError, which names the file and the callable
             problem = checkpoint_problem(path) if not PathManager.path_requires_pathmanager(str(path)) else None
             if problem is None:
-                raise  # a readable file refused for another reason (e.g. an unsafe pickle): unchanged
+                raise  # a readable file refused for another reason: unchanged
+            first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
             raise CheckpointError(f"cannot read checkpoint {path}: {problem} "
-                                  f"[{type(e).__name__}: {e}]") from e
+                                  f"[{type(e).__name__}: {first}]") from e
 
     setattr(load_checkpoint_to_cpu, _MARK, True)
     return load_checkpoint_to_cpu

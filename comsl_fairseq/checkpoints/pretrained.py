@@ -127,10 +127,12 @@ def _load(path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} checkpoint {path} not found")
+    from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
     try:
-        return torch.load(path, map_location="cpu")  # weights_only=True by default (torch >= 2.6)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        raise CheckpointError(f"cannot load {what} checkpoint {path}: {type(e).__name__}: {e}") from None
+        return load_weights_only(path, f"{what} checkpoint")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_whisper_checkpoint(path) -> tuple:
@@ -158,7 +160,9 @@ def load_mbart_checkpoint(path) -> tuple:
         raise CheckpointError(f"mBART checkpoint {path} not found")
     try:
         ckpt = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    except Exception as e:
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot load mBART checkpoint {path}: {type(e).__name__}: {e}") from None
     if any(k.startswith("encoder.mbart.") for k in ckpt.get("model", {})):
         return _mbart_part_of_comsl_checkpoint(ckpt)

@@ -10,12 +10,13 @@ update checkpoints (``checkpoint_E_U.pt``, ``--updates``) with ``--save-interval
 """
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from comsl_fairseq.checkpoints.averaging import AveragingError, average_checkpoints, last_checkpoints
+from comsl_fairseq.checkpoints.averaging import average_checkpoints, last_checkpoints
+from comsl_fairseq.cli.command import command
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -28,12 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="averaged checkpoint to write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    try:
-        paths = args.inputs or last_checkpoints(args.save_dir, args.last, "update" if args.updates else "epoch",
-                                                args.allow_fewer)
-        average_checkpoints(paths, args.out)
-    except AveragingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    paths = args.inputs or last_checkpoints(args.save_dir, args.last, "update" if args.updates else "epoch",
+                                            args.allow_fewer)
+    average_checkpoints(paths, args.out)
     print(args.out)
     return 0

@@ -24,6 +24,7 @@ equal batch size. ``--smoke`` runs in seconds.
 """
 import argparse
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.models.whisper_mbart_composite import ARCH_DIMS
 
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from comsl_fairseq.benchmark.synthetic import run

@@ -16,9 +16,9 @@ chrF; then all utterances pooled, and (with several languages) the mean of per-l
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.evaluation.scoring import BOOTSTRAP_SAMPLES
 
 
@@ -32,17 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.samples < 1:
+        raise ValueError(f"--samples is the number of bootstrap resamples and must be at least 1, got {args.samples}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     from comsl_fairseq.evaluation.compare import compare, table
     from comsl_fairseq.evaluation.decoded_system import align, read_system
 
-    try:
-        groups = align(read_system(args.a, args.data), read_system(args.b, args.data), str(args.a), str(args.b))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    groups = align(read_system(args.a, args.data), read_system(args.b, args.data), str(args.a), str(args.b))
     rows = compare(groups, args.samples)
     if args.out:
         args.out.write_text(json.dumps({"a": str(args.a), "b": str(args.b), "rows": rows}, indent=1),

@@ -16,6 +16,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from comsl_fairseq.cli.command import command
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,13 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from comsl_fairseq.checkpoints.convert_hf_mbart50 import ConversionError, convert
+    from comsl_fairseq.checkpoints.convert_hf_mbart50 import convert
 
-    try:
-        convert(args.hf_dir, args.out)
-    except ConversionError as e:
-        raise SystemExit(f"error: {e}") from None
+    convert(args.hf_dir, args.out)
     return 0

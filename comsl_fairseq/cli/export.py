@@ -10,9 +10,11 @@ alone is enough for `comsl-translate` and `SpeechTranslator.from_pretrained`.
 import argparse
 import logging
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.inference.translator import DTYPES
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--path", required=True, help="checkpoint written by fairseq-train (checkpoint_best.pt, ...)")
@@ -29,21 +31,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from comsl_fairseq.data.config import DataConfigError
-    from comsl_fairseq.inference.export import ExportError, export_model
+    from comsl_fairseq.inference.export import export_model
 
-    try:
-        if args.format == "hf":
-            from comsl_fairseq.hf.export import export_hf
+    if args.format == "hf":
+        if args.dtype != "fp32":
+            raise ValueError("--format hf writes fp32 weights; cast them in transformers if needed")
+        from comsl_fairseq.hf.export import export_hf
 
-            if args.dtype != "fp32":
-                raise ExportError("--format hf writes fp32 weights; cast them in transformers if needed")
-            out = export_hf(args.path, args.out, data=args.data, score_logs=args.score_log,
-                            overwrite=args.overwrite)
-        else:
-            out = export_model(args.path, args.out, dtype=args.dtype, data=args.data,
-                               score_logs=args.score_log, overwrite=args.overwrite)
-    except (ExportError, DataConfigError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+        out = export_hf(args.path, args.out, data=args.data, score_logs=args.score_log, overwrite=args.overwrite)
+    else:
+        out = export_model(args.path, args.out, dtype=args.dtype, data=args.data,
+                           score_logs=args.score_log, overwrite=args.overwrite)
     print(out)
     return 0

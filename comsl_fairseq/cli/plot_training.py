@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from comsl_fairseq.cli.command import command
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from comsl_fairseq.evaluation.logs import read_run
@@ -36,11 +39,7 @@ def main(argv=None) -> int:
         return 2
     runs = {}
     for label, log in zip(labels, args.logs, strict=True):
-        try:
-            records = read_run(log)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        records = read_run(log)
         if not records:
             print(f"error: {log}: no training records (fairseq-train log with --log-format json or simple?)",
                   file=sys.stderr)
@@ -48,11 +47,7 @@ def main(argv=None) -> int:
         while label in runs:
             label += "'"
         runs[label] = records
-    try:
-        out = plot(runs, args.out, args.acc)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = plot(runs, args.out, args.acc)
     print(out)
     return 0
 

@@ -23,6 +23,8 @@ The estimates leave out validation and gradient communication between processes.
 import argparse
 import logging
 
+from comsl_fairseq.cli.command import command
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     args, rest = build_parser().parse_known_args(argv)

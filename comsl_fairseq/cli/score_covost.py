@@ -13,9 +13,9 @@ removed, as the original ComSL scores ASR) and MT BLEU / chrF on gold transcript
 available, and the paper's numbers beside ours.
 """
 import argparse
-import sys
 from pathlib import Path
 
+from comsl_fairseq.cli.command import command
 from comsl_fairseq.vocab.languages import COVOST_X_EN_LANGS
 
 
@@ -28,15 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from comsl_fairseq.evaluation.covost import score_covost
 
-    try:
-        table = score_covost(args.gen_dir, args.data, [x for x in args.langs.split(",") if x],
-                             args.out or args.gen_dir / "results")
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    table = score_covost(args.gen_dir, args.data, [x for x in args.langs.split(",") if x],
+                         args.out or args.gen_dir / "results")
     print(table)
     return 0

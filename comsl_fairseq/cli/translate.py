@@ -5,24 +5,28 @@
 MODEL is an exported model folder (``comsl-export``) or a training checkpoint.
 Without ``--out`` results go to standard output (txt: ``name<TAB>text`` per input;
 jsonl: one object per segment; srt/vtt: one input only); with it, one file per input.
-A file that cannot be read or decoded is reported on standard error with its reason and
-skipped; the exit status is non-zero only when nothing was translated. The closing lines
-give start-up time (imports, model load), decoding time, real-time factor and throughput.
+A file, folder entry or manifest row that cannot be used (unreadable, no speech, a language
+the model was not trained on, ...) is named on standard error with its reason and skipped;
+the exit status is non-zero only when nothing was translated (130 after Ctrl-C, which keeps
+the files already written). The closing lines count what was skipped and why, and give
+start-up time (imports, model load), decoding time, real-time factor and throughput.
 """
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from comsl_fairseq.inference.subtitles import FORMATS, WRITERS
+from comsl_fairseq.cli.command import command
+from comsl_fairseq.inference.inputs import Problem
+from comsl_fairseq.inference.subtitles import FORMATS, WRITERS, timestamp
 from comsl_fairseq.inference.translator import DTYPES
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BATCHES = 8  # files read and decoded together, in batches: length sorting needs a pool
-CHUNK_SAMPLES = 20 * 60 * 16_000  # ... but no more than 20 minutes of audio in memory
+SOURCES_FILE = "sources.tsv"  # in --out: output file, source, manifest id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt-lang", default="en", help="target language for --task st (default: en)")
     p.add_argument("--task", choices=("st", "asr"), default="st", help="st: translate; asr: transcribe")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: txt)")
-    p.add_argument("--out", type=Path, help="write OUT/<name>.<format> per input")
+    p.add_argument("--out", type=Path, help="write OUT/<name>.<format> per input, each file whole when it is "
+                                            "done; OUT/sources.tsv maps them to their inputs (names are made "
+                                            "safe: no folders, no '..')")
     p.add_argument("--segment", choices=("auto", "always", "never"), default="auto",
                    help="auto: cut only recordings longer than the model's window into speech segments; "
                         "always: segment every input (finer subtitles); never: refuse long recordings")
@@ -47,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--data", help="for a training checkpoint: its data folder, if it moved since training")
+    p.add_argument("--allow-unseen-language", action="store_true",
+                   help="translate from or into languages the model was not trained on (refused by default; "
+                        "then warned once)")
+    p.add_argument("--keep-no-speech", action="store_true",
+                   help="decode inputs in which voice-activity detection finds no speech (skipped as 'no "
+                        "speech' by default: a model decodes silence or noise into invented text)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -65,41 +77,58 @@ def process_age() -> float | None:
 class Run:
     """Counts, outputs and the closing summary of one command."""
 
-    def __init__(self, args, n_items: int):
-        self.args, self.n_items = args, n_items
+    MAX_FLAG_LINES = 10  # flagged segments named on standard error; the rest are counted
+
+    def __init__(self, args, n_items: int, stems: dict | None = None):
+        self.args, self.n_items, self.stems = args, n_items, stems or {}
         self.failed = Counter()
-        self.done = self.segments = 0
+        self.done = self.segments = self.forced_cuts = self.flagged = 0
         self.audio_seconds = self.decode_seconds = self.segment_seconds = 0.0
-        self.used_stems = set()
+        self.written = []  # (output file name, source name, manifest id) in the order written
+        self.interrupted = False
 
     def fail(self, name: str, reason: str, category: str, bar=None) -> None:
         self.failed[category] += 1
         (bar.write if bar is not None else print)(f"skipped {name}: {reason}", file=sys.stderr)
 
-    def emit(self, item, result) -> None:
-        self.done += 1
+    def emit(self, index: int, item, result, bar=None) -> None:
         self.segments += len(result.segments)
         self.audio_seconds += result.audio_seconds
         self.decode_seconds += result.decode_seconds
         self.segment_seconds += result.segment_seconds
+        self.forced_cuts += result.forced_cuts
+        for seg in result.segments:
+            if seg.flag:
+                self.flagged += 1
+                if self.flagged <= self.MAX_FLAG_LINES:
+                    (bar.write if bar is not None else print)(
+                        f"warning: {item.name} {timestamp(seg.start, '.')}-{timestamp(seg.end, '.')}: {seg.flag}",
+                        file=sys.stderr)
         fmt = self.args.format
         extra = {"task": self.args.task, "src_lang": item.src_lang or self.args.src_lang}
+        if item.uid is not None:
+            extra["id"] = item.uid
+        text = WRITERS[fmt](item.name, result.segments, **(extra if fmt == "jsonl" else {}))
         if self.args.out is None:
-            if fmt == "txt":
-                sys.stdout.write(f"{item.name}\t{result.text}\n")
-            else:
-                sys.stdout.write(WRITERS[fmt](item.name, result.segments, **(extra if fmt == "jsonl" else {})))
+            sys.stdout.write(f"{item.name}\t{result.text}\n" if fmt == "txt" else text)
             sys.stdout.flush()
+        else:
+            name = f"{self.stems[index]}.{fmt}"
+            write_atomic(self.args.out / name, text)
+            self.written.append((name, item.name, item.uid or ""))
+        self.done += 1
+
+    def write_sources(self) -> None:
+        """OUT/sources.tsv: which input each output file holds (ids can differ from file names)."""
+        if self.args.out is None or not self.written:
             return
-        stem = item.output_stem
-        n = 2
-        while stem in self.used_stems:
-            stem, n = f"{item.output_stem}-{n}", n + 1
-        self.used_stems.add(stem)
-        path = self.args.out / f"{stem}.{fmt}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(WRITERS[fmt](item.name, result.segments, **(extra if fmt == "jsonl" else {})),
-                        encoding="utf-8")
+        path = self.args.out / SOURCES_FILE
+        rows = {}
+        if path.is_file():  # an earlier run into the same folder: its rows stay unless overwritten
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+                rows[line.split("\t", 1)[0]] = line
+        rows.update((out, f"{out}\t{src}\t{uid}") for out, src, uid in self.written)
+        write_atomic(path, "output\tsource\tid\n" + "".join(f"{r}\n" for r in rows.values()))
 
     def summary(self, imports: float | None, load: float, device) -> None:
         failed = sum(self.failed.values())
@@ -107,6 +136,15 @@ class Run:
         lines = [f"translated {self.done} of {self.n_items} input(s)"
                  + (f"; {failed} skipped ({reasons})" if failed else "")
                  + f"; {self.segments} segment(s), {self.audio_seconds:.1f} s of audio"]
+        if self.interrupted:
+            lines.insert(0, f"interrupted: the {self.done} translation(s) finished are kept"
+                            + (f" in {self.args.out}" if self.args.out is not None else ""))
+        if self.forced_cuts:
+            lines.append(f"{self.forced_cuts} segment(s) cut inside speech without a pause (at its quietest "
+                         "point): check their edges")
+        if self.flagged:
+            lines.append(f"{self.flagged} segment(s) flagged: text implausibly short for their length (words may be "
+                         "missing; jsonl output marks them in 'flag')")
         startup = f"model load {load:.2f} s" + (f", imports {imports:.2f} s" if imports is not None else "")
         lines.append(f"start-up: {startup}")
         work = self.decode_seconds + self.segment_seconds
@@ -120,49 +158,109 @@ class Run:
         print("\n".join(lines), file=sys.stderr)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def fix_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after the first large block is freed; from then on audio
+    blocks and batch tensors come from the heap, which fragments, and the resident size creeps
+    up with the recording's length. A fixed threshold (128 KiB, glibc's initial one) keeps them
+    mapped, so what is freed goes back to the system. No-op outside glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    fix_mmap_threshold()
     imports = process_age()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO
-    from comsl_fairseq.data.audio import AudioError, read_audio
-    from comsl_fairseq.inference.inputs import collect
+    from comsl_fairseq.inference.inputs import assign_outputs, collect
+    from comsl_fairseq.inference.languages import UnseenLanguageError
     from comsl_fairseq.vocab.languages import mbart_tag
 
-    items, problems = collect(args.inputs)
-    if args.format in ("srt", "vtt") and args.out is None and len(items) > 1:
-        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --out")
-    for code in {args.src_lang, args.tgt_lang} | {i.src_lang for i in items} | {i.tgt_lang for i in items}:
+    for code in (args.src_lang, args.tgt_lang):
         if code is not None:
             try:
                 mbart_tag(code)
             except KeyError as e:
                 raise SystemExit(f"error: {e.args[0]}") from None
+    items, problems = collect(args.inputs)
+    if args.format in ("srt", "vtt") and args.out is None and len(items) > 1:
+        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --out")
     if any((i.src_lang or args.src_lang) is None for i in items):
         raise SystemExit("error: --src-lang is required (only manifests with a src_lang column may omit it)")
 
     translator = load_translator(args)
-    run = Run(args, len(items) + len(problems))
-    for name, reason in problems:
-        run.fail(name, reason, "input not found or not readable")
+    tgt = None if args.task == "asr" else args.tgt_lang
+    if args.src_lang is not None:
+        translator.check_languages(args.src_lang, tgt)  # refused: one line (see cli.command)
+    usable = []
+    for item in items:  # row languages of manifests: an untrained pair skips the row, not the run
+        try:
+            translator.check_languages(item.src_lang or args.src_lang, None if tgt is None else item.tgt_lang or tgt)
+            usable.append(item)
+        except UnseenLanguageError as e:
+            problems.append(Problem(item.name, str(e), "language not trained"))
+    items = usable
+    run = Run(args, len(items) + len(problems), assign_outputs(items))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for p in problems:
+        run.fail(p.name, p.reason, p.category)
+    decode_all(translator, args, items, run)
+    run.summary(imports, translator.load_seconds, translator.device)
+    if run.interrupted:
+        return 130
+    return 0 if run.done else 1
+
+
+
+def decode_all(translator, args, items: list, run: Run) -> None:
+    """Translate ``items``, writing or printing each as it finishes; Ctrl-C keeps what is done."""
     from tqdm import tqdm
 
-    with tqdm(total=len(items), unit="file", disable=True if args.no_progress else None, file=sys.stderr) as bar:
-        chunk, waves = [], []
-        for n, item in enumerate(items, start=1):
-            try:
-                waves.append(read_audio(item.field, item.root)[0])
-                chunk.append(item)
-            except AudioError as e:
-                run.fail(item.name, str(e), e.reason, bar)
-                bar.update(1)
-            # Decode several batches' worth at once (sorted by length inside), bounded in memory.
-            if n == len(items) or len(chunk) >= CHUNK_BATCHES * args.batch_size or \
-                    sum(w.size for w in waves) >= CHUNK_SAMPLES:
-                translate_chunk(translator, args, run, chunk, waves, bar)
-                chunk, waves = [], []
-    run.summary(imports, translator.load_seconds, translator.device)
-    return 0 if run.done else 1
+    from comsl_fairseq.data.audio import AudioSource
+
+    bar = tqdm(total=len(items), unit="file", disable=True if args.no_progress else None, file=sys.stderr)
+    finished, waiting, next_k = set(), {}, 0
+    try:
+        results = translator.iter_translate(
+            [AudioSource(i.field, i.root) for i in items], [i.src_lang or args.src_lang for i in items],
+            [i.tgt_lang or args.tgt_lang for i in items], task=args.task, segment=args.segment,
+            names=[i.name for i in items])
+        # Inputs finish out of order (decoding is sorted by length): files are written at once,
+        # standard output keeps the input order.
+        for k, result in results:
+            finished.add(k)
+            if isinstance(result, Exception):
+                run.fail(items[k].name, str(result), getattr(result, "reason", "decoding error"), bar)
+            elif args.out is not None:
+                run.emit(k, items[k], result, bar)
+            else:
+                waiting[k] = result
+            while next_k in finished:
+                if next_k in waiting:
+                    run.emit(next_k, items[next_k], waiting.pop(next_k), bar)
+                next_k += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        run.interrupted = True
+        for k in sorted(waiting):  # finished, held back only for the order
+            run.emit(k, items[k], waiting[k], bar)
+    finally:
+        bar.close()
+        run.write_sources()
 
 
 def load_translator(args):
@@ -170,37 +268,12 @@ def load_translator(args):
     from comsl_fairseq.inference.translator import SpeechTranslator
 
     device = "cpu" if args.cpu else args.device
-    try:
-        t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
-                                             beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    t = SpeechTranslator.from_pretrained(args.path, device=device, dtype=args.dtype, data=args.data,
+                                         beam=args.beam, max_len_b=args.max_len_b, batch_size=args.batch_size,
+                                         allow_unseen_language=args.allow_unseen_language,
+                                         require_speech=not args.keep_no_speech)
     if args.max_segment_seconds is not None:
         if not 0 < args.max_segment_seconds <= t.max_seconds:
             raise SystemExit(f"error: --max-segment-seconds must be in (0, {t.max_seconds:g}]")
         t.segmenter = SegmenterConfig(max_seconds=args.max_segment_seconds)
     return t
-
-
-def translate_chunk(translator, args, run: Run, chunk: list, waves: list, bar) -> None:
-    """Decode the readable items of a chunk together (languages may differ row by row)."""
-    if not chunk:
-        return
-    try:
-        results = translator.translate_batch(
-            waves, [i.src_lang or args.src_lang for i in chunk], [i.tgt_lang or args.tgt_lang for i in chunk],
-            task=args.task, segment=args.segment, names=[i.name for i in chunk], skip_errors=True)
-        errors = dict(translator.errors)
-    except RuntimeError as e:  # a decoding failure: retry one by one to find the culprit
-        if len(chunk) > 1:
-            for item, wav in zip(chunk, waves, strict=True):
-                translate_chunk(translator, args, run, [item], [wav], bar)
-            return
-        results, errors = [None], {0: e}
-    for k, (item, result) in enumerate(zip(chunk, results, strict=True)):
-        if result is None:
-            err = errors[k]
-            run.fail(item.name, str(err), getattr(err, "reason", "decoding error"), bar)
-        else:
-            run.emit(item, result)
-        bar.update(1)

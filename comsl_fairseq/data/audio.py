@@ -4,6 +4,10 @@ fairseq's own ``get_waveform`` imports ``torchaudio.sox_effects``, which current
 torchaudio no longer has, so we read audio ourselves. A manifest ``audio`` field is
 either a path (relative to ``audio_root``) or a fairseq ``file.zip:offset:length``
 entry pointing at an uncompressed member inside a zip archive.
+
+Training clips are read whole (:func:`read_audio`). A user's recording can be hours long, so
+:class:`AudioSource` also reads it block by block: down-mixed and resampled as it streams,
+memory bounded by the block length, not the file's.
 """
 import io
 import logging
@@ -14,6 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 from whisper.audio import SAMPLE_RATE  # Whisper's input rate (16 kHz); every clip is brought to it
+
+BLOCK_SECONDS = 30.0  # streamed reading: seconds of audio decoded at a time
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +80,79 @@ def read_audio(field: str, audio_root: Path) -> tuple:
     if not np.isfinite(wav).all():
         raise AudioError(f"audio {path} has NaN or infinite samples", "non-finite audio samples")
     return np.ascontiguousarray(wav), notes
+
+
+class AudioSource:
+    """A recording opened lazily: its length from the file header (nothing decoded), then the
+    16 kHz mono samples whole (:meth:`read`, as :func:`read_audio`) or in blocks (:meth:`blocks`).
+    ``field`` and ``audio_root`` as in :func:`read_audio`. Raises :class:`AudioError`."""
+
+    def __init__(self, field: str, audio_root: Path = Path("/")):
+        self.field, self.audio_root = field, Path(audio_root)
+        self.path, self.offset, self.length = resolve_audio_path(field, self.audio_root)
+        self._header = None
+
+    @property
+    def frames(self) -> int:
+        return self.header()[0]
+
+    @property
+    def native_rate(self) -> int:
+        return self.header()[1]
+
+    def header(self) -> tuple:
+        """(frames, sample rate, channels), read once from the file header."""
+        if self._header is None:
+            with self._open() as f:
+                self._header = f.frames, f.samplerate, f.channels
+        return self._header
+
+    def _open(self) -> sf.SoundFile:
+        if not self.path.is_file():
+            raise AudioError(f"audio file not found: {self.path}", "audio file missing")
+        try:
+            if self.offset is None:
+                return sf.SoundFile(str(self.path))
+            with open(self.path, "rb") as f:  # a zip member (an uncompressed clip): read whole
+                f.seek(self.offset)
+                blob = f.read(self.length)
+            if len(blob) != self.length:
+                raise AudioError(f"{self.field}: zip entry truncated ({len(blob)} of {self.length} bytes)",
+                                 "unreadable audio")
+            return sf.SoundFile(io.BytesIO(blob))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise AudioError(f"cannot decode audio {self.path}: {e}", "unreadable audio") from None
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.native_rate
+
+    def read(self) -> np.ndarray:
+        """The whole recording, exactly as :func:`read_audio` returns it."""
+        return read_audio(self.field, self.audio_root)[0]
+
+    def blocks(self, seconds: float = BLOCK_SECONDS):
+        """16 kHz mono float32 blocks of about ``seconds`` each, in order (streamed resampling:
+        the samples equal a one-shot resampling up to the filter's rounding)."""
+        if self.frames == 0:
+            raise AudioError(f"audio {self.path} is empty (0 samples)", "empty audio")
+        step = max(1, int(seconds * self.native_rate))
+        resampler = (soxr.ResampleStream(self.native_rate, SAMPLE_RATE, 1, dtype="float32")
+                     if self.native_rate != SAMPLE_RATE else None)
+        with self._open() as f:
+            while True:
+                try:
+                    data = f.read(step, dtype="float32", always_2d=True)  # frames x channels
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise AudioError(f"cannot decode audio {self.path} after {f.tell() / self.native_rate:.1f} s: "
+                                     f"{e}", "unreadable audio") from None
+                last = data.shape[0] < step
+                mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                if not np.isfinite(mono).all():
+                    raise AudioError(f"audio {self.path} has NaN or infinite samples", "non-finite audio samples")
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono, last=last)
+                if mono.size:
+                    yield np.ascontiguousarray(mono, dtype=np.float32)
+                if last:
+                    return

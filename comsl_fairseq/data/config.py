@@ -19,6 +19,24 @@ KNOWN_KEYS = {
 }
 
 
+def read_yaml(path, error=ValueError):
+    """A YAML file read with the safe loader; a syntax error or a python tag (which the full
+    loader would turn into running code) raises ``error`` naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        raise error(f"{path}, line {mark.line + 1 if mark else '?'}: {e.problem} -- tags that build Python "
+                    "objects are refused; write plain values") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); fix the syntax") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 class DataConfigError(ValueError):
     """A data config.yaml that cannot be used; the message names the file and key."""
 
@@ -40,8 +58,7 @@ class DataConfig:
             raise DataConfigError(
                 f"data config {path} not found; pass --config-yaml (relative to the data folder)"
             )
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        raw = read_yaml(path, DataConfigError) or {}
         if not isinstance(raw, dict):
             raise DataConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
         unknown = sorted(set(raw) - set(KNOWN_KEYS))

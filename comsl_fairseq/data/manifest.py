@@ -63,7 +63,7 @@ class SkipLog:
         return f"{self.where}: kept {kept} rows, skipped {self.total}" + (f" ({parts})" if parts else "")
 
 
-def _decoded_lines(path: Path, skips: SkipLog):
+def decoded_lines(path: Path, skips: SkipLog):
     """(line number, text) of each line, decoded one at a time: a leading UTF-8 BOM (Excel
     and Windows tools write one) is dropped, and a line that is not UTF-8 is skipped and
     named by file and line instead of aborting the whole split."""
@@ -85,7 +85,7 @@ def read_manifest(path: Path, skips: SkipLog) -> list:
     if not path.is_file():
         raise ManifestError(f"manifest {path} not found")
     rows = []
-    lines = _decoded_lines(path, skips)
+    lines = decoded_lines(path, skips)
     header = next(lines, (1, None))[1]
     if header is None:
         raise ManifestError(f"manifest {path} is empty (no header line)")

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from comsl_fairseq.data.manifest import read_table
 from comsl_fairseq.evaluation.logs import read_generate_log
 from comsl_fairseq.evaluation.scoring import asr_scores, corpus_scores
 from comsl_fairseq.vocab.languages import COVOST_X_EN, COVOST_X_EN_LANGS
@@ -11,15 +12,32 @@ ALL = list(COVOST_X_EN_LANGS)
 # ComSL Large, CoVoST 2 test BLEU, as published (15 of 21 languages) and the averages.
 PAPER_LARGE = {"fr": 38.8, "de": 36.0, "ca": 35.3, "es": 40.4, "ru": 49.2, "zh-CN": 21.4, "nl": 39.7, "tr": 33.6,
                "et": 19.2, "mn": 2.9, "ar": 41.4, "lv": 21.3, "sl": 31.6, "ja": 21.3, "id": 46.6}
+# References of a log may differ from its manifest's text in a few rows (characters outside the
+# SentencePiece vocabulary come back as ⁇); more than this share means another test set.
+MAX_DIFFERING_REFERENCES = 0.2
 PAPER_AVERAGES = {"ComSL Medium": 29.7, "ComSL Large": 30.1, "ComSL Large + pseudo ST data": 31.5, "USM": 30.7}
 
 
-def pairs(log: Path, n_expected: int) -> tuple:
+def _plain(text: str) -> str:
+    return " ".join(text.split())
+
+
+def pairs(log: Path, manifest: Path, references: list) -> tuple:
+    """(hypotheses, references) of ``log`` in manifest order, after checking that the log's
+    references are the manifest's: a log of another test set (another language, another
+    split) of the same size would otherwise be scored as this one."""
     hyps, refs = read_generate_log(log)
+    n_expected = len(references)
     missing = sorted(set(range(n_expected)) - set(hyps))
     if missing or len(refs) != n_expected:
-        raise ValueError(f"{log} has {len(hyps)} hypotheses and {len(refs)} references for "
-                         f"{n_expected} test utterances (missing ids from {missing[:5]})")
+        raise ValueError(f"{log} has {len(hyps)} hypotheses and {len(refs)} references for the "
+                         f"{n_expected} utterances of {manifest} (missing ids from {missing[:5]})")
+    differ = [i for i in range(n_expected) if _plain(refs[i]) != _plain(references[i])]
+    if len(differ) > MAX_DIFFERING_REFERENCES * n_expected:
+        i = differ[0]
+        raise ValueError(f"{log} was not decoded from {manifest}: {len(differ)} of its {n_expected} references "
+                         f"differ from the manifest's tgt_text (row {i}: {refs[i][:60]!r} vs {references[i][:60]!r}); "
+                         "score each log against the manifest it was decoded from")
     order = sorted(hyps)
     return [hyps[i] for i in order], [refs[i] for i in order]
 
@@ -34,17 +52,29 @@ def score_covost(gen_dir: Path, data: Path, langs: list, out: Path) -> str:
     gen_dir, data = Path(gen_dir), Path(data)
     rows = {}
     signature = chrf_signature = None
+    absent = [lang for lang in langs if not (data / f"test_{lang}_en.tsv").is_file()
+              or not (gen_dir / f"generate-test_{lang}_en.txt").is_file()]
+    if absent:
+        found = [lang for lang in ALL if (gen_dir / f"generate-test_{lang}_en.txt").is_file()
+                 and (data / f"test_{lang}_en.tsv").is_file()]
+        raise ValueError(f"no {data}/test_LANG_en.tsv or {gen_dir}/generate-test_LANG_en.txt for "
+                         f"{', '.join(absent)}; pass --langs with the languages decoded"
+                         + (f" (both files are there for: {','.join(found)})" if found else
+                            " (none of the 21 has both files there)"))
     for lang in langs:
-        n = len((data / f"test_{lang}_en.tsv").read_text(encoding="utf-8").strip().splitlines()) - 1
-        scores = corpus_scores(*pairs(gen_dir / f"generate-test_{lang}_en.txt", n))
+        manifest = data / f"test_{lang}_en.tsv"
+        references = [row.get("tgt_text") or "" for row in read_table(manifest)[1]]
+        n = len(references)
+        scores = corpus_scores(*pairs(gen_dir / f"generate-test_{lang}_en.txt", manifest, references))
         row = {"utterances": n, "bleu": scores["bleu"], "chrf": scores["chrf"], "paper_large": PAPER_LARGE.get(lang)}
         signature, chrf_signature = scores["bleu_signature"], scores["chrf_signature"]
         asr_log = gen_dir / "asr" / f"generate-test_{lang}_en.txt"
         if asr_log.is_file():
-            row.update(asr_scores(*pairs(asr_log, n), lang))  # asr_wer, or asr_cer for zh-CN / ja
+            transcripts = [r.get("src_text") or "" for r in read_table(manifest)[1]]
+            row.update(asr_scores(*pairs(asr_log, manifest, transcripts), lang))  # asr_wer, or asr_cer for zh-CN / ja
         mt_log = gen_dir / "mt" / f"generate-test_{lang}_en.txt"
         if mt_log.is_file():
-            mt = corpus_scores(*pairs(mt_log, n))
+            mt = corpus_scores(*pairs(mt_log, manifest, references))
             row["mt_bleu"], row["mt_chrf"] = mt["bleu"], mt["chrf"]
         rows[lang] = row
 

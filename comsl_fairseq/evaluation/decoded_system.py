@@ -80,6 +80,8 @@ def read_system(path: Path, data: Path | None = None) -> dict:
             g.hyps.append(h)
             g.refs.append(r)
         logger.info("%s: %d utterances", log, len(ids))
+        if not ids:
+            raise ValueError(f"{log}: no decoded utterances (no D- lines); is it a complete fairseq-generate log?")
     return groups
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from comsl_fairseq.checkpoints.pretrained import MbartDims
-from comsl_fairseq.inference.export import ExportError, score_log, training_languages
+from comsl_fairseq.inference.export import ExportError, atomic_folder, score_log
+from comsl_fairseq.inference.languages import training_pairs
+from comsl_fairseq.inference.translator import recorded_pairs
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS
 from comsl_fairseq.vocab.languages import EXTRA_TAGS, ML50_TAGS, mbart_tag
 
@@ -153,6 +155,8 @@ def export_hf(path, out_dir, data=None, score_logs=(), overwrite: bool = False,
     from comsl_fairseq.hf.tokenization_comsl import ComslTokenizer
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace its files")
     translator = SpeechTranslator.from_pretrained(path, device="cpu", data=data)
@@ -175,32 +179,33 @@ def export_hf(path, out_dir, data=None, score_logs=(), overwrite: bool = False,
         decoder_start_token_id=dictionary.eos(), bos_token_id=dictionary.bos(), eos_token_id=dictionary.eos(),
         pad_token_id=dictionary.pad(), num_beams=beam, max_new_tokens=max_len_b + 1, length_penalty=1.0,
         early_stopping=True)
-    out.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(out, safe_serialization=True)
+    folder = Path(path)
+    pairs = (recorded_pairs(folder) if folder.is_dir() else None) or training_pairs(cfg, data)
+    with atomic_folder(out) as tmp:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
 
-    vocab = {dictionary[i]: i for i in range(len(dictionary))}
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-    shutil.copyfile(task.data_cfg.sentencepiece_model, out / "sentencepiece.bpe.model")
-    tokenizer = ComslTokenizer(str(out / "vocab.json"), str(out / "sentencepiece.bpe.model"),
-                               language_codes=config.language_codes)
-    extractor = ComslFeatureExtractor(feature_size=config.whisper_config.num_mel_bins,
-                                      pad_seconds=float(model.encoder.pad_seconds),
-                                      trailing_silence=float(model.encoder.trailing_silence))
-    ComslFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-    ComslTokenizer.register_for_auto_class("AutoTokenizer")
-    ComslProcessor.register_for_auto_class("AutoProcessor")
-    processor = ComslProcessor(extractor, tokenizer)
-    processor.save_pretrained(out)
-    extractor.save_pretrained(out)  # preprocessor_config.json, also read by AutoFeatureExtractor
-    for name in CODE_FILES:
-        shutil.copyfile(HERE / name, out / name)
-    _set_auto_map(out)
+        vocab = {dictionary[i]: i for i in range(len(dictionary))}
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        shutil.copyfile(task.data_cfg.sentencepiece_model, tmp / "sentencepiece.bpe.model")
+        tokenizer = ComslTokenizer(str(tmp / "vocab.json"), str(tmp / "sentencepiece.bpe.model"),
+                                   language_codes=config.language_codes)
+        extractor = ComslFeatureExtractor(feature_size=config.whisper_config.num_mel_bins,
+                                          pad_seconds=float(model.encoder.pad_seconds),
+                                          trailing_silence=float(model.encoder.trailing_silence))
+        ComslFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+        ComslTokenizer.register_for_auto_class("AutoTokenizer")
+        ComslProcessor.register_for_auto_class("AutoProcessor")
+        processor = ComslProcessor(extractor, tokenizer)
+        processor.save_pretrained(tmp)
+        extractor.save_pretrained(tmp)  # preprocessor_config.json, also read by AutoFeatureExtractor
+        for name in CODE_FILES:
+            shutil.copyfile(HERE / name, tmp / name)
+        _set_auto_map(tmp)
 
-    from comsl_fairseq.hf.model_card import hf_model_card
+        from comsl_fairseq.hf.model_card import hf_model_card
 
-    scores = [score_log(p) for p in score_logs]
-    pairs = training_languages(cfg, task.data_cfg)
-    (out / "README.md").write_text(hf_model_card(out, cfg, pairs, scores, config), encoding="utf-8")
+        scores = [score_log(p) for p in score_logs]
+        (tmp / "README.md").write_text(hf_model_card(out, cfg, pairs, scores, config), encoding="utf-8")
     logger.info("exported %s -> %s (transformers)", path, out)
     return out
 

@@ -5,17 +5,21 @@
     OUT/dict.txt            the data config's dictionary, byte for byte
     OUT/sentence.bpe.model  its SentencePiece model
     OUT/config.yaml         a data config naming the two files above (what the task reads)
-    OUT/model_info.json     machine-readable summary (architecture, languages, updates, scores)
+    OUT/model_info.json     machine-readable summary (architecture, language pairs trained on,
+                            updates, scores)
     OUT/README.md           the model card
 
 :class:`~comsl_fairseq.inference.translator.SpeechTranslator` and ``comsl-translate`` load
 from this folder alone; ``fairseq-generate DATA --path OUT/model.pt`` works as with any
-checkpoint. The checkpoint is read and written with torch's weights-only pickler.
+checkpoint. The checkpoint is read and written with torch's weights-only pickler. The folder is
+built under a temporary name beside OUT and renamed when complete.
 """
+import contextlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,8 +27,9 @@ import torch
 import yaml
 
 from comsl_fairseq.data.config import DataConfig
-from comsl_fairseq.data.manifest import read_table
-from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, DTYPES, WEIGHTS_FILE
+from comsl_fairseq.inference.languages import training_pairs
+from comsl_fairseq.inference.translator import DATA_CONFIG_FILE, DTYPES, INFO_FILE, WEIGHTS_FILE
+from comsl_fairseq.vocab.vocabulary import load_sentencepiece
 
 logger = logging.getLogger(__name__)
 
@@ -49,36 +54,76 @@ def export_model(checkpoint, out_dir, dtype: str = "fp32", data=None, score_logs
     checkpoint, out = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} not found")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace its files")
-    state = torch.load(checkpoint, map_location="cpu")  # weights_only=True (torch >= 2.6)
+        raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    state = load_checkpoint(checkpoint)
     cfg = state.get("cfg") if isinstance(state, dict) else None
     if not cfg or "model" not in state:
         raise ExportError(f"{checkpoint} is not a fairseq checkpoint with a cfg (written by fairseq-train)")
     data_cfg = _data_config(cfg, data, checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
+    load_sentencepiece(data_cfg.sentencepiece_model)  # a corrupt one is named here, not in the copy
+    pairs = training_pairs(cfg, data)
+    if not pairs:
+        logger.warning("the training manifests of %s are not in %s: the model folder will not record its "
+                       "languages (pass --data with the training data folder)", checkpoint,
+                       data or (cfg.get("task") or {}).get("data"))
+    with atomic_folder(out) as tmp:
+        _write_folder(tmp, out.name, state, cfg, data_cfg, dtype, score_logs, checkpoint.name, pairs)
+    logger.info("exported %s -> %s (%s, %.1f MB)", checkpoint, out, dtype,
+                (out / WEIGHTS_FILE).stat().st_size / 1e6)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path):
+    """Yield an empty folder beside ``out`` to build in; when the block ends without an error it
+    replaces ``out`` (an existing folder is swapped out first), otherwise it is removed. A
+    failed or interrupted export so leaves no folder that looks like a model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def load_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint read with torch's weights-only unpickler; errors name the file."""
+    from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+    try:
+        return load_weights_only(checkpoint)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
+def _write_folder(out: Path, name: str, state: dict, cfg: dict, data_cfg: DataConfig, dtype: str,
+                  score_logs, source: str, pairs: dict) -> None:
     shutil.copyfile(data_cfg.vocab_filename, out / "dict.txt")
     shutil.copyfile(data_cfg.sentencepiece_model, out / "sentence.bpe.model")
     _write_data_config(out, data_cfg)
-
     weights = cast_state(state["model"], DTYPES[dtype])
     slim = {k: v for k, v in state.items() if k not in ("model", "last_optimizer_state")}
     slim["model"], slim["last_optimizer_state"] = weights, None
     slim["optimizer_history"] = [{k: v for k, v in h.items() if k != "optimizer"}
                                  for h in state.get("optimizer_history", [])][-1:]
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, out / WEIGHTS_FILE)
-
-    info = model_info(state, cfg, data_cfg, dtype, [score_log(p) for p in score_logs], checkpoint.name)
+    torch.save(slim, out / WEIGHTS_FILE)
+    info = model_info(state, cfg, data_cfg, dtype, [score_log(p) for p in score_logs], source, pairs)
     info["parameters"] = count_parameters(out)
-    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     from comsl_fairseq.inference.model_card import model_card
 
-    (out / "README.md").write_text(model_card(info, out), encoding="utf-8")
-    logger.info("exported %s -> %s (%s, %.1f MB)", checkpoint, out, dtype,
-                (out / WEIGHTS_FILE).stat().st_size / 1e6)
-    return out
+    (out / "README.md").write_text(model_card(info, out, name), encoding="utf-8")
 
 
 def _data_config(cfg: dict, data, checkpoint: Path) -> DataConfig:
@@ -131,20 +176,6 @@ def count_parameters(folder: Path) -> dict:
     return {**{part: counts[part] for _, part in PARTS if counts[part]}, "total": sum(counts.values())}
 
 
-def training_languages(cfg: dict, data_cfg: DataConfig) -> dict:
-    """{"fr-en": rows, ...} over the training manifests, when they are still there."""
-    folder = Path(str((cfg.get("task") or {}).get("data", "")))
-    subsets = str((cfg.get("dataset") or {}).get("train_subset", "train")).replace("+", ",").split(",")
-    pairs = Counter()
-    for name in filter(None, (s.strip() for s in subsets)):
-        path = folder / f"{name}.tsv"
-        if not path.is_file():
-            return {}
-        for row in read_table(path)[1]:
-            pairs[f"{row.get('src_lang')}-{row.get('tgt_lang')}"] += 1
-    return dict(sorted(pairs.items()))
-
-
 def score_log(path) -> dict:
     """sacreBLEU of a fairseq-generate output (D- hypotheses against T- references): score,
     signature, subset and beam as printed by fairseq, number of sentences."""
@@ -162,7 +193,8 @@ def score_log(path) -> dict:
             "bleu": scores["bleu"], "signature": scores["bleu_signature"]}
 
 
-def model_info(state: dict, cfg: dict, data_cfg: DataConfig, dtype: str, scores: list, source: str) -> dict:
+def model_info(state: dict, cfg: dict, data_cfg: DataConfig, dtype: str, scores: list, source: str,
+               pairs: dict) -> dict:
     model_cfg, ckpt_cfg = cfg.get("model") or {}, cfg.get("checkpoint") or {}
     extra = state.get("extra_state") or {}
     history = state.get("optimizer_history") or [{}]
@@ -179,7 +211,7 @@ def model_info(state: dict, cfg: dict, data_cfg: DataConfig, dtype: str, scores:
         "epoch": (extra.get("train_iterator") or {}).get("epoch"),
         "training_data": {"folder": Path(str((cfg.get("task") or {}).get("data", ""))).name,
                           "train_subset": (cfg.get("dataset") or {}).get("train_subset"),
-                          "pairs": training_languages(cfg, data_cfg)},
+                          "pairs": pairs},
         "criterion": {k: v for k, v in (cfg.get("criterion") or {}).items() if k.endswith(("_weight", "_alpha"))},
         "validation": {"metric": ckpt_cfg.get("best_checkpoint_metric"), "value": _plain(extra.get("val_loss")),
                        "best": _plain(extra.get("best"))},

@@ -1,6 +1,8 @@
 """The README.md model card of an exported model folder, generated from model_info.json."""
 from pathlib import Path
 
+from comsl_fairseq.inference.languages import split_pair
+
 
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f} M"
@@ -16,11 +18,13 @@ def _table(header: tuple, rows: list) -> list:
     return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
-def model_card(info: dict, folder: Path) -> str:
-    """Markdown: what the model is, how to use it, its shape, training, scores, files."""
+def model_card(info: dict, folder: Path, name: str | None = None) -> str:
+    """Markdown: what the model is, how to use it, its shape, training, scores, files.
+    ``folder``: where the files are now; ``name``: the folder's final name (default its own)."""
+    name = name or folder.name
     pairs = info["training_data"]["pairs"]
-    src = sorted({p.split("-")[0] for p in pairs})
-    tgt = sorted({p.split("-", 1)[1] for p in pairs})
+    src = sorted({split_pair(p)[0] for p in pairs})
+    tgt = sorted({split_pair(p)[1] for p in pairs})
     example_lang = src[0] if src else "fr"
     lines = [
         f"# ComSL speech translation model ({info['arch']})",
@@ -33,12 +37,12 @@ def model_card(info: dict, folder: Path) -> str:
         "",
         "```python",
         "from comsl_fairseq import SpeechTranslator",
-        f't = SpeechTranslator.from_pretrained("{folder.name}", device="cpu")',
+        f't = SpeechTranslator.from_pretrained("{name}", device="cpu")',
         f'print(t.translate("clip.wav", src_lang="{example_lang}").text)',
         "```",
         "",
         "```",
-        f"comsl-translate --path {folder.name} recordings/ --src-lang {example_lang} --format srt --out subs/",
+        f"comsl-translate --path {name} recordings/ --src-lang {example_lang} --format srt --out subs/",
         "```",
         "",
         f"Clips up to {info['max_audio_seconds']:g} s are decoded whole; longer recordings are cut into "
@@ -67,14 +71,15 @@ def model_card(info: dict, folder: Path) -> str:
         lines += [f"Sources: {' '.join(src)}; targets: {' '.join(tgt)}.", ""]
         lines += _table(("pair", "training rows"), sorted(pairs.items()))
     else:
-        lines.append("Not recorded (the training manifests were not available at export time).")
+        lines.append("Not recorded (the training manifests were not available at export time); "
+                     "`comsl-translate` warns that it cannot refuse untrained languages.")
     lines += ["", "## Scores", ""]
     if info["scores"]:
         lines += _table(("subset", "beam", "sentences", "BLEU", "sacreBLEU signature"),
                         [(s["subset"], s["beam"], s["sentences"], s["bleu"], f"`{s['signature']}`")
                          for s in info["scores"]])
     else:
-        lines.append("None given at export (`export_model.py ... --score-log generate-test.txt`).")
+        lines.append("None given at export (`comsl-export ... --score-log generate-test.txt`).")
     lines += ["", "## Files", ""]
     lines += _table(("file", "size"), [(p.name, _size(p.stat().st_size))
                                        for p in sorted(folder.iterdir()) if p.is_file() and p.name != "README.md"])

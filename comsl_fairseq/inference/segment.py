@@ -6,13 +6,18 @@ nothing is downloaded at run time; it needs only torch, which we already have, a
 maintained (6.x, 2026). We chose it over WebRTC's GMM detector (``webrtcvad``), which gives
 only per-frame decisions, is easily triggered by noise and leaves the merging and
 splitting to the caller, and over energy thresholds (``auditok``), whose absolute
-threshold depends on the recording level. Silero also splits speech longer than a limit
-at its longest internal pause (``max_speech_duration_s``), which is exactly what a 30 s
-window needs; a hard split below remains as a safety net.
+threshold depends on the recording level.
+
+A recording is segmented in two streamed passes, so that memory does not grow with its
+length: the first feeds Silero block by block and keeps only one speech probability and
+one loudness value per 32 ms window (Silero's own hysteresis turns the probabilities into
+speech regions); the second reads the recording again and cuts the regions out. Speech
+that runs longer than the window without a pause Silero would end a region at is cut at
+its quietest 32 ms within the second half of the window, and such cuts are counted.
 """
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from comsl_fairseq.data.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
+WINDOW = 512  # samples per Silero decision at 16 kHz (32 ms)
 _VAD_LOCK = threading.Lock()
 _VAD_MODEL = None
 
@@ -36,46 +42,122 @@ class SegmenterConfig:
     pad_ms: int = 100  # context kept on each side of a segment
 
 
+@dataclass
+class SpeechMap:
+    """What the first pass found: speech regions as sample ranges, in order, none longer than
+    the window, and how many of them were cut from longer speech without a pause."""
+
+    spans: list = field(default_factory=list)
+    forced_cuts: int = 0
+    samples: int = 0  # length of the recording at 16 kHz
+
+
 def _vad_model():
     """The packaged Silero VAD model, loaded once. silero_vad sets torch's thread count
     to 1 when imported; the caller's setting is restored."""
     global _VAD_MODEL
-    with _VAD_LOCK:
-        if _VAD_MODEL is None:
-            n_threads = torch.get_num_threads()
-            try:
-                from silero_vad import load_silero_vad
-            except ImportError as e:
-                raise ImportError("long recordings are segmented with Silero VAD: pip install silero-vad "
-                                  "(see requirements.txt)") from e
-            finally:
-                torch.set_num_threads(n_threads)
-            _VAD_MODEL = load_silero_vad()
-        return _VAD_MODEL
+    if _VAD_MODEL is None:
+        n_threads = torch.get_num_threads()
+        try:
+            from silero_vad import load_silero_vad
+        except ImportError as e:
+            raise ImportError("recordings are checked for speech with Silero VAD: pip install silero-vad "
+                              "(see requirements.txt)") from e
+        finally:
+            torch.set_num_threads(n_threads)
+        _VAD_MODEL = load_silero_vad()
+    return _VAD_MODEL
+
+
+def map_speech(blocks, cfg: SegmenterConfig = SegmenterConfig()) -> SpeechMap:
+    """First pass over an iterable of 16 kHz mono float32 blocks: the speech regions."""
+    from silero_vad import get_speech_timestamps_from_probs
+
+    probs, loudness, carry, total = [], [], np.zeros(0, np.float32), 0
+    n_threads = torch.get_num_threads()
+    with _VAD_LOCK, torch.inference_mode():  # the model carries state from window to window
+        model = _vad_model()
+        model.reset_states()
+        torch.set_num_threads(1)  # one 512-sample window per call: more threads only add overhead
+        try:
+            for block in blocks:
+                total += block.size
+                x = np.concatenate([carry, block]) if carry.size else block
+                n = x.size // WINDOW
+                carry = x[n * WINDOW:]
+                _windows(model, x[: n * WINDOW].reshape(n, WINDOW), probs, loudness)  # n x 512
+            if carry.size:  # the last partial window, zero-padded as Silero pads it
+                _windows(model, np.pad(carry, (0, WINDOW - carry.size))[None], probs, loudness)
+        finally:
+            torch.set_num_threads(n_threads)
+    stamps = get_speech_timestamps_from_probs(
+        probs, sampling_rate=SAMPLE_RATE, threshold=cfg.threshold, min_speech_duration_ms=cfg.min_speech_ms,
+        min_silence_duration_ms=cfg.min_silence_ms, speech_pad_ms=cfg.pad_ms, audio_length_samples=total)
+    result = SpeechMap(samples=total)
+    max_samples = int(cfg.max_seconds * SAMPLE_RATE)
+    loudness = np.asarray(loudness, np.float32)
+    for s in stamps:
+        cuts = cut_at_quietest(int(s["start"]), int(s["end"]), max_samples, loudness)
+        result.forced_cuts += len(cuts) - 1
+        result.spans += cuts
+    logger.debug("%d speech segment(s) (%d cut without a pause) in %.1f s of audio", len(result.spans),
+                 result.forced_cuts, total / SAMPLE_RATE)
+    return result
+
+
+def _windows(model, frames: np.ndarray, probs: list, loudness: list) -> None:
+    """Speech probability and RMS level of each 512-sample window (``frames``: N x 512)."""
+    if not frames.size:
+        return
+    loudness.extend(np.sqrt(np.mean(np.square(frames, dtype=np.float32), axis=1)).tolist())
+    tensor = torch.from_numpy(np.ascontiguousarray(frames))
+    for row in tensor:
+        probs.append(model(row, SAMPLE_RATE).item())
+
+
+def cut_at_quietest(start: int, end: int, max_len: int, loudness: np.ndarray) -> list:
+    """[start, end) as pieces no longer than ``max_len``: while too long, cut at the quietest
+    window (lowest RMS in ``loudness``, one value per 512 samples) in the second half of the
+    first ``max_len`` samples."""
+    pieces = []
+    while end - start > max_len:
+        lo, hi = (start + max_len // 2) // WINDOW, (start + max_len) // WINDOW  # window indices
+        window = lo + int(np.argmin(loudness[lo:hi])) if hi > lo and hi <= loudness.size else hi
+        cut = min(max(window * WINDOW + WINDOW // 2, start + 1), start + max_len)
+        pieces.append((start, cut))
+        start = cut
+    return pieces + [(start, end)]
+
+
+def cut_spans(blocks, spans: list):
+    """Second pass: ``(start, end, samples)`` of each span (sorted, not overlapping), cut from
+    an iterable of 16 kHz blocks while it streams; only the audio of unfinished spans is kept."""
+    buffer, offset, k = np.zeros(0, np.float32), 0, 0  # buffer holds samples [offset, offset + size)
+    for block in blocks:
+        if k == len(spans):
+            return
+        buffer = np.concatenate([buffer, block]) if buffer.size else block
+        while k < len(spans) and spans[k][1] <= offset + buffer.size:
+            s, e = spans[k]
+            yield s, e, np.array(buffer[s - offset:e - offset])  # a copy: the buffer is dropped
+            k += 1
+        keep_from = spans[k][0] if k < len(spans) else offset + buffer.size
+        drop = min(max(0, keep_from - offset), buffer.size)
+        buffer, offset = buffer[drop:], offset + drop
+    if k < len(spans):  # spans reaching past the end (a stream shorter than its header said)
+        for s, e in spans[k:]:
+            if s < offset + buffer.size:
+                yield s, min(e, offset + buffer.size), np.array(buffer[max(0, s - offset):e - offset])
 
 
 def speech_segments(wav: np.ndarray, cfg: SegmenterConfig = SegmenterConfig()) -> list:
     """Speech regions of a 16 kHz mono waveform as ``[(start_sample, end_sample), ...]``
     in order, none longer than ``cfg.max_seconds``. An all-silent recording gives []."""
-    from silero_vad import get_speech_timestamps
-
-    model = _vad_model()
-    max_samples = int(cfg.max_seconds * SAMPLE_RATE)
-    with _VAD_LOCK, torch.inference_mode():
-        stamps = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), model, threshold=cfg.threshold,
-            sampling_rate=SAMPLE_RATE, min_speech_duration_ms=cfg.min_speech_ms,
-            max_speech_duration_s=cfg.max_seconds, min_silence_duration_ms=cfg.min_silence_ms,
-            speech_pad_ms=cfg.pad_ms)
-    segments = []
-    for s in stamps:
-        segments += split_evenly(int(s["start"]), int(s["end"]), max_samples)
-    logger.debug("%d speech segment(s) in %.1f s of audio", len(segments), wav.size / SAMPLE_RATE)
-    return segments
+    return map_speech(array_blocks(wav), cfg).spans
 
 
-def split_evenly(start: int, end: int, max_len: int) -> list:
-    """[start, end) cut into the fewest equal pieces no longer than ``max_len``."""
-    n = max(1, -(-(end - start) // max_len))
-    bounds = [start + (end - start) * i // n for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def array_blocks(wav: np.ndarray, seconds: float = 30.0):
+    """A waveform in memory as blocks (views), for the streamed passes."""
+    step = int(seconds * SAMPLE_RATE)
+    for i in range(0, wav.size, step):
+        yield wav[i:i + step]

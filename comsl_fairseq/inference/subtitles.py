@@ -24,11 +24,14 @@ def to_txt(name: str, segments: list) -> str:
 
 
 def to_jsonl(name: str, segments: list, **fields) -> str:
-    """One JSON object per segment: source, index, start/end (s), text, score, and ``fields``."""
+    """One JSON object per segment: source, index, start/end (s), text, score, ``flag`` when the
+    segment has one (why its text looks incomplete), and ``fields``."""
     lines = []
     for i, s in enumerate(segments):
         record = {"source": name, "segment": i, "start": round(s.start, 3), "end": round(s.end, 3),
                   "text": s.text, "score": round(float(s.score), 4), **fields}
+        if getattr(s, "flag", ""):
+            record["flag"] = s.flag
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     return "".join(lines)
 

@@ -8,9 +8,13 @@ Decoding is fairseq's own: the model and task come from
 ``checkpoint_utils.load_model_ensemble_and_task`` and every batch goes through the task's
 ``build_generator`` (a ``SequenceGenerator`` that forces the language tag as prefix and
 strips tags from the output) and ``inference_step`` -- the path ``fairseq-generate`` takes,
-so hypotheses are the same. Recordings longer than the model's window (30 s) are cut into
-speech segments by :mod:`comsl_fairseq.inference.segment` and returned as timed segments.
+so hypotheses are the same. Recordings longer than the model's window (30 s) are streamed
+and cut into speech segments by :mod:`comsl_fairseq.inference.segment` and returned as timed
+segments. Every input is first checked for speech (an input without any is refused rather than
+decoded into invented text), and the languages asked for are checked against those the model
+was trained on (:mod:`comsl_fairseq.inference.languages`).
 """
+import json
 import logging
 import time
 from argparse import Namespace
@@ -21,17 +25,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio
-from comsl_fairseq.inference.segment import SegmenterConfig, speech_segments
+from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, AudioSource
+from comsl_fairseq.inference.languages import LanguageCheck, training_pairs
+from comsl_fairseq.inference.segment import SegmenterConfig, array_blocks, cut_spans, map_speech
 from comsl_fairseq.vocab.languages import mbart_tag, tag_symbol
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.pt"  # names inside an exported model folder (see export.py)
 DATA_CONFIG_FILE = "config.yaml"
+INFO_FILE = "model_info.json"
 TASKS = ("st", "asr")
 SEGMENT_MODES = ("auto", "always", "never")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names of every tool
+POOL_SAMPLES = 10 * 60 * SAMPLE_RATE  # pieces decoded together (sorted by length): at most 10 min of audio
+POOL_BATCHES = 8  # ... or this many batches
+# On the CPU, at most this much audio in one batch: each 30 s segment in a batch adds about
+# 120 MB of transient memory (measured, tiny model; the encoder's attention grows with T^2),
+# while clips of a few seconds still go several at a time. On a GPU batch_size alone decides.
+CPU_BATCH_SAMPLES = 30 * SAMPLE_RATE
+# A segment this long whose text has fewer characters per second than this is flagged: speech
+# runs at 10-20 characters per second, so a few words for many seconds means text was lost.
+FLAG_MIN_SECONDS = 4.0
+FLAG_CHARS_PER_SECOND = 2.0
+_NO_SAMPLES = np.zeros(0, np.float32)
 
 
 @dataclass
@@ -51,6 +68,7 @@ class Segment:
     start: float
     end: float
     hypotheses: list
+    flag: str = ""  # why its text looks incomplete (see implausibly_short), or ""
 
     @property
     def text(self) -> str:
@@ -69,7 +87,8 @@ class Segment:
 class Translation:
     """The result for one input: ``text`` (segments joined by spaces), the timed
     ``segments`` (one for a clip decoded whole), audio length, the time spent finding
-    speech segments (0 for a clip decoded whole) and its share of beam search (seconds)."""
+    speech segments and its share of beam search (seconds), and how many segments were cut
+    from speech without a pause."""
 
     source: str
     text: str
@@ -77,6 +96,7 @@ class Translation:
     audio_seconds: float
     decode_seconds: float = 0.0
     segment_seconds: float = 0.0
+    forced_cuts: int = 0
 
     @property
     def tokens(self) -> list:
@@ -102,6 +122,39 @@ class _Piece:
     src_idx: int  # source tag (encoder input)
     prefix_idx: int  # forced first output token: the target tag (st) or the source tag (asr)
     hypotheses: list = field(default_factory=list)
+    seconds: float = 0.0  # its share of decoding time
+
+
+@dataclass
+class _Plan:
+    """One input on its way through decoding."""
+
+    name: str
+    seconds: float
+    vad_seconds: float
+    pieces: object = field(repr=False)  # iterator of (start, end, samples), streamed
+    forced_cuts: int = 0
+    pieces_listed: list = field(default_factory=list)
+    complete: bool = False  # every piece listed
+
+
+def implausibly_short(segment: Segment) -> str:
+    """A note when a segment's text is far too short for its length (e.g. a few words for
+    half a minute of speech: the decoder stopped early or skipped), else ""."""
+    seconds = segment.end - segment.start
+    chars = len("".join(segment.text.split()))
+    if seconds >= FLAG_MIN_SECONDS and chars < FLAG_CHARS_PER_SECOND * seconds:
+        return f"text implausibly short: {chars} characters for {seconds:.1f} s of speech"
+    return ""
+
+
+def recorded_pairs(folder: Path) -> dict | None:
+    """The training language pairs an exported folder records (model_info.json), or None."""
+    info = folder / INFO_FILE
+    try:
+        return json.loads(info.read_text(encoding="utf-8"))["training_data"]["pairs"] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class SpeechTranslator:
@@ -115,7 +168,9 @@ class SpeechTranslator:
 
     def __init__(self, model, task, cfg, device: torch.device, dtype: str = "fp32", beam: int = 5,
                  nbest: int = 1, max_len_b: int = 200, batch_size: int = 8,
-                 segmenter: SegmenterConfig | None = None, load_seconds: float = 0.0, source: str = ""):
+                 segmenter: SegmenterConfig | None = None, load_seconds: float = 0.0, source: str = "",
+                 language_pairs: dict | None = None, allow_unseen_language: bool = False,
+                 require_speech: bool = True):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if dtype == "fp16" and device.type != "cuda":
@@ -139,6 +194,8 @@ class SpeechTranslator:
         if self.segmenter.max_seconds > self.max_seconds:
             raise ValueError(f"segments of {self.segmenter.max_seconds} s exceed the model's "
                              f"{self.max_seconds:g} s window")
+        self.require_speech = require_speech
+        self.languages = LanguageCheck(language_pairs, allow_unseen_language, f"model {source or 'in memory'}")
         self._generators = {}
         self.errors = {}  # input index -> AudioError of the last translate_batch(skip_errors=True)
 
@@ -150,7 +207,9 @@ class SpeechTranslator:
         ``device``: "cpu", "cuda", "cuda:1", ...; default CUDA when available. ``dtype``:
         "fp32", or "fp16" / "bf16" autocast (weights stay fp32). ``data``: for a training
         checkpoint only, its data folder if it moved since training. Other keyword arguments
-        (beam, nbest, max_len_b, batch_size, segmenter) go to the constructor.
+        (beam, nbest, max_len_b, batch_size, segmenter, allow_unseen_language, require_speech) go
+        to the constructor. The language pairs the model was trained on come from the folder's
+        model_info.json, or from a checkpoint's training manifests.
         """
         from fairseq import checkpoint_utils
 
@@ -165,23 +224,37 @@ class SpeechTranslator:
             if data is not None:
                 raise ValueError("data= applies to training checkpoints; an exported folder carries its files")
             overrides = {"data": str(path.resolve()), "config_yaml": DATA_CONFIG_FILE}
+            pairs = recorded_pairs(path) or {}
         elif path.is_file():
             ckpt = path
             overrides = {"data": str(Path(data).resolve())} if data is not None else {}
+            pairs = None
         else:
             raise FileNotFoundError(f"model {path} not found (an exported folder or a checkpoint .pt)")
         # Decoding needs neither validation BLEU nor the text-only MT setting of a training run.
         overrides.update(eval_bleu=False, text_only=False, decode_task="st")
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides=overrides)
+        try:
+            models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides=overrides)
+        except (KeyError, TypeError, AttributeError) as e:  # fairseq looks up entries a foreign file lacks
+            raise ValueError(f"{ckpt} is not a comsl_fairseq checkpoint written by fairseq-train "
+                             f"({type(e).__name__}: {e})") from None
+        if pairs is None:
+            pairs = training_pairs(cfg, data)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
         model = models[0].to(device).eval()
         load_seconds = time.perf_counter() - t0
         logger.info("loaded %s in %.2f s (%s, %s)", path, load_seconds, device, dtype)
-        return cls(model, task, cfg, device, dtype=dtype, load_seconds=load_seconds, source=str(path), **kwargs)
+        return cls(model, task, cfg, device, dtype=dtype, load_seconds=load_seconds, source=str(path),
+                   language_pairs=pairs, **kwargs)
 
     # --------------------------------------------------------------- languages
+    def check_languages(self, src_lang: str, tgt_lang: str | None) -> None:
+        """Raise UnseenLanguageError for a pair the model was not trained on (``tgt_lang`` None:
+        transcription); see :class:`~comsl_fairseq.inference.languages.LanguageCheck`."""
+        self.languages.check(src_lang, tgt_lang)
+
     def tag_index(self, code: str) -> int:
         """Dictionary index of a language code's tag (``fr``, ``zh-CN``, ``fr_XX``)."""
         try:
@@ -199,10 +272,13 @@ class SpeechTranslator:
         return self._generators[beam]
 
     # -------------------------------------------------------------------- audio
-    def load_audio(self, item, sample_rate: int = SAMPLE_RATE) -> tuple:
-        """(name, 16 kHz mono float32 waveform) of a path or an array. Raises AudioError."""
+    def open_audio(self, item, sample_rate: int = SAMPLE_RATE) -> tuple:
+        """(name, source) of an input: a path or :class:`AudioSource` (read lazily, streamed when
+        long) or a 16 kHz mono float array in memory (numpy or torch). Raises AudioError."""
+        if isinstance(item, AudioSource):
+            return item.field, item
         if isinstance(item, (str, Path)):
-            return str(item), read_audio(str(Path(item).resolve()), Path("/"))[0]
+            return str(item), AudioSource(str(Path(item).resolve()))
         wav = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
         if wav.ndim != 1:
             raise AudioError(f"an audio array must be 1-D (mono samples), got shape {wav.shape}", "bad array")
@@ -215,38 +291,71 @@ class SpeechTranslator:
             raise AudioError("an audio array is empty or has NaN/infinite samples", "bad array")
         return "<array>", np.ascontiguousarray(wav)
 
-    def plan(self, name: str, wav: np.ndarray, segment: str = "auto") -> list:
-        """([(start, end)] sample ranges to decode, seconds spent on voice-activity detection):
-        the whole clip when it fits the window (``auto``), speech segments otherwise or with
-        ``always``."""
+    def load_audio(self, item, sample_rate: int = SAMPLE_RATE) -> tuple:
+        """(name, 16 kHz mono float32 waveform) of a path or an array, read whole. Raises AudioError."""
+        name, source = self.open_audio(item, sample_rate)
+        return name, source.read() if isinstance(source, AudioSource) else source
+
+    def plan(self, name: str, source, segment: str = "auto") -> "_Plan":
+        """What to decode of one input: the whole clip when it fits the window (``auto``),
+        speech segments otherwise or with ``always``. Voice-activity detection runs on every
+        input unless ``require_speech`` is off: one without speech raises AudioError
+        ("no speech") instead of being decoded into invented text."""
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
-        seconds = wav.size / SAMPLE_RATE
-        if segment == "always" or (segment == "auto" and seconds > self.max_seconds):
-            t0 = time.perf_counter()
-            spans = speech_segments(wav, self.segmenter)
-            return spans, time.perf_counter() - t0
-        if seconds > self.max_seconds:
+        in_memory = not isinstance(source, AudioSource)
+        seconds = source.size / SAMPLE_RATE if in_memory else source.seconds
+        blocks = (lambda: array_blocks(source)) if in_memory else source.blocks
+        if segment == "never" and seconds > self.max_seconds:
             raise AudioError(f"{name}: {seconds:.1f} s is longer than the model's {self.max_seconds:g} s "
                              "window; segment it (segment='auto')", "audio too long")
-        if seconds < self.min_seconds:
-            raise AudioError(f"{name}: {seconds:.3f} s is shorter than {self.min_seconds:g} s", "audio too short")
-        return [(0, wav.size)], 0.0
+        whole = segment == "never" or (segment == "auto" and seconds <= self.max_seconds)
+        if whole:
+            wav = source if in_memory else source.read()
+            if wav.size / SAMPLE_RATE < self.min_seconds:
+                raise AudioError(f"{name}: {wav.size / SAMPLE_RATE:.3f} s is shorter than {self.min_seconds:g} s",
+                                 "audio too short")
+            blocks = lambda: array_blocks(wav)  # noqa: E731
+        t0 = time.perf_counter()
+        speech = map_speech(blocks(), self.segmenter) if (self.require_speech or not whole) else None
+        vad_seconds = time.perf_counter() - t0 if speech is not None else 0.0
+        if speech is not None and not speech.spans and self.require_speech:
+            raise AudioError(f"{name}: no speech found by voice-activity detection in {seconds:.1f} s; nothing "
+                             "to translate (require_speech=False / --keep-no-speech decodes it anyway)", "no speech")
+        if whole:
+            pieces = iter([(0, wav.size, wav)])
+        else:
+            pieces = cut_spans(blocks(), speech.spans)
+        return _Plan(name, seconds, vad_seconds, pieces, speech.forced_cuts if speech is not None and not whole else 0)
 
     # ---------------------------------------------------------------- decoding
     def translate(self, audio, src_lang: str, tgt_lang: str = "en", task: str = "st", **kwargs) -> Translation:
         """Translate (``task="st"``) or transcribe (``"asr"``) one input; see translate_batch."""
         return self.translate_batch([audio], src_lang, tgt_lang, task, **kwargs)[0]
 
-    def translate_batch(self, inputs, src_lang, tgt_lang="en", task: str = "st",
-                        segment: str = "auto", beam: int | None = None, nbest: int | None = None,
-                        sample_rate: int = SAMPLE_RATE, names=None, skip_errors: bool = False) -> list:
-        """One :class:`Translation` per input, in order. ``src_lang`` / ``tgt_lang``: one code
-        for all inputs or a list with one per input (a batch may mix languages, as in
-        fairseq-generate). Clips (and segments of long recordings) are decoded
-        ``batch_size`` at a time, longest first. An unusable input
-        raises AudioError naming it before anything is decoded; with ``skip_errors`` its
-        result is None and the reason is in ``self.errors[i]`` instead."""
+    def translate_batch(self, inputs, src_lang, tgt_lang="en", task: str = "st", skip_errors: bool = False,
+                        **kwargs) -> list:
+        """One :class:`Translation` per input, in order (see :meth:`iter_translate`). An
+        unusable input raises AudioError naming it; with ``skip_errors`` its result is None
+        and the reason is in ``self.errors[i]`` instead."""
+        results, self.errors = [None] * len(inputs), {}
+        for i, result in self.iter_translate(inputs, src_lang, tgt_lang, task, **kwargs):
+            if isinstance(result, Exception):
+                if not skip_errors:
+                    raise result
+                self.errors[i] = result
+            else:
+                results[i] = result
+        return results
+
+    def iter_translate(self, inputs, src_lang, tgt_lang="en", task: str = "st", segment: str = "auto",
+                       beam: int | None = None, nbest: int | None = None, sample_rate: int = SAMPLE_RATE,
+                       names=None):
+        """Yield ``(index, Translation)`` for each input as soon as it is decoded, or ``(index,
+        AudioError)`` for one that cannot be used. ``src_lang`` / ``tgt_lang``: one code for all
+        inputs or a list with one per input (a batch may mix languages, as in fairseq-generate).
+        Clips and segments of long recordings are pooled (bounded in memory; long recordings are
+        streamed) and decoded ``batch_size`` at a time, longest first."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         n = len(inputs)
@@ -254,48 +363,85 @@ class SpeechTranslator:
         tgts = [tgt_lang] * n if isinstance(tgt_lang, str) else list(tgt_lang)
         if len(srcs) != n or len(tgts) != n:
             raise ValueError(f"{n} inputs but {len(srcs)} source and {len(tgts)} target languages")
-        src_ids = [self.tag_index(c) for c in srcs]
-        prefix_ids = src_ids if task == "asr" else [self.tag_index(c) for c in tgts]
-        self.errors = {}
-        prepared, pieces = {}, []
-        for i, item in enumerate(inputs):
-            try:
-                name, wav = self.load_audio(item, sample_rate)
-                name = names[i] if names is not None else name
-                spans, vad_seconds = self.plan(name, wav, segment)
-            except AudioError as e:
-                if not skip_errors:
-                    raise
-                self.errors[i] = e
-                continue
-            prepared[i] = (name, wav.size / SAMPLE_RATE, vad_seconds)
-            pieces += [_Piece(i, s, e, wav[s:e], src_ids[i], prefix_ids[i]) for s, e in spans]
+        for src, tgt in sorted(set(zip(srcs, tgts, strict=True))):
+            self.check_languages(src, tgt if task == "st" else None)
         nbest = nbest or self.nbest
         if not 1 <= nbest <= (beam or self.beam):
             raise ValueError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam or self.beam}")
-        spent = self._decode(pieces, self.generator(beam), nbest)
-        results = [None] * len(inputs)
-        for i, (name, seconds, vad_seconds) in prepared.items():
-            own = [p for p in pieces if p.item == i]
-            segments = [Segment(p.start / SAMPLE_RATE, p.end / SAMPLE_RATE, p.hypotheses) for p in own]
-            text = " ".join(s.text for s in segments if s.text)
-            results[i] = Translation(name, text, segments, seconds, sum(spent[id(p)] for p in own), vad_seconds)
-        return results
+        generator = self.generator(beam)
+        plans, pool = {}, []
+        for i, item in enumerate(inputs):
+            src_idx = self.tag_index(srcs[i])
+            prefix_idx = src_idx if task == "asr" else self.tag_index(tgts[i])
+            try:
+                name, source = self.open_audio(item, sample_rate)
+                plans[i] = plan = self.plan(names[i] if names is not None else name, source, segment)
+                for start, end, wav in plan.pieces:
+                    pool.append(_Piece(i, start, end, wav, src_idx, prefix_idx))
+                    plan.pieces_listed.append(pool[-1])
+                    if sum(p.wav.size for p in pool) >= POOL_SAMPLES or len(pool) >= POOL_BATCHES * self.batch_size:
+                        yield from self._flush(pool, plans, generator, nbest)
+                        if i not in plans:  # its pieces failed to decode (already reported)
+                            break
+            except AudioError as e:
+                plans.pop(i, None)
+                pool[:] = [p for p in pool if p.item != i]
+                yield i, e
+                continue
+            if i in plans:
+                plan.complete = True
+                yield from self._finished(plans)
+        yield from self._flush(pool, plans, generator, nbest)
 
-    def _decode(self, pieces: list, generator, nbest: int) -> dict:
-        """Fill each piece's hypotheses; returns {id(piece): its share of decoding seconds}."""
-        spent = {}
-        order = sorted(pieces, key=lambda p: -p.wav.size)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            t0 = time.perf_counter()
-            out = self._generate(batch, generator)
-            elapsed = time.perf_counter() - t0
-            total = sum(p.wav.size for p in batch)
-            for p, hyps in zip(batch, out, strict=True):
-                p.hypotheses = [self._hypothesis(h) for h in hyps[:nbest]]
-                spent[id(p)] = elapsed * p.wav.size / total
-        return spent
+    def _flush(self, pool: list, plans: dict, generator, nbest: int):
+        """Decode the pooled pieces, longest first, ``batch_size`` at a time (on the CPU no more
+        than CPU_BATCH_SAMPLES of audio at a time); after each batch,
+        yield the inputs it finished (so that an interruption loses at most one batch). A batch
+        that fails is retried piece by piece; an input whose piece still fails is yielded with
+        an AudioError ("decoding error")."""
+        batches, size = [[]], 0
+        cap = CPU_BATCH_SAMPLES if self.device.type == "cpu" else float("inf")
+        for p in sorted(pool, key=lambda p: -p.wav.size):
+            if batches[-1] and (len(batches[-1]) == self.batch_size or size + p.wav.size > cap):
+                batches.append([])
+                size = 0
+            batches[-1].append(p)
+            size += p.wav.size
+        pool.clear()
+        for batch in batches:
+            batch = [p for p in batch if p.item in plans]
+            if not batch:
+                continue
+            try:
+                self._decode_batch(batch, generator, nbest)
+            except RuntimeError:
+                for p in batch:
+                    try:
+                        self._decode_batch([p], generator, nbest)
+                    except RuntimeError as e:
+                        if plans.pop(p.item, None) is not None:
+                            yield p.item, AudioError(f"decoding failed: {e}", "decoding error")
+            yield from self._finished(plans)
+
+    def _finished(self, plans: dict):
+        for i in [i for i, p in plans.items() if p.complete and all(x.hypotheses for x in p.pieces_listed)]:
+            plan = plans.pop(i)
+            segments = [Segment(p.start / SAMPLE_RATE, p.end / SAMPLE_RATE, p.hypotheses) for p in plan.pieces_listed]
+            for seg in segments:
+                seg.flag = implausibly_short(seg)
+            text = " ".join(s.text for s in segments if s.text)
+            yield i, Translation(plan.name, text, segments, plan.seconds, sum(p.seconds for p in plan.pieces_listed),
+                                 plan.vad_seconds, plan.forced_cuts)
+
+    def _decode_batch(self, batch: list, generator, nbest: int) -> None:
+        t0 = time.perf_counter()
+        out = self._generate(batch, generator)
+        elapsed = time.perf_counter() - t0
+        total = sum(p.wav.size for p in batch)
+        for p, hyps in zip(batch, out, strict=True):
+            p.hypotheses = [self._hypothesis(h) for h in hyps[:nbest]]
+            p.seconds = elapsed * p.wav.size / total
+            p.wav = _NO_SAMPLES  # decoded: its samples are freed (a view such as wav[:0] would keep them)
 
     def _generate(self, batch: list, generator) -> list:
         """Beam search on a batch of pieces, exactly as fairseq-generate runs it: the

@@ -41,11 +41,20 @@ def build_dictionary(dict_path) -> tuple:
     return d, n_pretrained
 
 
+def load_sentencepiece(path) -> "spm.SentencePieceProcessor":
+    """A SentencePiece model; a missing or corrupt file raises ValueError naming it."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"SentencePiece model {path} cannot be read ({str(e).splitlines()[0]}); it must be "
+                         "the sentence.bpe.model the dictionary was made with (copy it again)") from None
+
+
 def write_fairseq_dict(sentencepiece_model, dict_path, texts=()) -> int:
     """Write a fairseq ``dict.txt`` for a SentencePiece model in the mBART-50 layout: every
     piece but the control and unknown ones (``<unk> <s> </s>``), in SentencePiece id order,
     with its count in ``texts`` (0 when none are given). Returns the number of entries."""
-    sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model))
+    sp = load_sentencepiece(sentencepiece_model)
     counts = {}
     for text in texts:
         for piece in sp.encode(text, out_type=str):
@@ -81,7 +90,7 @@ class TextTokenizer:
 
     def __init__(self, sentencepiece_model, dictionary: Dictionary):
         self.path = Path(sentencepiece_model)
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        self.sp = load_sentencepiece(self.path)
         self.dictionary = dictionary
 
     def encode(self, text: str, tag: str) -> torch.Tensor:

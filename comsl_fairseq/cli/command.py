@@ -1,0 +1,53 @@
+"""What every console script shares: a bad input ends in one line, never a traceback.
+
+Each ``main`` is wrapped with :func:`command`. An exception that escapes it becomes
+``error: <message>`` on standard error and exit status 2 (130 after Ctrl-C); the library's
+messages name the file and what to change. ``--debug``, accepted by every command, lets the
+traceback through instead.
+"""
+import functools
+import pickle
+import sys
+
+import yaml
+
+DEBUG_FLAG = "--debug"
+# Raised for bad input: messages from our code name the file; OSError carries its file name.
+USER_ERRORS = (ValueError, OSError, EOFError, RuntimeError, yaml.YAMLError, pickle.UnpicklingError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line: OSError as ``file: reason``, other messages with their line
+    breaks folded; an unexpected kind of error says so and points at ``--debug``."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        files = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        return f"{files}: {error.strerror}"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if not isinstance(error, USER_ERRORS):
+        return f"{type(error).__name__}: {text} (unexpected: {DEBUG_FLAG} shows where; please report it)"
+    return text
+
+
+def command(main):
+    """Wrap a console script's ``main(argv)``: exceptions become one line and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None) -> int:
+        argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+        debug = DEBUG_FLAG in argv
+        if debug:
+            argv = [a for a in argv if a != DEBUG_FLAG]
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001  (the point of this wrapper)
+            if debug:
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+
+    return wrapper

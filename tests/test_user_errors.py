@@ -1,0 +1,125 @@
+"""Every console script turns bad input into one line naming the file, a non-zero exit and no traceback."""
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.builders import USER_DIR
+
+
+class _Evil:
+    """Pickled as a call to os.system: a file that would run code when loaded."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, mbart_dir):
+    d = tmp_path_factory.mktemp("bad")
+    good = d / "good.pt"
+    torch.save({"weights": torch.zeros(64, 64)}, good)
+    (d / "empty.pt").write_bytes(b"")
+    (d / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    torch.save({"weights": torch.zeros(2)}, d / "foreign.pt")
+    torch.save({"x": _Evil()}, d / "code.pt")
+    for name, text in (("yaml_syntax", "vocab_filename: [unclosed\n"),
+                       ("yaml_python", "vocab_filename: !!python/object/apply:os.system ['echo no']\n"),
+                       ("bad_spm", f"vocab_filename: {mbart_dir / 'dict.txt'}\nbpe_tokenizer:\n  bpe: sentencepiece\n"
+                                   "  sentencepiece_model: broken.bpe.model\n")):
+        (d / name).mkdir()
+        (d / name / "config.yaml").write_text(text)
+        (d / name / "train.tsv").write_text("id\taudio\tn_frames\tsrc_text\ttgt_text\tsrc_lang\ttgt_lang\n")
+    (d / "bad_spm" / "broken.bpe.model").write_bytes(b"not a SentencePiece model")
+    # A checkpoint that gets as far as reading its data config (export needs no more to fail).
+    torch.save({"cfg": {"task": {"data": str(d / "gone")}, "model": {"_name": "x"}}, "model": {}}, d / "cfg_only.pt")
+    (d / "hf_whisper").mkdir()
+    (d / "hf_whisper" / "config.json").write_text('{"model_type": "whisper"}')
+    shutil.copy(d / "truncated.pt", d / "hf_whisper" / "pytorch_model.bin")
+    (d / "empty.log").write_text("")
+    return d
+
+
+def _run(tool: str, *argv) -> tuple:
+    """(exit status, standard error) of ``comsl-<tool>`` run in this process."""
+    import contextlib
+    import io
+
+    main = importlib.import_module(f"comsl_fairseq.cli.{tool}").main
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse and explicit "error: ..." exits
+            status = e.code
+            if isinstance(e.code, str):
+                print(e.code, file=err)
+                status = 1
+    return status, err.getvalue() + out.getvalue()
+
+
+def _cases(d: Path, data_dir: Path) -> list:
+    """(tool, argv, the file the message must name)."""
+    clip = next((data_dir / "clips").glob("*.wav"))
+    cases = []
+    for name in ("empty.pt", "truncated.pt", "foreign.pt", "code.pt"):
+        cases += [("translate", ["--path", d / name, clip, "--src-lang", "fr"], d / name),
+                  ("export", ["--path", d / name, "--out", d / "out"], d / name),
+                  ("average_checkpoints", ["--inputs", d / name, d / "foreign.pt", "--out", d / "avg.pt"], d / name)]
+    for name in ("empty.pt", "code.pt"):
+        cases.append(("modality_gap", ["--path", d / name, "--data", data_dir, "--subsets", "test",
+                                       "--out", d / "gap"], d / name))
+    for name in ("yaml_syntax", "yaml_python", "bad_spm"):
+        want = d / name / ("broken.bpe.model" if name == "bad_spm" else "config.yaml")
+        cases.append(("export", ["--path", d / "cfg_only.pt", "--out", d / "out", "--data", d / name], want))
+        cases.append(("preflight", [d / name, "--user-dir", USER_DIR, "--task", "comsl_speech_to_text",
+                                    "--arch", "whisper_mbart_composite_tiny", "--steps", "0"], want))
+    cases += [
+        ("convert_whisper", [d / "hf_whisper", "--out", d / "w.pt"], d / "hf_whisper" / "pytorch_model.bin"),
+        ("convert_hf_mbart50", ["--hf-dir", d / "yaml_syntax", "--out", d / "mb"], d / "yaml_syntax" / "config.json"),
+        ("plot_training", [d / "empty.log", "--out", d / "x.png"], d / "empty.log"),
+        ("compare_systems", [d / "empty.log", d / "empty.log", "--samples", "0"], "--samples"),
+        ("compare_systems", [d / "empty.log", d / "empty.log"], d / "empty.log"),
+        ("score_covost", ["--gen-dir", d, "--data", data_dir], "--langs"),
+    ]
+    return cases
+
+
+def test_bad_inputs_end_in_one_named_line(bad, data_dir):
+    for tool, argv, named in _cases(bad, data_dir):
+        status, err = _run(tool, *argv)
+        errors = [line for line in err.splitlines() if line.startswith(("error:", "[FAIL]"))]  # preflight: [FAIL]
+        assert status not in (0, None), (tool, argv, err[-2000:])
+        assert "Traceback" not in err and len(errors) == 1, (tool, argv, err[-2000:])
+        assert str(named) in errors[0], (tool, argv, errors[0])
+        assert "weights_only=False" not in err and "this must never run" not in err
+    status, err = _run("export", "--path", bad / "code.pt", "--out", bad / "out")
+    assert "would run code when loaded" in err and "is refused" in err
+    assert not (bad / "out").exists() and not list(bad.glob(".out*"))
+
+
+def test_debug_shows_the_traceback(bad):
+    with pytest.raises(ValueError, match="would run code when loaded"):
+        importlib.import_module("comsl_fairseq.cli.export").main(
+            ["--path", str(bad / "code.pt"), "--out", str(bad / "out"), "--debug"])
+
+
+def test_averaging_refuses_other_vocabularies_and_architectures(tmp_path):
+    def checkpoint(name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64):
+        fingerprint = {"dict_txt": {"file": "dict.txt", "symbols": 5, "sha256": dict_sha},
+                       "sentencepiece_model": {"file": "sentence.bpe.model", "sha256": "b" * 64}}
+        torch.save({"model": {"w": torch.ones(2)}, "cfg": {"model": {"_name": arch}},
+                    "task_state": {"vocabulary": fingerprint}}, tmp_path / name)
+        return tmp_path / name
+
+    a, b = checkpoint("a.pt"), checkpoint("b.pt", dict_sha="c" * 64)
+    status, err = _run("average_checkpoints", "--inputs", a, b, "--out", tmp_path / "avg.pt")
+    assert status == 2 and "were trained with different vocabularies" in err and str(a) in err and str(b) in err
+    c = checkpoint("c.pt", arch="whisper_mbart_composite_medium")
+    status, err = _run("average_checkpoints", "--inputs", a, c, "--out", tmp_path / "avg.pt")
+    assert status == 2 and "whisper_mbart_composite_medium" in err and not (tmp_path / "avg.pt").exists()
+    status, _ = _run("average_checkpoints", "--inputs", a, checkpoint("d.pt"), "--out", tmp_path / "avg.pt")
+    assert status == 0 and (tmp_path / "avg.pt").is_file()
