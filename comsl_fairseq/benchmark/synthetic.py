@@ -132,6 +132,7 @@ class Config:
 
 
 PAPER_STYLE = "paper-style (11 s, 7 passes)"
+PAPER_STYLE_FLAGS = ["--output-layer", "full"]  # B x T x V log-probabilities, as the original
 
 
 def configs(stack_decoder_passes: bool, names=None) -> list:
@@ -170,7 +171,7 @@ def timed_step(model, criterion, batch, opt, autocast, device) -> float:
 
 
 def train_throughput(conf, args, data, device, utts, rng):
-    flags = conf.flags or []
+    flags = conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS
     model, criterion, task, cfg = build(args.arch, conf.pad_seconds, data, device, conf.stack_decoder_passes,
                                         flags, with_cfg=True)
     d = task.target_dictionary
