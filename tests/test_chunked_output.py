@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from comsl_fairseq.criterions import terms as T
+from comsl_fairseq.criterions.comsl_multitask import LEAN_MIN_ROWS
 from comsl_fairseq.modules import chunked_output
 from comsl_fairseq.modules.chunked_output import ProjectedStates, token_losses
 from tests.builders import build_task_and_model
@@ -76,12 +77,14 @@ def pair(data_dir, whisper_pt, mbart_dir):
     """The same tiny model and batch under both criteria (with an MT teacher: every
     distribution kind, student, DDM teacher and frozen teacher, goes through the chunks)."""
     crits = []
-    for extra in (("--full-output-layer",), ()):
+    for extra in (("--output-layer", "full"), ("--output-layer", "lean")):
         cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
                                                 "--mbart-checkpoint", str(mbart_dir / "model.pt"),
                                                 "--mt-teacher", str(mbart_dir / "model.pt"), "--erm-layer", "2",
                                                 *extra)
         crits.append(task.build_criterion(cfg.criterion))
+    cfg.criterion.output_layer = "auto"  # the default: lean only from LEAN_MIN_ROWS vocabulary rows on
+    assert len(task.target_dictionary) < LEAN_MIN_ROWS and not task.build_criterion(cfg.criterion).lean_output_layer
     task.load_dataset("test")
     ds = task.dataset("test")
     return crits, model, ds.collater([ds[i] for i in range(4)])

@@ -258,7 +258,7 @@ def run(args, rest: list) -> int:
             raise SystemExit("error: --random-weights needs --arch whisper_mbart_composite_{tiny,medium,large}")
         args.batch_size = args.batch_size or 8
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        args.flags = rest  # e.g. --full-output-layer
+        args.flags = rest  # e.g. --output-layer full
         random_weights(args, report)
         return 1 if report.failed else 0
     rest += ["--arch", args.arch] if args.arch else []

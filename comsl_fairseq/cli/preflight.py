@@ -17,7 +17,7 @@ no checkpoint files), prints parameter counts and the static memory of training 
 gradients, Adam state), and with ``--steps`` > 0 times training steps at ``--batch-size``
 utterances of ``--seconds`` each and reports the measured peak memory; ``--max-memory-gb``
 gives the largest batch that fits each budget. Other fairseq-train flags (e.g.
-``--full-output-layer``) apply to the random-weights model too.
+``--output-layer full``) apply to the random-weights model too.
 The estimates leave out validation and gradient communication between processes.
 """
 import argparse

@@ -14,10 +14,10 @@ A zero weight (or alpha) means the passes that only that term needs are not run:
 criterion asks the model for exactly the branches it uses, in one forward call. The
 original's seventh decoder pass (translation from H_c^x) feeds no loss and is not run.
 
-The decoder passes' log-probabilities over the vocabulary are by default never held whole:
-each token term computes them a chunk of tokens at a time from the passes' final states
-and the tied output matrix (modules/chunked_output.py); --full-output-layer materialises
-them once per pass instead (the same losses, far more memory).
+With --output-layer lean (auto: for large vocabularies) the decoder passes'
+log-probabilities over the vocabulary are never held whole: each token term computes them
+a chunk of tokens at a time from the passes' final states and the tied output matrix
+(modules/chunked_output.py); full materialises them once per pass (the same losses).
 
 ``sample_size`` is the number of target (translation) tokens in the batch. Every term
 is a sum over its own tokens, so fairseq's division by ``sample_size`` turns the total
@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
@@ -42,6 +42,9 @@ from comsl_fairseq.modules.chunked_output import ProjectedStates
 from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
+
+# --output-layer auto: the chunked (lean) output layer from this many vocabulary rows on
+LEAN_MIN_ROWS = 50_000
 
 
 @dataclass
@@ -62,12 +65,13 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "at least one per sentence, none with 0)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
-    full_output_layer: bool = field(default=False, metadata={
-        "help": "keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the teachers' "
-                "probabilities) alive through the backward. Default: the output layer, log-softmax and token "
-                "losses are computed a chunk of tokens at a time and recomputed in the backward (same losses "
-                "and gradients; with mBART-50's 250k rows far less memory per utterance, for one more "
-                "output-layer product per pass)"})
+    output_layer: ChoiceEnum(["auto", "lean", "full"]) = field(default="auto", metadata={
+        "help": "lean: compute the output layer, log-softmax and token losses a chunk of tokens at a time and "
+                "recompute them in the backward (same losses and gradients, one more output-layer product per "
+                "pass); full: keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the "
+                "teachers' probabilities) alive through the backward; auto: lean for vocabularies of "
+                f"{LEAN_MIN_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the memory "
+                "per utterance, full below (README, Speed)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
                 "helps models trained from scratch align speech early)"})
@@ -78,7 +82,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
     """Weighted ComSL terms; each logged with its loss and token accuracy under its own key."""
 
     def __init__(self, task, st_weight, asr_weight, mt_weight, cml_weight, erm_weight, ddm_alpha,
-                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, full_output_layer=False, ctc_weight=0.0):
+                 mt_reg_alpha, mt_teacher, mask_prob, erm_layer, output_layer="auto", ctc_weight=0.0):
         super().__init__(task)
         self.w = {"st": st_weight, "asr": asr_weight, "mt": mt_weight, "cml": cml_weight, "erm": erm_weight,
                   "ctc": ctc_weight}
@@ -92,7 +96,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
-        self.lean_output_layer = not full_output_layer
+        self.lean_output_layer = output_layer == "lean" or (
+            output_layer == "auto" and len(task.target_dictionary) >= LEAN_MIN_ROWS)
         self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
@@ -157,8 +162,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
                 kwargs["erm_layer"] = self.erm_layer_for(model)
         out = model(**sample["net_input"], branches=branches, features_only=self.lean_output_layer, **kwargs)
         if self.lean_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
-            dtype = torch.bfloat16 if model.autocast_bf16 else torch.float32
             weight = model.decoder.output_projection.weight
+            dtype = torch.bfloat16 if model.autocast_bf16 else weight.dtype  # as the model's own output layer
             out = {name: (ProjectedStates(o[0], weight, dtype), *o[1:]) if name in TOKEN_BRANCHES else o
                    for name, o in out.items()}
         results = self.compute_terms(out, sample, branches, masked, reduce)
@@ -211,8 +216,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
         return results
 
     def teacher_probs(self, sample) -> torch.Tensor | ProjectedStates | None:
-        """p_teacher(y | x) of the frozen MT teacher (B x T x V; without --full-output-layer
-        its unprojected ProjectedStates), or None without one."""
+        """p_teacher(y | x) of the frozen MT teacher (B x T x V; with the lean output layer its
+        unprojected ProjectedStates), or None without one."""
         if self.teacher is None:
             return None
         net_input = sample["net_input"]
@@ -221,7 +226,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
             out = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"],
                                features_only=self.lean_output_layer)[0]
         if self.lean_output_layer:
-            return ProjectedStates(out, self.teacher.decoder.output_projection.weight)
+            weight = self.teacher.decoder.output_projection.weight
+            return ProjectedStates(out, weight, weight.dtype)
         return torch.softmax(out.float(), dim=-1)
 
     def weighted_sum(self, results: dict) -> torch.Tensor:
