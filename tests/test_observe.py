@@ -379,3 +379,13 @@ def test_decoded_system_refuses_a_partial_decode(tmp_path):
         read_system(tmp_path / "sys", tmp_path)
     groups = read_system(tmp_path / "sys")  # without the manifest: one group named by the subset
     assert list(groups) == ["test"] and len(groups["test"].hyps) == 2
+
+
+def test_a_reference_with_unknown_pieces_still_matches_its_manifest_text():
+    from comsl_fairseq.evaluation.covost import same_reference
+
+    assert same_reference('my <<unk>>friend<<unk>> eats', 'my "friend" eats')  # pieces outside the dictionary
+    assert same_reference("x \u2047 y", "x é y")  # a character outside the SentencePiece model
+    assert same_reference("a  b", "a b")
+    assert not same_reference("my <<unk>> eats", "your friend eats")
+    assert not same_reference("one", "two")
