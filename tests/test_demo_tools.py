@@ -59,6 +59,23 @@ def test_toy_corpus_rerun_reuses_clips(toy):
     assert clip.stat().st_mtime_ns == before
 
 
+def test_toy_test_sets_unseen_voices_and_noise(toy):
+    out, _ = toy
+    train, test = rows(out / "train.tsv"), rows(out / "test.tsv")
+    unseen, noisy = rows(out / "unseen_voices.tsv"), rows(out / "noise_10db.tsv")
+    assert len(unseen) == len(noisy) == len(test)
+    assert not {r["speaker"] for r in unseen} & {r["speaker"] for r in train}  # voices never heard in training
+    assert [r["tgt_text"] for r in unseen] == [r["tgt_text"] for r in test]
+    for clean, dirty in zip(test, noisy, strict=True):
+        assert (dirty["src_text"], dirty["tgt_text"]) == (clean["src_text"], clean["tgt_text"])
+        x, _ = sf.read(str(out / "clips" / clean["audio"]), dtype="float64")
+        y, _ = sf.read(str(out / "clips" / dirty["audio"]), dtype="float64")
+        snr = 10 * np.log10(np.mean(x ** 2) / np.mean((y - x) ** 2))
+        assert abs(snr - 10) < 0.5, snr  # 10 dB (FLAC is 16-bit; clipping is rare)
+    mt = rows(out / "train_mt.tsv")  # every training number as text, for the MT stage
+    assert {(r["src_lang"], r["src_text"]) for r in mt} == {(r["src_lang"], r["src_text"]) for r in train}
+
+
 def load_corpus_builder():
     spec = importlib.util.spec_from_file_location("make_toy_corpus", ROOT / "examples" / "toy" / "make_toy_corpus.py")
     module = importlib.util.module_from_spec(spec)
@@ -83,9 +100,13 @@ def test_clips_cut_another_way_are_synthesized_again(tmp_path):
     builder = load_corpus_builder()
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "fr_0001_v0.flac").write_bytes(b"old")
-    (tmp_path / "corpus_info.json").write_text(json.dumps({"keep_silence": 0.1}))
+    (tmp_path / "corpus_info.json").write_text(json.dumps({"keep_silence": 0.1, "recipe": builder.RECIPE}))
     builder.drop_stale_clips(tmp_path, 0.1)  # same setting: reused
     assert (tmp_path / "clips" / "fr_0001_v0.flac").exists()
+    (tmp_path / "corpus_info.json").write_text(json.dumps({"keep_silence": 0.1}))  # an older recipe's clips
+    builder.drop_stale_clips(tmp_path, 0.1)
+    assert not (tmp_path / "clips" / "fr_0001_v0.flac").exists()
+    (tmp_path / "clips" / "fr_0001_v0.flac").write_bytes(b"old")
     (tmp_path / "corpus_info.json").write_text(json.dumps({"langs": ["fr"]}))  # written before --keep-silence
     builder.drop_stale_clips(tmp_path, 0.1)
     assert not (tmp_path / "clips" / "fr_0001_v0.flac").exists() and not (tmp_path / "corpus_info.json").exists()
