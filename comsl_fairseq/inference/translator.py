@@ -231,8 +231,9 @@ class SpeechTranslator:
             pairs = None
         else:
             raise FileNotFoundError(f"model {path} not found (an exported folder or a checkpoint .pt)")
-        # Decoding needs neither validation BLEU nor the text-only MT setting of a training run.
-        overrides.update(eval_bleu=False, text_only=False, decode_task="st")
+        # Decoding needs neither validation BLEU nor the text-only MT setting of a training run, nor
+        # its Whisper feature cache (new audio would only add entries to it).
+        overrides.update(eval_bleu=False, text_only=False, decode_task="st", whisper_feature_cache=None)
         try:
             models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides=overrides)
         except (KeyError, TypeError, AttributeError) as e:  # fairseq looks up entries a foreign file lacks

@@ -22,11 +22,11 @@
 # the arithmetic, and the score, does not depend on the machine's core count.
 #
 # Environment: PY (python of the venv), CORPUS [data/toy], EXP [exp/demo], SEED [1],
-#   DEMO_INIT [pretrained|scratch], DEMO_PROCS [2], DEMO_TRAIN_NUMBERS [0 = all 870] (spoken training
-#   numbers), DEMO_TRAIN_VOICES [1] (voices per training number and language, taking turns over 3),
+#   DEMO_INIT [pretrained|scratch], DEMO_PROCS [2], DEMO_TRAIN_NUMBERS [300] (spoken training numbers,
+#   evenly spread over the 870; 0 = all), DEMO_TRAIN_VOICES [3] (voices per training number and language),
 #   DEMO_TEST_VARIANTS [2] (clips per test number and language, in each test set),
 #   MT stage: DEMO_MT_EPOCHS [15], DEMO_MT_LR [2e-3];
-#   ComSL: DEMO_EPOCHS [4], DEMO_LR [2e-3], DEMO_WARMUP [50], DEMO_BATCH [16] (clips per process),
+#   ComSL: DEMO_EPOCHS [6], DEMO_LR [2e-3], DEMO_WARMUP [50], DEMO_BATCH [16] (clips per process),
 #   DEMO_CACHE [data/whisper_cache];
 #   scratch: DEMO_UPDATES [900], DEMO_MAX_TOKENS [640000].
 set -euo pipefail

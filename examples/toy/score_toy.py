@@ -40,7 +40,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     exact = sum(h == r for h, r in zip(hyp_list, ref_list, strict=True))
-    for i in list(order)[:: max(1, len(rows) // args.examples)][: args.examples]:
+    for i in list(order)[:: max(1, len(rows) // max(1, args.examples))][: args.examples]:
         row = rows[i]
         mark = "ok " if hyp_list[i] == ref_list[i] else "   "
         print(f"{mark}{row['id']:<14} {row['src_lang']}: {row['src_text']:<38} "
