@@ -33,33 +33,28 @@ toy_corpus
 mkdir -p "$EXP"
 # the budget: a small training subset, and one clip per number and language of each test set
 "$PY" - "$CORPUS" "${ABL_TRAIN_NUMBERS:-75}" "${ABL_TEST_NUMBERS:-30}" "${ABL_VOICES:-1}" <<'EOF'
-import csv, sys
+import sys
 from pathlib import Path
+from comsl_fairseq.data.manifest import read_table, write_manifest
 corpus, n_train, n_test, n_voices = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def rows(name):
-    with open(corpus / f"{name}.tsv", encoding="utf-8", newline="") as f:
-        r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return next(r), list(r)
 def write(name, header, kept):
-    with open(corpus / f"{name}.tsv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writerow(header); w.writerows(kept)
+    write_manifest(corpus / f"{name}.tsv", [[r[c] for c in header] for r in kept], columns=header)
 def spread(rows, k):  # k numbers (the id's second field) evenly spread over those present
-    numbers = sorted({r[0].split("_")[1] for r in rows})
+    numbers = sorted({r["id"].split("_")[1] for r in rows})
     k = min(k, len(numbers))
     return {numbers[int(i * len(numbers) / k)] for i in range(k)}
-header, train = rows("train")
+header, train = read_table(corpus / "train.tsv")
 picked = spread(train, n_train)
-langs = list(dict.fromkeys(r[5] for r in train))
-variants = len({r[0].split("_")[2] for r in train})
+langs = list(dict.fromkeys(r["src_lang"] for r in train))
+variants = len({r["id"].split("_")[2] for r in train})
 def voice_turn(r):  # n_voices of the variants per number and language, taking turns
-    lang, number, variant = r[0].split("_")[:3]
+    lang, number, variant = r["id"].split("_")[:3]
     return (int(variant[1:]) - int(number) - langs.index(lang)) % variants < n_voices
-write("abl_train", header, [r for r in train if r[0].split("_")[1] in picked and voice_turn(r)])
+write("abl_train", header, [r for r in train if r["id"].split("_")[1] in picked and voice_turn(r)])
 for name in ("test", "unseen_voices", "noise_10db"):
-    header, test = rows(name)
+    header, test = read_table(corpus / f"{name}.tsv")
     picked = spread(test, n_test)
-    kept = [r for r in test if r[0].split("_")[1] in picked and r[0].split("_")[2] in ("v0", "u0")]
+    kept = [r for r in test if r["id"].split("_")[1] in picked and r["id"].split("_")[2] in ("v0", "u0")]
     write(f"abl_{name}", header, kept)
 EOF
 wc -l "$CORPUS"/abl_*.tsv | sed 's/^/  /'
