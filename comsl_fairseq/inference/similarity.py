@@ -55,12 +55,14 @@ def plot_similarity(panels: list, path: Path) -> Path:
     vmin = min(float(p["matrix"].min()) for _, p in panels)
     vmax = max(float(p["matrix"].max()) for _, p in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 4.2), squeeze=False)
-    for ax, (label, p) in zip(axes[0], panels, strict=True):
+    for i, (ax, (label, p)) in enumerate(zip(axes[0], panels, strict=True)):
         im = ax.imshow(p["matrix"].numpy(), aspect="auto", origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_xticks(range(len(p["tokens"])))
         ax.set_xticklabels(p["tokens"], rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("transcript tokens (text encoder H_x)")
-        ax.set_ylabel("speech frames (speech encoder H_s)")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        if i == 0:
+            ax.set_ylabel("speech frames (speech encoder H_s)")
         ax.set_title(f"{label}\nmean {float(p['matrix'].mean()):.2f}, max {float(p['matrix'].max()):.2f}",
                      fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine similarity")

@@ -11,6 +11,7 @@ time.txt (training and decoding seconds).
 """
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def chart(result: dict, sets: list, path: Path) -> None:
     ax.set_ylabel("BLEU (95 % bootstrap interval)")
     low = min(result["rows"][r][s]["low"] for r in rows for s in sets)
     ax.set_ylim(max(0, low - 10), 100)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title("ComSL ablation rows on the toy corpus (Whisper base, MT-stage mBART)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--sets", required=True, help="comma-separated test sets")
     p.add_argument("--out", type=Path, required=True, help="output folder: ablation.md/.json/.png")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, force=True)  # no sacreBLEU / matplotlib chatter
     rows, sets = args.rows.split(","), args.sets.split(",")
     result = report(rows, sets, args.exp, args.data)
     args.out.mkdir(parents=True, exist_ok=True)

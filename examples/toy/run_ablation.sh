@@ -92,10 +92,13 @@ done
 
 # The modality-gap report of the full model (row 7), with the speech-text similarity matrices of
 # row 1 and row 7 side by side (EXP/gap/similarity.png, linked from EXP/gap/modality_gap.html),
-# on the first ABL_GAP_CLIPS [30] clips of abl_test.
+# on the first ABL_GAP_CLIPS [30] clips of abl_test (the figure: the one with the longest transcript).
 if [ -f "$EXP/row7_cml/checkpoint_last.pt" ] && [ -f "$EXP/row1_st_only/checkpoint_last.pt" ]; then
   head -n "$((${ABL_GAP_CLIPS:-30} + 1))" "$CORPUS/abl_test.tsv" > "$CORPUS/abl_gap.tsv"
+  longest="$(awk -F'\t' 'NR > 1 && length($4) > best { best = length($4); row = NR - 2 } END { print row }' \
+             "$CORPUS/abl_gap.tsv")"  # the utterance with the longest transcript: the most tokens to show
   "$BIN/comsl-modality-gap" --path "$EXP/row7_cml/checkpoint_last.pt" --label "row 7 (full ComSL)" \
+    --similarity-utterance "abl_gap:$longest" \
     --similarity-with "row 1 (ST only)=$EXP/row1_st_only/checkpoint_last.pt" --data "$CORPUS" \
     --subsets abl_gap --out "$EXP/gap" --generate-args="--cpu" --force 2>&1 | grep -vE "^INFO" || true
   echo "similarity figure: $EXP/gap/similarity.png (on the page $EXP/gap/modality_gap.html)"
