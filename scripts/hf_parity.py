@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     from comsl_fairseq.evaluation.logs import read_generate_log
     from comsl_fairseq.training.fairseq_setup import USER_DIR
 
+    args.out = args.out.resolve()  # the transformers process runs in another folder
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     _, rows = read_table(args.data / f"{args.subset}.tsv")
