@@ -38,6 +38,7 @@ setup(
             "comsl-compare-systems=comsl_fairseq.cli.compare_systems:main",
             "comsl-modality-gap=comsl_fairseq.cli.modality_gap:main",
             "comsl-plot-training=comsl_fairseq.cli.plot_training:main",
+            "comsl-cache-features=comsl_fairseq.cli.cache_features:main",
         ]
     },
 )

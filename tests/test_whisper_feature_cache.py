@@ -1,12 +1,14 @@
 """--whisper-feature-cache: an entry equals the uncached forward, a stale entry is never used,
-and once Whisper trains the cache is bypassed (and the log says so)."""
+once Whisper trains the cache is bypassed (and the log says so), and comsl-cache-features fills
+it ahead of a run with the entries the run reads."""
 import logging
+import subprocess
 
 import pytest
 import torch
 
 from comsl_fairseq.modules.whisper_feature_cache import FORMAT
-from tests.builders import build_task_and_model
+from tests.builders import ABLATIONS, build_task_and_model, recipe_env, run, train_cmd
 
 
 @pytest.fixture
@@ -93,3 +95,53 @@ def test_the_cache_is_bypassed_once_whisper_trains(built, caplog):
     assert h.requires_grad  # Whisper's own forward, with gradients
     assert caplog.text.count("is bypassed from now on") == 1  # said once
     assert len(entries(cache)) == 4 and model.encoder.feature_cache.hits == 0
+
+
+@pytest.mark.subprocess
+def test_filled_ahead_the_run_reads_every_clip_from_the_cache(data_dir, whisper_pt, mbart_dir, tmp_path):
+    """comsl-cache-features with a recipe's exact flags (CACHE_FEATURES=1), in two shards and
+    before the run's mBART checkpoint exists: every training clip gets the entry that the run
+    then reads -- training computes nothing and writes nothing."""
+    cache = tmp_path / "cache"
+    for shard in ("0", "1"):
+        env = recipe_env(data_dir, whisper_pt, mbart_dir, tmp_path / "save", CACHE_FEATURES="1",
+                         MBART=str(tmp_path / "not_trained_yet.pt"), FREEZE_EPOCHS="1")
+        proc = subprocess.run(["bash", str(ABLATIONS / "row7_cml.sh"), "--cpu", "--whisper-feature-cache", str(cache),
+                               "--num-shards", "2", "--shard-id", shard], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "clips, " in proc.stdout and "computed" in proc.stdout
+    n_clips = sum(len((data_dir / f"{s}.tsv").read_text().splitlines()) - 1 for s in ("train", "dev"))
+    filled = {p: p.stat().st_mtime_ns for p in entries(cache)}
+    assert len(filled) == n_clips  # the training and the validation clips
+
+    # an entry equals the uncached forward of its clip (computed alone)
+    cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt), "--mbart-checkpoint",
+                                            str(mbart_dir / "model.pt"), "--freeze-whisper-epochs", "1",
+                                            "--whisper-feature-cache", str(cache))
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    net = ds.collater([ds[0]])["net_input"]
+    model.encoder.set_epoch(1)
+    with torch.no_grad():
+        h0, n0 = model.encoder._whisper_forward(net["src_tokens"], net["src_lengths"])
+        h, n = model.encoder.whisper_features(net["src_tokens"], net["src_lengths"])
+    assert model.encoder.feature_cache.hits == 1 and torch.equal(n, n0)
+    torch.testing.assert_close(h, h0, rtol=0, atol=1e-5)  # computed in another batch: float rounding only
+
+    out = run(*train_cmd(data_dir, whisper_pt, mbart_dir / "model.pt", tmp_path / "ckpt", "--freeze-whisper-epochs",
+                         "1", "--whisper-feature-cache", cache, "--max-update", "2", "--batch-size", "8"))
+    assert "Whisper feature cache" in out
+    assert {p: p.stat().st_mtime_ns for p in entries(cache)} == filled  # nothing computed, nothing rewritten
+
+
+def test_filling_a_run_that_never_reads_the_cache_is_refused(data_dir, whisper_pt, mbart_dir, tmp_path, capsys):
+    from comsl_fairseq.cli.cache_features import main
+
+    flags = [str(data_dir), "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny",
+             "--whisper-checkpoint", str(whisper_pt), "--criterion", "comsl_multitask", "--cpu"]
+    assert main([*flags, "--whisper-feature-cache", str(tmp_path / "c")]) == 2
+    assert "does not freeze Whisper" in capsys.readouterr().err
+    assert main([*flags, "--freeze-whisper-epochs", "1"]) == 2
+    assert "no --whisper-feature-cache" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

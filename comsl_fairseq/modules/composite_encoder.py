@@ -90,12 +90,12 @@ class CompositeEncoder(FairseqEncoder):
         if self.whisper is None:
             raise ValueError("this model has no speech encoder (a text-only MT-stage model, --arch mbart50_text): "
                              "train it with --text-only and only the MT term, decode it with --decode-task mt")
-        cache = self._feature_cache_in_use()
+        cache = self.feature_cache_in_use()
         if cache is not None:
             return cached_features(cache, self.whisper_fingerprint, self._whisper_forward, audio, audio_lengths)
         return self._whisper_forward(audio, audio_lengths)
 
-    def _feature_cache_in_use(self):
+    def feature_cache_in_use(self):
         """The feature cache while Whisper is frozen (its weights hashed on first use), else None:
         once Whisper is no longer frozen the cache is bypassed for good, and the log says so."""
         if self.feature_cache is None:

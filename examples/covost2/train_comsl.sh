@@ -21,6 +21,8 @@
 #   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
 #   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000];  DRY_RUN=1 prints the command instead of running it;
 #   PREFLIGHT=1 runs comsl-preflight with the same flags instead (checks, timed steps, estimates)
+#   CACHE_FEATURES=1 runs comsl-cache-features with the same flags instead: fills the
+#                 --whisper-feature-cache DIR (given as an extra flag) that the frozen epochs read
 # Launch: world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
 #   NPROC_PER_NODE [every visible GPU; 1 with --cpu or without GPUs]  NNODES [1]  NODE_RANK [0]
 #   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]; under Slurm (one task per node) NNODES, NODE_RANK,
@@ -117,6 +119,10 @@ echo "ComSL recipe: world size $world ($NNODES node(s) x $NPROC_PER_NODE process
      "per process x update_freq $UPDATE_FREQ = $((BATCH_SIZE * world * UPDATE_FREQ)) per update" >&2
 if [ "${PREFLIGHT:-0}" = 1 ]; then  # check inputs, time a few steps, estimate (comsl-preflight)
   launch=(comsl-preflight --world-size "$world")
+  distributed=()
+fi
+if [ "${CACHE_FEATURES:-0}" = 1 ]; then  # fill the Whisper feature cache (comsl-cache-features)
+  launch=(comsl-cache-features)
   distributed=()
 fi
 run=(exec)

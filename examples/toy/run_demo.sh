@@ -12,8 +12,9 @@
 #      weights: ST + ASR + MT with MT regularisation + DDM + CML (MTP, STM, ERM)) on
 #      Whisper base (frozen throughout) + a random adapter + the MT-stage model, which is
 #      also the frozen MT teacher. Whisper's output is computed once per clip and cached
-#      (--whisper-feature-cache, data/whisper_cache).
-#   5. each test set decoded with beam 5 and scored (sacreBLEU, exact match).
+#      (--whisper-feature-cache, data/whisper_cache): filled ahead on the core the MT stage leaves
+#      idle (comsl-cache-features with row 7's flags), the rest in ComSL's first epoch.
+#   5. each test set decoded with beam 5 and scored (sacreBLEU, exact match), the sets in parallel.
 #
 # DEMO_INIT=scratch runs the from-scratch recipe instead: a tiny random Whisper + mBART trained
 # with ST + ASR + CTC only, scored on the same three sets.
@@ -59,16 +60,22 @@ mkdir -p "$EXP"
 if [ "$INIT" = pretrained ]; then
   WHISPER="${WHISPER:-data/whisper/base.pt}"
   "$PY" examples/toy/whisper_base.py --out "$WHISPER"
-  mt_stage "$EXP/mt"
   MT="$EXP/mt/checkpoint_last.pt"
   EPOCHS="${DEMO_EPOCHS:-6}"
   FREEZE_EPOCHS="$EPOCHS"  # frozen throughout
   BATCH="${DEMO_BATCH:-16}"
   LR="${DEMO_LR:-2e-3}"
   WARMUP="${DEMO_WARMUP:-50}"
+  ROW=examples/covost2/ablations/row7_cml.sh
+  CACHE=(--whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}")
+  # the MT stage trains on one core: the other fills ComSL's Whisper feature cache meanwhile
+  cache_ahead_start "$ROW" "$EXP" "${CACHE[@]}"
+  mt_stage "$EXP/mt"
+  cache_ahead_stop
+  echo "   Whisper features filled ahead: $(tail -n 1 "$EXP/cache_ahead.log" | grep -o '[0-9]* computed' || echo none)"
   echo "== ComSL (row 7, the full objective): Whisper base (frozen) + adapter + the MT-stage model," \
        "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"
-  comsl_row examples/covost2/ablations/row7_cml.sh "$EXP" --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}"
+  comsl_row "$ROW" "$EXP" "${CACHE[@]}"
 else
   UPDATES="${DEMO_UPDATES:-900}"
   echo "== training whisper_mbart_composite_tiny from scratch: $UPDATES updates, seed $SEED," \
@@ -92,19 +99,26 @@ else
     | "$PY" examples/toy/train_progress.py --total "$UPDATES" --log "$EXP/train.log"
 fi
 
-echo "== decoding the three test sets with beam 5 ($PROCS at a time, one thread each)"
-decode_sets "$EXP" "${SETS[@]}"
-
-echo "== training curves"
-"$BIN/comsl-plot-training" "$EXP/train.log" --out "$EXP/curves.png"
+echo "== decoding the three test sets with beam 5 ($PROCS at a time, one thread each), each scored when decoded"
+decode_and_score() {  # SET: beam 5, then sacreBLEU and exact match (EXP/score-SET.{json,out})
+  decode_one "$EXP" "$1"
+  "$PY" examples/toy/score_toy.py --generate-log "$EXP/generate-$1.txt" --manifest "$CORPUS/$1.tsv" \
+    --name "$1" --json "$EXP/score-$1.json" > "$EXP/score-$1.out"
+}
+pids=()
+for s in "${SETS[@]}"; do
+  if [ "${#pids[@]}" -ge "$PROCS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+  decode_and_score "$s" &
+  pids+=($!)
+done
+"$BIN/comsl-plot-training" "$EXP/train.log" --out "$EXP/curves.png"  # while the last set decodes
+for p in "${pids[@]}"; do wait "$p"; done
 
 summary=()
 for s in "${SETS[@]}"; do
-  echo "== scoring $s ($EXP/generate-$s.txt)"
-  out="$("$PY" examples/toy/score_toy.py --generate-log "$EXP/generate-$s.txt" --manifest "$CORPUS/$s.tsv" \
-         --name "$s" --json "$EXP/score-$s.json")"
-  echo "$out" | sed '$d'
-  summary+=("$(echo "$out" | tail -n 1)")
+  echo "== $s ($EXP/generate-$s.txt)"
+  sed '$d' "$EXP/score-$s.out"
+  summary+=("$(tail -n 1 "$EXP/score-$s.out")")
 done
 echo "== $INIT: the demo ran $((SECONDS / 60)) min $((SECONDS % 60)) s"
 printf '%s\n' "${summary[@]}"

@@ -22,10 +22,10 @@ mt_stage() {
     | "$PY" examples/toy/train_progress.py --total 0 --log "$save/train.log"
 }
 
-# comsl_row ROW_SCRIPT SAVE_DIR [more fairseq-train flags]: one examples/covost2/ablations row on
+# row_command ROW_SCRIPT SAVE_DIR [more fairseq-train flags]: one examples/covost2/ablations row on
 # Whisper base + adapter + the MT-stage model ($MT, also the MT teacher). Environment:
 # EPOCHS, BATCH (clips per process), LR, WARMUP, FREEZE_EPOCHS (rows 5-7), TRAIN_SUBSET.
-comsl_row() {
+row_command() {
   local script="$1" save="$2"
   shift 2
   ARCH=whisper_mbart_composite_tiny WHISPER="$WHISPER" MBART="$MT" MT_TEACHER="$MT" DATA="$CORPUS" \
@@ -33,19 +33,48 @@ comsl_row() {
     MAX_EPOCH="$EPOCHS" FREEZE_EPOCHS="$FREEZE_EPOCHS" LR="$LR" WARMUP="$WARMUP" KEEP_LAST_EPOCHS=1 \
     TRAIN_SUBSET="${TRAIN_SUBSET:-train}" \
     bash "$script" --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints --num-workers 0 \
-      --log-format json --log-interval 20 "$@" 2>&1 \
-    | "$PY" examples/toy/train_progress.py --total 0 --log "$save/train.log"
+      --log-format json --log-interval 20 "$@"
 }
 
-# decode_sets SAVE_DIR SET...: beam 5, PROCS decodes at a time (one thread each)
+# comsl_row ROW_SCRIPT SAVE_DIR [flags]: the row trained, its progress shown, its log in SAVE_DIR/train.log
+comsl_row() {
+  row_command "$@" 2>&1 | "$PY" examples/toy/train_progress.py --total 0 --log "$2/train.log"
+}
+
+# cache_ahead_start ROW_SCRIPT SAVE_DIR [flags incl. --whisper-feature-cache DIR]: in the background, on
+# one core, the row's Whisper feature cache filled ahead with the row's exact flags (CACHE_FEATURES=1:
+# comsl-cache-features; the MT-stage checkpoint need not exist yet), logged to SAVE_DIR/cache_ahead.log.
+# cache_ahead_stop ends it (complete entries are kept; the row computes the rest itself).
+cache_ahead_start() {
+  mkdir -p "$2"
+  set -m  # its own process group, so that the stop reaches the python process under the recipe's shells
+  CACHE_FEATURES=1 row_command "$@" > "$2/cache_ahead.log" 2>&1 &
+  CACHE_AHEAD_PID=$!
+  set +m
+  trap cache_ahead_stop EXIT
+}
+cache_ahead_stop() {
+  if [ -n "${CACHE_AHEAD_PID:-}" ]; then
+    kill -TERM -- "-$CACHE_AHEAD_PID" 2>/dev/null || true
+    wait "$CACHE_AHEAD_PID" 2>/dev/null || true
+    CACHE_AHEAD_PID=
+  fi
+}
+
+# decode_one SAVE_DIR SET: beam 5 on one set, one thread: SAVE_DIR/generate-SET.{txt,log}
+decode_one() {
+  fairseq-generate "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset "$2" \
+    --path "$1/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 32 --required-batch-size-multiple 1 \
+    --scoring sacrebleu --cpu > "$1/generate-$2.txt" 2> "$1/generate-$2.log"
+}
+
+# decode_sets SAVE_DIR SET...: decode_one for each set, PROCS at a time
 decode_sets() {
   local save="$1" pids=() s p
   shift
   for s in "$@"; do
     if [ "${#pids[@]}" -ge "$PROCS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
-    fairseq-generate "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset "$s" \
-      --path "$save/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 32 --required-batch-size-multiple 1 \
-      --scoring sacrebleu --cpu > "$save/generate-$s.txt" 2> "$save/generate-$s.log" &
+    decode_one "$save" "$s" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
