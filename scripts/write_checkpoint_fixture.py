@@ -6,12 +6,25 @@ checkpoint saved by earlier code still loads and decodes to the same hypotheses:
     python scripts/write_checkpoint_fixture.py tests/fixtures/old_checkpoint
 """
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative_names(obj, root: str):
+    """obj with every string naming a path under root rewritten relative to root (so the
+    committed checkpoint holds no path of the machine that wrote it)."""
+    if isinstance(obj, dict):
+        return {k: relative_names(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(relative_names(v, root) for v in obj)
+    if isinstance(obj, str) and root in obj:
+        return obj.replace(root + os.sep, "").replace(root, ".")
+    return obj
 
 
 def main() -> None:
@@ -32,7 +45,13 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         (out / "clips").mkdir(parents=True)
-        shutil.copy(tmp / "ckpt" / "checkpoint_last.pt", out / "checkpoint.pt")
+        import torch
+
+        from comsl_fairseq.checkpoints.allowlist import load_weights_only
+
+        state = load_weights_only(tmp / "ckpt" / "checkpoint_last.pt")
+        state = {k: (v if k == "model" else relative_names(v, str(tmp))) for k, v in state.items()}
+        torch.save(state, out / "checkpoint.pt")
         for name in ("dict.txt", "sentence.bpe.model"):
             shutil.copy(mbart / name, out / name)
         rows = (data / "test.tsv").read_text(encoding="utf-8").splitlines()
