@@ -110,7 +110,7 @@ def test_filled_ahead_the_run_reads_every_clip_from_the_cache(data_dir, whisper_
                                "--num-shards", "2", "--shard-id", shard], env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "clips, " in proc.stdout and "computed" in proc.stdout
+        assert "entries computed and written" in proc.stdout
     n_clips = sum(len((data_dir / f"{s}.tsv").read_text().splitlines()) - 1 for s in ("train", "dev"))
     filled = {p: p.stat().st_mtime_ns for p in entries(cache)}
     assert len(filled) == n_clips  # the training and the validation clips
@@ -145,3 +145,33 @@ def test_filling_a_run_that_never_reads_the_cache_is_refused(data_dir, whisper_p
     assert main([*flags, "--freeze-whisper-epochs", "1"]) == 2
     assert "no --whisper-feature-cache" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_fill_stopped_by_sigterm_keeps_complete_entries_only(data_dir, whisper_pt, tmp_path, monkeypatch, capsys):
+    """SIGTERM (here sent by the process to itself right after its second entry) ends the fill
+    early: exit 143, the summary says so, and only complete entries are left."""
+    import os
+    import signal
+
+    from comsl_fairseq.cli.cache_features import main
+    from comsl_fairseq.modules.whisper_feature_cache import WhisperFeatureCache
+
+    put = WhisperFeatureCache.put
+
+    def put_then_sigterm(self, key, h):
+        put(self, key, h)
+        if self.misses == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(WhisperFeatureCache, "put", put_then_sigterm)
+    cache = tmp_path / "cache"
+    handler = signal.getsignal(signal.SIGTERM)
+    rc = main([str(data_dir), "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny",
+               "--whisper-checkpoint", str(whisper_pt), "--criterion", "comsl_multitask", "--cpu",
+               "--freeze-whisper-epochs", "1", "--whisper-feature-cache", str(cache), "--fill-batch-size", "1"])
+    out = capsys.readouterr().out
+    assert rc == 143 and "2 entries computed and written" in out and "stopped before the end (SIGTERM)" in out
+    assert signal.getsignal(signal.SIGTERM) == handler  # the previous handler is back
+    assert len(entries(cache)) == 2 and not list(cache.rglob("*.tmp"))
+    for path in entries(cache):
+        assert set(torch.load(path)) == {"key", "h"}

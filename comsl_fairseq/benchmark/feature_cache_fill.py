@@ -29,14 +29,20 @@ logger = logging.getLogger(__name__)
 _SPEECH_ONLY_MBART = ARCH_DIMS["whisper_mbart_composite_tiny"][1]
 
 
+class Stopped(Exception):
+    """SIGTERM: the fill ends early; what is written so far is complete and kept."""
+
+
 def _terminate(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds, so a half-written entry's temporary file is removed
+    raise Stopped  # unwinds, so a half-written entry's temporary file is removed
 
 
 def fill(argv: list, num_shards: int = 1, shard_id: int = 0, batch_size: int = 16) -> dict:
     """Compute the Whisper features of every clip of the run's training and validation manifests
     (this shard's share) that the cache does not hold yet. ``argv``: DATA and the run's fairseq-train flags.
-    Returns the counts {"clips", "computed", "present", "stale", "seconds"}."""
+    Stops early, keeping what is written, on SIGTERM. Returns the counts {"written" (entries
+    computed and written), "present" (valid entries found), "stale" (of the written: entries
+    that were there but stale), "seconds", "folder", "stopped"}."""
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"--shard-id {shard_id} is not in 0..{num_shards - 1} (--num-shards {num_shards})")
     cfg = train_cfg(argv)
@@ -63,7 +69,7 @@ def fill(argv: list, num_shards: int = 1, shard_id: int = 0, batch_size: int = 1
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()
-    clips = 0
+    stopped = False
     try:
         subsets = str(cfg.dataset.train_subset).split(",")
         if not cfg.dataset.disable_validation:  # validation in the frozen epochs reads the cache too
@@ -79,11 +85,13 @@ def fill(argv: list, num_shards: int = 1, shard_id: int = 0, batch_size: int = 1
                 net = batch["net_input"]
                 with torch.no_grad():
                     encoder.whisper_features(net["src_tokens"].to(device), net["src_lengths"].to(device))
-                clips += batch["nsentences"]
                 if start // batch_size % 50 == 0:
                     logger.info("%s: %d / %d clips of this shard (%s)", subset, start + batch["nsentences"],
                                 len(order), cache.stats())
+    except Stopped:
+        stopped = True
+        logger.info("stopped (SIGTERM) after %d entries: those written are complete and kept", cache.written)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return {"clips": clips, "computed": cache.misses + cache.stale, "present": cache.hits, "stale": cache.stale,
-            "seconds": round(time.monotonic() - t0, 1), "folder": str(cache.folder)}
+    return {"written": cache.written, "present": cache.hits, "stale": cache.stale,
+            "seconds": round(time.monotonic() - t0, 1), "folder": str(cache.folder), "stopped": stopped}

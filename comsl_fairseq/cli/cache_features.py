@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from comsl_fairseq.benchmark.feature_cache_fill import fill
 
     counts = fill(rest, num_shards=args.num_shards, shard_id=args.shard_id, batch_size=args.fill_batch_size)
-    print(f"Whisper feature cache {counts['folder']}: {counts['clips']} clips, {counts['computed']} computed "
-          f"({counts['stale']} stale entries rebuilt), {counts['present']} already there, {counts['seconds']} s")
-    return 0
+    print(f"Whisper feature cache {counts['folder']}: {counts['written']} entries computed and written "
+          f"({counts['stale']} of them replacing stale ones), {counts['present']} already there, {counts['seconds']} s"
+          + (" -- stopped before the end (SIGTERM)" if counts["stopped"] else ""))
+    return 143 if counts["stopped"] else 0

@@ -53,7 +53,7 @@ class WhisperFeatureCache:
     def __init__(self, folder, settings: dict):
         self.folder = Path(folder)
         self.settings = {**{k: settings[k] for k in sorted(settings)}, "format": FORMAT}
-        self.hits = self.misses = self.stale = 0
+        self.hits = self.misses = self.stale = self.written = 0
 
     def key(self, clip: str, fingerprint: str) -> dict:
         return {"clip": clip, "whisper": fingerprint, "settings": self.settings}
@@ -91,6 +91,7 @@ class WhisperFeatureCache:
         try:
             torch.save({"key": key, "h": h.detach().float().cpu().clone()}, tmp)
             os.replace(tmp, path)
+            self.written += 1
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -72,7 +72,7 @@ if [ "$INIT" = pretrained ]; then
   cache_ahead_start "$ROW" "$EXP" "${CACHE[@]}"
   mt_stage "$EXP/mt"
   cache_ahead_stop
-  echo "   Whisper features filled ahead: $(tail -n 1 "$EXP/cache_ahead.log" | grep -o '[0-9]* computed' || echo none)"
+  echo "   filled ahead: $(grep -h '^Whisper feature cache' "$EXP/cache_ahead.log" || echo 'nothing (see $EXP/cache_ahead.log)')"
   echo "== ComSL (row 7, the full objective): Whisper base (frozen) + adapter + the MT-stage model," \
        "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"
   comsl_row "$ROW" "$EXP" "${CACHE[@]}"

@@ -57,6 +57,7 @@ cache_ahead_stop() {
   if [ -n "${CACHE_AHEAD_PID:-}" ]; then
     kill -TERM -- "-$CACHE_AHEAD_PID" 2>/dev/null || true
     wait "$CACHE_AHEAD_PID" 2>/dev/null || true
+    while kill -0 -- "-$CACHE_AHEAD_PID" 2>/dev/null; do sleep 0.2; done  # the python process, too
     CACHE_AHEAD_PID=
   fi
 }
