@@ -25,7 +25,7 @@
 #                 --whisper-feature-cache DIR (given as an extra flag) that the frozen epochs read
 # Launch: world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
 #   NPROC_PER_NODE [every visible GPU; 1 with --cpu or without GPUs]  NNODES [1]  NODE_RANK [0]
-#   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]; under Slurm (one task per node) NNODES, NODE_RANK,
+#   MASTER_ADDR [127.0.0.1]  MASTER_PORT [a free port on one node, else 29500]; under Slurm (one task per node) NNODES, NODE_RANK,
 #   MASTER_ADDR (first host of the job) and MASTER_PORT (from the job id) come from Slurm's variables.
 # Set by the row scripts (training strategies of the paper):
 #   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs (the task
@@ -80,6 +80,10 @@ if [ -z "${MASTER_ADDR:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] && command -v s
   MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 fi
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+if [ -z "${MASTER_PORT:-}" ] && [ "$NNODES" = 1 ] && [ -z "${SLURM_JOB_ID:-}" ]; then
+  # one node: any free port, so that two runs on one machine do not collide
+  MASTER_PORT="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
 MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-9500} % 10000))}"
 world=$((NPROC_PER_NODE * NNODES))
 if [ -z "${UPDATE_FREQ:-}" ]; then

@@ -13,7 +13,7 @@
 #      Whisper base (frozen throughout) + a random adapter + the MT-stage model, which is
 #      also the frozen MT teacher. Whisper's output is computed once per clip and cached
 #      (--whisper-feature-cache, data/whisper_cache): filled ahead on the core the MT stage leaves
-#      idle (comsl-cache-features with row 7's flags), the rest in ComSL's first epoch.
+#      idle (comsl-cache-features with row 7's flags), before ComSL starts.
 #   5. each test set decoded with beam 5 and scored (sacreBLEU, exact match), the sets in parallel.
 #
 # DEMO_INIT=scratch runs the from-scratch recipe instead: a tiny random Whisper + mBART trained
@@ -68,10 +68,11 @@ if [ "$INIT" = pretrained ]; then
   WARMUP="${DEMO_WARMUP:-50}"
   ROW=examples/covost2/ablations/row7_cml.sh
   CACHE=(--whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}")
-  # the MT stage trains on one core: the other fills ComSL's Whisper feature cache meanwhile
+  # the MT stage trains on one core: the other fills ComSL's Whisper feature cache meanwhile. The
+  # fill runs to its end, so every feature ComSL reads comes from its fixed batches (reproducible).
   cache_ahead_start "$ROW" "$EXP" "${CACHE[@]}"
   mt_stage "$EXP/mt"
-  cache_ahead_stop
+  cache_ahead_wait "$EXP/cache_ahead.log"
   echo "   filled ahead: $(grep -h '^Whisper feature cache' "$EXP/cache_ahead.log" || echo 'nothing (see $EXP/cache_ahead.log)')"
   echo "== ComSL (row 7, the full objective): Whisper base (frozen) + adapter + the MT-stage model," \
        "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"

@@ -44,7 +44,7 @@ comsl_row() {
 # cache_ahead_start ROW_SCRIPT SAVE_DIR [flags incl. --whisper-feature-cache DIR]: in the background, on
 # one core, the row's Whisper feature cache filled ahead with the row's exact flags (CACHE_FEATURES=1:
 # comsl-cache-features; the MT-stage checkpoint need not exist yet), logged to SAVE_DIR/cache_ahead.log.
-# cache_ahead_stop ends it (complete entries are kept; the row computes the rest itself).
+# cache_ahead_wait waits for it to finish; cache_ahead_stop ends it (on exit: complete entries are kept).
 cache_ahead_start() {
   mkdir -p "$2"
   set -m  # its own process group, so that the stop reaches the python process under the recipe's shells
@@ -52,6 +52,12 @@ cache_ahead_start() {
   CACHE_AHEAD_PID=$!
   set +m
   trap cache_ahead_stop EXIT
+}
+cache_ahead_wait() {
+  if [ -n "${CACHE_AHEAD_PID:-}" ]; then
+    wait "$CACHE_AHEAD_PID" || { echo "filling the Whisper feature cache failed: see $1" >&2; return 1; }
+    CACHE_AHEAD_PID=
+  fi
 }
 cache_ahead_stop() {
   if [ -n "${CACHE_AHEAD_PID:-}" ]; then
