@@ -165,3 +165,33 @@ def test_train_progress_prints_updates_validation_and_warnings(tmp_path):
     assert lines[1:] == ["2026-01-01 00:00:01 | WARNING | fairseq.trainer | something odd",
                          "  dev after epoch 1: loss 6.500 st_loss 6.900"]
     assert (tmp_path / "train.log").read_text() == log
+
+
+def test_ablation_report_tables_rows_with_intervals_and_paired_deltas(tmp_path):
+    """examples/toy/ablation_report.py on two rows' generate logs: a markdown table with each
+    row's BLEU and interval per set, and the second row's paired difference against the first."""
+    from comsl_fairseq.data.manifest import write_manifest
+    from comsl_fairseq.evaluation.logs import write_generate_log
+
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    refs = [f"{a} hundred and {b}" for a in words for b in words][:60]
+    columns = ("id", "audio", "n_frames", "src_text", "tgt_text", "src_lang", "tgt_lang")
+    (tmp_path / "data").mkdir()
+    write_manifest(tmp_path / "data" / "set_a.tsv",
+                   [[f"fr_{i}_v0", f"c{i}.flac", "16000", "x", r, "fr", "en"] for i, r in enumerate(refs)],
+                   columns=columns)
+    good = refs[:50] + ["nine"] * 10  # right on 50 of 60
+    write_generate_log(tmp_path / "exp" / "row1_st_only" / "generate-set_a.txt", refs, good)
+    write_generate_log(tmp_path / "exp" / "row2_mt" / "generate-set_a.txt", refs, ["nine"] * 60)
+    (tmp_path / "exp" / "row2_mt" / "time.txt").write_text("train 10 s, decode 2 s\n")
+    proc = subprocess.run([sys.executable, "examples/toy/ablation_report.py", "--exp", tmp_path / "exp", "--data",
+                           tmp_path / "data", "--rows", "row1_st_only,row2_mt", "--sets", "set_a", "--out",
+                           tmp_path / "out"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    row1, row2 = (line for line in table.splitlines() if line.startswith(("| 1 ST only", "| 2 + MT")))
+    assert "26.48" in row1 and "[" in row1  # the paper's figure and an interval
+    assert "*" in row2 and "train 10 s" in row2  # a significant drop against row 1
+    result = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert result["rows"]["row1_st_only"]["set_a"]["bleu"] > result["rows"]["row2_mt"]["set_a"]["bleu"]
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 0

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from comsl_fairseq.decoded_system import read_log
+from comsl_fairseq.evaluation.decoded_system import read_log
 from comsl_fairseq.evaluation.scoring import bootstrap_interval, paired_bootstrap
 
 # The paper's figures (ComSL Medium, CoVoST 2 average BLEU) for the rows that have one.
