@@ -18,6 +18,7 @@ setup(
         "soundfile>=0.12",
         "soxr",
         "sentencepiece",
+        "protobuf",
         "sacrebleu>=2",
         "pyyaml",
         "tqdm",
@@ -38,6 +39,7 @@ setup(
             "comsl-compare-systems=comsl_fairseq.cli.compare_systems:main",
             "comsl-modality-gap=comsl_fairseq.cli.modality_gap:main",
             "comsl-plot-training=comsl_fairseq.cli.plot_training:main",
+            "comsl-trim-vocab=comsl_fairseq.cli.trim_vocab:main",
         ]
     },
 )

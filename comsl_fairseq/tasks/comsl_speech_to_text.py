@@ -30,6 +30,7 @@ from comsl_fairseq.training.setup_checks import check_criterion_setup, check_mod
 from comsl_fairseq.training.stand_in_batch import readable_first_batch
 from comsl_fairseq.vocab.fingerprint import KEY as VOCABULARY_KEY
 from comsl_fairseq.vocab.fingerprint import check_vocabulary, vocabulary_fingerprint
+from comsl_fairseq.vocab.trim import TrimmedDictionary
 from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
         self.length_limits = None  # of the last model built: rows over them are skipped when read
-        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
+        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model, dictionary)
         self.schedule = None  # measured from the training epoch iterator
         self._schedule_logged = False
         self.sequence_generator = None
@@ -96,9 +97,14 @@ class ComslSpeechToTextTask(FairseqTask):
         if not config_path.is_absolute():
             config_path = Path(cfg.data) / config_path
         data_cfg = DataConfig.load(config_path)
-        dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename)
-        logger.info("dictionary: %d symbols (%s + tags + <mask> = %d pretrained rows, + %d added tags)",
-                    len(dictionary), data_cfg.vocab_filename.name, n_pretrained, len(dictionary) - n_pretrained)
+        dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename, data_cfg.trim_vocab)
+        if isinstance(dictionary, TrimmedDictionary):
+            logger.info("dictionary: %d of %d symbols (trim_vocab %s: its pieces, specials and all language tags)",
+                        len(dictionary), dictionary.full_size, data_cfg.trim_vocab)
+        else:
+            logger.info("dictionary: %d symbols (%s + tags + <mask> = %d pretrained rows, + %d added tags)",
+                        len(dictionary), data_cfg.vocab_filename.name, n_pretrained,
+                        len(dictionary) - n_pretrained)
         return cls(cfg, data_cfg, dictionary, n_pretrained)
 
     # ------------------------------------------------------------------ data
