@@ -58,6 +58,13 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     decode_task: ChoiceEnum(["st", "asr", "mt"]) = field(default="st", metadata={
         "help": "what fairseq-generate decodes: st = speech -> translation; asr = speech -> transcript "
                 "(references are transcripts); mt = gold transcript -> translation (text path, no audio)"})
+    audio_bucket_seconds: float = field(default=0.0, metadata={
+        "help": "order utterances by audio length rounded down to buckets of this many seconds, then by text "
+                "length (the longer of transcript and translation), so that a batch holds similar clips and "
+                "similar texts; 0 = by audio length alone. comsl-preflight prints the padding either way"})
+    text_token_samples: int = field(default=0, metadata={
+        "help": "--max-tokens counts audio samples; with N > 0 each token of an utterance's longer text also "
+                "counts as N samples, so batches of long texts hold fewer utterances (0 = audio only)"})
     fail_on_bad_input: bool = field(default=False, metadata={
         "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
@@ -93,6 +100,9 @@ class ComslSpeechToTextTask(FairseqTask):
     def setup_task(cls, cfg: ComslSpeechToTextConfig, **kwargs):
         if cfg.data in (None, "", "???"):
             raise ValueError("comsl_speech_to_text needs the data folder as first argument")
+        if cfg.audio_bucket_seconds < 0 or cfg.text_token_samples < 0:
+            raise ValueError(f"--audio-bucket-seconds and --text-token-samples must be >= 0, got "
+                             f"{cfg.audio_bucket_seconds} and {cfg.text_token_samples}")
         config_path = Path(cfg.config_yaml)
         if not config_path.is_absolute():
             config_path = Path(cfg.data) / config_path
@@ -119,7 +129,8 @@ class ComslSpeechToTextTask(FairseqTask):
             split, self.manifest_paths(split), self.data_cfg, self.tgt_dict, self.tokenizer,
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
-            length_limits=self.length_limits,
+            length_limits=self.length_limits, bucket_samples=int(self.cfg.audio_bucket_seconds * SAMPLE_RATE),
+            text_token_samples=self.cfg.text_token_samples,
         )
         if not split.startswith("train"):
             langs = {self.lang_name(t) for t in set(self.datasets[split].src_lang)}
