@@ -18,6 +18,7 @@ setup(
         "soundfile>=0.12",
         "soxr",
         "sentencepiece",
+        "protobuf",
         "sacrebleu>=2",
         "pyyaml",
         "tqdm",
@@ -39,6 +40,7 @@ setup(
             "comsl-modality-gap=comsl_fairseq.cli.modality_gap:main",
             "comsl-plot-training=comsl_fairseq.cli.plot_training:main",
             "comsl-cache-features=comsl_fairseq.cli.cache_features:main",
+            "comsl-trim-vocab=comsl_fairseq.cli.trim_vocab:main",
         ]
     },
 )

@@ -7,6 +7,13 @@ import pytest
 from tests.builders import BIN
 
 
+def ratio_of(a: str, b: str):
+    """a / b of two table cells printed with 2 decimals, within what that rounding allows (the
+    summary line is the ratio of the unrounded figures, itself rounded to 2 decimals)."""
+    x, y = float(a), float(b)
+    return pytest.approx(x / y, abs=(x / y) * (0.005 / x + 0.005 / y) + 0.0051)
+
+
 @pytest.mark.subprocess
 def test_benchmark_smoke_mode():
     proc = subprocess.run([str(BIN / "comsl-benchmark"), "--arch", "tiny", "--smoke"],
@@ -20,7 +27,7 @@ def test_benchmark_smoke_mode():
             rows[cells[0]] = cells[1:]
     # a row for paper-style, ours with every switch off, each switch alone, and ours
     assert list(rows) == ["paper-style (11 s, 7 passes)", "ours, switches off", "ours + lean output layer only",
-                          "ours + foreach Adam only", "ours"], lines
+                          "ours + foreach Adam only", "ours", "ours + trimmed vocabulary"], lines
     for name, cells in rows.items():
         assert float(cells[0]) > 0 and float(cells[2]) > 0 and cells[4].endswith(" GB"), (name, cells)
     ours, paper = rows["ours"], rows["paper-style (11 s, 7 passes)"]
@@ -28,5 +35,10 @@ def test_benchmark_smoke_mode():
     decode = re.fullmatch(r"decode_speedup_vs_fixed11: (\d+\.\d+)", lines[-2])
     train = re.fullmatch(r"speedup_vs_fixed11: (\d+\.\d+)", lines[-1])
     assert decode and train and lines[-3].startswith("memory_vs_fixed11: "), lines[-3:]
-    assert float(train.group(1)) == pytest.approx(float(ours[0]) / float(paper[0]), rel=0.02, abs=0.011)
-    assert float(decode.group(1)) == pytest.approx(float(ours[3]) / float(paper[3]), rel=0.02, abs=0.011)
+    assert float(train.group(1)) == ratio_of(ours[0], paper[0])
+    assert float(decode.group(1)) == ratio_of(ours[3], paper[3])
+    trimmed = {k: float(v) for k, v in (line.split(": ") for line in lines if line.startswith("trimmed_"))}
+    assert trimmed.keys() == {"trimmed_memory_vs_fixed11", "trimmed_decode_speedup_vs_fixed11",
+                              "trimmed_speedup_vs_fixed11"}, lines
+    row = rows["ours + trimmed vocabulary"]
+    assert trimmed["trimmed_speedup_vs_fixed11"] == ratio_of(row[0], paper[0])

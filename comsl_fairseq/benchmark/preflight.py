@@ -100,6 +100,39 @@ def load_inputs(cfg, report: Report, n_clips: int):
     return task, model, task.build_criterion(cfg.criterion)
 
 
+def padding(cfg, dataset, bucket_seconds: float) -> tuple:
+    """(batches, padding fractions) of the training set as batched with --audio-bucket-seconds
+    ``bucket_seconds`` and the run's --max-tokens / --batch-size."""
+    from fairseq.data import data_utils
+    from whisper.audio import SAMPLE_RATE
+
+    saved = dataset.bucket_samples
+    dataset.bucket_samples = int(bucket_seconds * SAMPLE_RATE)
+    try:
+        with data_utils.numpy_seed(cfg.common.seed):
+            indices = dataset.ordered_indices()
+        batches = dataset.batch_by_size(indices, max_tokens=cfg.dataset.max_tokens,
+                                        max_sentences=cfg.dataset.batch_size,
+                                        required_batch_size_multiple=cfg.dataset.required_batch_size_multiple)
+    finally:
+        dataset.bucket_samples = saved
+    return batches, dataset.padding_fractions(batches)
+
+
+def report_padding(cfg, task, report: Report, compare_seconds: float = 1.0) -> None:
+    """The padding share of audio, transcripts and translations in the training batches, with
+    this run's bucketing and, for comparison, with the other kind (audio alone or buckets of
+    ``compare_seconds`` sorted by text)."""
+    dataset = task.dataset(cfg.dataset.train_subset)
+    ours = cfg.task.audio_bucket_seconds
+    for seconds in (ours, compare_seconds if ours == 0 else 0.0):
+        batches, frac = padding(cfg, dataset, seconds)
+        how = f"--audio-bucket-seconds {seconds:g}" + (" (this run)" if seconds == ours else "")
+        report.value(f"padding, {how}", f"audio {100 * frac['audio']:.1f} %, transcript "
+                     f"{100 * frac['transcript']:.1f} %, translation {100 * frac['translation']:.1f} % of the "
+                     f"batch tensors ({len(batches)} training batches)")
+
+
 def time_training(cfg, task, model, criterion, args, report: Report) -> None:
     from fairseq.trainer import Trainer
 
@@ -141,10 +174,55 @@ def time_training(cfg, task, model, criterion, args, report: Report) -> None:
     report.value("updates per epoch", str(schedule.updates_per_epoch))
     report.value("hours per epoch", f"{hours_epoch:.3g} (world size {args.world_size}, validation excluded)")
     epochs = cfg.optimization.max_epoch or float("nan")
-    report.value("hours for the run", f"{hours_epoch * epochs:.3g} ({cfg.optimization.max_epoch} epochs)")
+    cached = cached_epochs(cfg)
+    if cached:
+        whisper_s = whisper_forward_seconds(model, sample, trainer.device)
+        saved = schedule.updates_per_epoch * update_freq * min(whisper_s, step_s) / 3600
+        report.value("Whisper feature cache", f"epochs 2-{cached + 1} read the frozen Whisper outputs instead of "
+                     f"computing them: {whisper_s:.3f} s less per batch, {hours_epoch - saved:.3g} hours per such "
+                     f"epoch (disk: about {feature_cache_gb(task, model):.2f} GB)")
+        report.value("hours for the run", f"{hours_epoch * epochs - saved * cached:.3g} "
+                     f"({cfg.optimization.max_epoch} epochs, {cached} of them with cached Whisper outputs)")
+    else:
+        report.value("hours for the run", f"{hours_epoch * epochs:.3g} ({cfg.optimization.max_epoch} epochs)")
     report.value("peak memory per device", f"{peak:.2f} {unit}")
     report.value("disk for checkpoints", f"{ckpt_gb * (kept + 2):.2f} GB ({kept} epoch checkpoints + best + last, "
                  f"{ckpt_gb:.2f} GB each: {params:,} parameters x {CHECKPOINT_BYTES_PER_PARAM} B)")
+
+
+def cached_epochs(cfg) -> int:
+    """Epochs that read Whisper's outputs from --whisper-feature-cache: the frozen epochs but the
+    first, which fills it (--freeze-whisper-epochs; a freeze counted in updates is not estimated)."""
+    if not cfg.model.get("whisper_feature_cache"):
+        return 0
+    frozen = min(cfg.model.get("freeze_whisper_epochs", 0), cfg.optimization.max_epoch or 0)
+    return max(frozen - 1, 0)
+
+
+def whisper_forward_seconds(model, sample, device, repeats: int = 2) -> float:
+    """Wall time of the frozen Whisper forward (no cache) on one training batch."""
+    from fairseq import utils
+
+    net = utils.move_to_cuda(sample, device)["net_input"] if device.type == "cuda" else sample["net_input"]
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.encoder._whisper_forward(net["src_tokens"], net["src_lengths"])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def feature_cache_gb(task, model) -> float:
+    """Disk the cache takes for the training set: one fp32 vector of Whisper's width per encoder
+    frame (50 per second of audio) of every clip; padding and trailing silence come on top."""
+    from whisper.audio import SAMPLE_RATE
+
+    seconds = float(task.dataset(task.cfg.train_subset).n_samples.sum()) / SAMPLE_RATE
+    width = model.encoder.whisper.ln_post.normalized_shape[0]
+    return seconds * 50 * width * 4 / GB
 
 
 # -------------------------------------------------------- random-weights mode
@@ -268,6 +346,8 @@ def run(args, rest: list) -> int:
         args.world_size = 1 if cfg.common.cpu or visible_devices() == 0 else visible_devices()
     check_config(cfg, args.world_size, report)
     inputs = load_inputs(cfg, report, args.sample_clips)
+    if inputs is not None:
+        report_padding(cfg, inputs[0], report)
     if inputs is not None and not report.failed and args.steps > 0:
         time_training(cfg, *inputs, args, report)
     print("preflight: " + ("FAILED: " + ", ".join(report.failed) if report.failed else "all checks passed"))

@@ -20,19 +20,26 @@ def arch_dims(arch: str) -> tuple:
     return (*ARCH_DIMS[f"whisper_mbart_composite_{arch}"], 8000 if arch == "tiny" else MBART50_VOCABULARY_ROWS)
 
 
-def synthetic_data_folder(folder: Path, n_pretrained: int) -> Path:
+TRIMMED_CONFIG = "config_trimmed.yaml"  # the synthetic data config of the trimmed-vocabulary row
+
+
+def synthetic_data_folder(folder: Path, n_pretrained: int, keep_pieces: int = 0) -> Path:
     """A data folder the real task reads: a SentencePiece model (unused: the benchmark draws
     token ids), a dict.txt that with the ML50 tags and <mask> gives ``n_pretrained`` rows,
-    and config.yaml."""
+    and config.yaml; with ``keep_pieces`` also a keep file of that many pieces and
+    :data:`TRIMMED_CONFIG`, the same config with ``trim_vocab`` naming it."""
     from comsl_fairseq.vocab.languages import ML50_TAGS
+    from comsl_fairseq.vocab.trim import write_keep_file
     from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
     train_sentencepiece([f"w{i} w{i + 1} w{i + 2}" for i in range(300)], folder, vocab_size=60)
     n_words = n_pretrained - 4 - len(ML50_TAGS) - 1  # <s> <pad> </s> <unk>, tags, <mask>
     (folder / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(n_words)), encoding="utf-8")
-    (folder / "config.yaml").write_text(
-        "vocab_filename: dict.txt\nbpe_tokenizer: {bpe: sentencepiece, sentencepiece_model: sentence.bpe.model}\n",
-        encoding="utf-8")
+    config = "vocab_filename: dict.txt\nbpe_tokenizer: {bpe: sentencepiece, sentencepiece_model: sentence.bpe.model}\n"
+    (folder / "config.yaml").write_text(config, encoding="utf-8")
+    if keep_pieces:
+        write_keep_file(folder / "vocab_keep.txt", [f"w{i}" for i in range(min(keep_pieces, n_words))])
+        (folder / TRIMMED_CONFIG).write_text(config + "trim_vocab: vocab_keep.txt\n", encoding="utf-8")
     return folder
 
 
@@ -132,12 +139,14 @@ class Config:
 
 
 PAPER_STYLE = "paper-style (11 s, 7 passes)"
+TRIMMED = "ours + trimmed vocabulary"
 PAPER_STYLE_FLAGS = ["--output-layer", "full"]  # B x T x V log-probabilities, as the original
 
 
-def configs(stack_decoder_passes: bool, names=None) -> list:
+def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False) -> list:
     """Paper-style, ours with every switch off, each switch alone, ours with the defaults
-    (the row ``speedup_vs_fixed11`` reads); ``names`` selects among them."""
+    (the row ``speedup_vs_fixed11`` reads), and with ``trimmed`` ours with the defaults and a
+    trimmed vocabulary (a data config switch, not a flag); ``names`` selects among them."""
     def ours(on: tuple) -> list:
         return [f for name, (yes, no) in SWITCHES.items() for f in (yes if name in on else no)]
 
@@ -145,6 +154,8 @@ def configs(stack_decoder_passes: bool, names=None) -> list:
             Config("ours, switches off", 0.0, True, {}, stack_decoder_passes, ours(()))]
     rows += [Config(f"ours + {name} only", 0.0, True, {}, stack_decoder_passes, ours((name,))) for name in SWITCHES]
     rows.append(Config("ours", 0.0, True, {}, stack_decoder_passes, []))
+    if trimmed:
+        rows.append(Config(TRIMMED, 0.0, True, {}, stack_decoder_passes, ["--config-yaml", TRIMMED_CONFIG]))
     return [c for c in rows if names is None or c.name in names or c.name == "ours"]
 
 
@@ -231,7 +242,8 @@ def _train_child(conf, args, data, device_type, utts, seed):
 def decode_throughput(conf, args, data, device, utts, rng):
     from fairseq.sequence_generator import SequenceGenerator
 
-    model, _, task = build(args.arch, conf.pad_seconds, data, device)
+    data_flags = ["--config-yaml", TRIMMED_CONFIG] if conf.name == TRIMMED else []
+    model, _, task = build(args.arch, conf.pad_seconds, data, device, flags=data_flags)
     d = task.target_dictionary
     model.eval()
     max_len = args.decode_len
@@ -261,19 +273,19 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
 
     tmp = tempfile.TemporaryDirectory(prefix="comsl_benchmark_")
-    data = synthetic_data_folder(Path(tmp.name), arch_dims(args.arch)[2])
+    data = synthetic_data_folder(Path(tmp.name), arch_dims(args.arch)[2], args.trim_pieces)
     rng = np.random.default_rng(args.seed)
     max_seconds = 3.0 if args.smoke else 15.0
     utts = utterances(args.batch_size * (args.warmup + args.steps), rng, max_seconds)
     dec_utts = utterances(args.batch_size * args.decode_batches, rng, max_seconds)
-    rows = configs(args.stack_decoder_passes, args.configs)
+    rows = configs(args.stack_decoder_passes, args.configs, trimmed=args.trim_pieces > 0)
     results = {}
     for conf in rows:
         if device.type == "cpu" and not args.smoke:
             r = train_in_own_process(conf, args, data, device, utts, args.seed)
         else:
             r = train_throughput(conf, args, data, device, utts, np.random.default_rng(args.seed))
-        if conf.name in ("ours", PAPER_STYLE) and args.decode_batches > 0:  # the switches do not touch decoding
+        if conf.name in ("ours", PAPER_STYLE, TRIMMED) and args.decode_batches > 0:  # the flags leave decoding
             r["decode_utt_s"] = decode_throughput(conf, args, data, device, dec_utts,
                                                   np.random.default_rng(args.seed))
         results[conf.name] = r
@@ -301,6 +313,12 @@ def print_table(args, device, utts, results: dict) -> None:
     ours, paper = results.get("ours"), results.get(PAPER_STYLE)
     if ours is None or paper is None:
         return
+    trimmed = results.get(TRIMMED)
+    if trimmed is not None:
+        print(f"trimmed_memory_vs_fixed11: {trimmed['peak_gb'] / paper['peak_gb']:.2f}")
+        if "decode_utt_s" in trimmed and "decode_utt_s" in paper:
+            print(f"trimmed_decode_speedup_vs_fixed11: {trimmed['decode_utt_s'] / paper['decode_utt_s']:.2f}")
+        print(f"trimmed_speedup_vs_fixed11: {trimmed['utt_s'] / paper['utt_s']:.2f}")
     print(f"memory_vs_fixed11: {ours['peak_gb'] / paper['peak_gb']:.2f}")
     if "decode_utt_s" in ours and "decode_utt_s" in paper:
         print(f"decode_speedup_vs_fixed11: {ours['decode_utt_s'] / paper['decode_utt_s']:.2f}")

@@ -72,7 +72,8 @@ def check_same_training_setup(states: list, names: list) -> None:
                                  "only checkpoints of one training run can be averaged")
         vocab = checkpoint_fingerprint(state)
         if (vocab is None) != (ref_vocab is None) or (vocab and any(
-                vocab[part]["sha256"] != ref_vocab[part]["sha256"] for part in ("dict_txt", "sentencepiece_model"))):
+                (vocab.get(part) or {}).get("sha256") != (ref_vocab.get(part) or {}).get("sha256")
+                for part in ("dict_txt", "sentencepiece_model", "trim"))):
             describe = (lambda v: "no fingerprint" if v is None else  # noqa: E731
                         f"dict.txt sha256 {v['dict_txt']['sha256'][:12]}, SentencePiece sha256 "
                         f"{v['sentencepiece_model']['sha256'][:12]}")

@@ -206,11 +206,22 @@ def state_mismatch(own: dict, state: dict, limit: int = 20) -> list:
     return lines
 
 
+# Not a weight: where the state of a checkpoint trained with a trimmed vocabulary carries its
+# row mapping (trimmed id -> full id), so that the loader can check it against its own.
+TRIM_IDS_KEY = "vocabulary.trim.full_ids"
+
+
 def _mbart_part_of_comsl_checkpoint(ckpt: dict) -> tuple:
-    """(MbartDims, encoder.*/decoder.* state) of a comsl_fairseq checkpoint, e.g. the MT stage's."""
+    """(MbartDims, encoder.*/decoder.* state) of a comsl_fairseq checkpoint, e.g. the MT stage's;
+    a trimmed one's state also holds its row mapping under :data:`TRIM_IDS_KEY`."""
+    from comsl_fairseq.vocab.fingerprint import checkpoint_fingerprint
+
     dims = MbartDims.from_cfg(ckpt["cfg"]["model"])
     state = {k.replace("encoder.mbart.", "encoder.", 1): v for k, v in ckpt["model"].items()
              if k.startswith(("encoder.mbart.", "decoder."))}
+    trim = (checkpoint_fingerprint(ckpt) or {}).get("trim")
+    if trim is not None:
+        state[TRIM_IDS_KEY] = torch.tensor(trim["full_ids"], dtype=torch.long)
     return dims, state
 
 

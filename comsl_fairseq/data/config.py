@@ -6,6 +6,7 @@ the folder of the config file, never against the working directory.
 """
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -16,6 +17,8 @@ KNOWN_KEYS = {
     "max_audio_seconds": "longer clips are skipped and counted (default 30, Whisper's window)",
     "min_audio_seconds": "shorter clips are skipped and counted (default 0.1)",
     "max_text_tokens": "rows whose transcript or translation is longer are skipped (default 1024)",
+    "trim_vocab": "keep file written by comsl-trim-vocab: the embeddings and output layer hold only its pieces "
+                  "(plus specials and language tags); default: all of dict.txt",
 }
 
 
@@ -50,6 +53,7 @@ class DataConfig:
     max_audio_seconds: float = 30.0
     min_audio_seconds: float = 0.1
     max_text_tokens: int = 1024
+    trim_vocab: Optional[Path] = None
 
     @classmethod
     def load(cls, path) -> "DataConfig":
@@ -99,6 +103,8 @@ class DataConfig:
             ),
             audio_root=audio_root,
         )
+        if raw.get("trim_vocab") is not None:
+            cfg.trim_vocab = require_file(resolve(raw["trim_vocab"], "trim_vocab"), "trim_vocab")
         for key, kind in (("max_audio_seconds", float), ("min_audio_seconds", float), ("max_text_tokens", int)):
             if key in raw:
                 try:

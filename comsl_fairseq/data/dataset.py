@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
+from comsl_fairseq.data import batching
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, read_audio, resolve_audio_path
 from comsl_fairseq.data.clip_lengths import MIN_CLIP_SAMPLES, UNITS_HINT, header_samples, length_mismatch
 from comsl_fairseq.data.manifest import SkipLog, read_manifest
@@ -37,8 +38,10 @@ class SpeechTextDataset(FairseqDataset):
 
     def __init__(self, split, rows, audio_root: Path, dictionary, src_text, tgt_text, shuffle=True,
                  max_samples: int | None = None, min_samples: int = 0, fail_on_bad_input: bool = False,
-                 text_only: bool = False, decode_task: str = "st"):
+                 text_only: bool = False, decode_task: str = "st", bucket_samples: int = 0,
+                 text_token_samples: int = 0):
         """``rows``: :class:`ManifestRow` list; ``src_text``/``tgt_text``: their token tensors.
+        ``bucket_samples`` / ``text_token_samples``: see :mod:`comsl_fairseq.data.batching`.
 
         A clip that turns out unusable when read (undecodable, empty, NaN samples, longer or
         shorter than the limits) is skipped -- named in the log and counted -- or, with
@@ -60,12 +63,16 @@ class SpeechTextDataset(FairseqDataset):
         self.src_lang = [dictionary.index(tag_symbol(r.src_tag)) for r in rows]
         self.n_samples = np.array([r.n_samples for r in rows], dtype=np.int64)
         self.tgt_sizes = np.array([len(t) for t in tgt_text], dtype=np.int64)
+        self.src_sizes = np.array([len(t) for t in src_text], dtype=np.int64)
+        self.bucket_samples = bucket_samples
+        text = np.maximum(self.src_sizes, self.tgt_sizes)
+        self.cost = batching.token_cost(self.n_samples, text, text_token_samples)
         self.skipped = {}
 
     @classmethod
     def from_manifests(cls, split, manifest_paths, data_cfg, dictionary, tokenizer, shuffle,
                        fail_on_bad_input: bool = False, text_only: bool = False, decode_task: str = "st",
-                       length_limits=None):
+                       length_limits=None, bucket_samples: int = 0, text_token_samples: int = 0):
         """Read and tokenize manifests; rows that cannot be used are skipped, named and counted
         (or, with ``fail_on_bad_input``, the first one is an error). ``length_limits``
         (:class:`~comsl_fairseq.modules.length_limits.LengthLimits` of the built model, if any)
@@ -114,7 +121,8 @@ class SpeechTextDataset(FairseqDataset):
                              f" ({skips.summary(0)}){hint}")
         ds = cls(split, kept, data_cfg.audio_root, dictionary, src_text, tgt_text, shuffle,
                  max_samples=max_samples, min_samples=min_samples, fail_on_bad_input=fail_on_bad_input,
-                 text_only=text_only, decode_task=decode_task)
+                 text_only=text_only, decode_task=decode_task, bucket_samples=bucket_samples,
+                 text_token_samples=text_token_samples)
         ds.skipped = dict(skips.counts)
         return ds
 
@@ -220,10 +228,11 @@ class SpeechTextDataset(FairseqDataset):
         return batch
 
     def num_tokens(self, index):
-        return int(self.n_samples[index])
+        """What the utterance counts against --max-tokens: audio samples (+ text, see batching)."""
+        return int(self.cost[index])
 
     def num_tokens_vec(self, indices):
-        return self.n_samples[indices]
+        return self.cost[indices]
 
     def size(self, index):
         return int(self.n_samples[index]), int(self.tgt_sizes[index])
@@ -233,9 +242,15 @@ class SpeechTextDataset(FairseqDataset):
         return self.n_samples
 
     def ordered_indices(self):
-        """Sort by audio length (so batches hold similar lengths), random ties when shuffling."""
+        """Sort by audio length (so batches hold similar lengths), or by audio bucket and then text
+        length (``bucket_samples``); random ties when shuffling."""
         order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
-        return order[np.argsort(self.n_samples[order], kind="stable")]
+        text = np.maximum(self.src_sizes, self.tgt_sizes)
+        return batching.bucketed_order(self.n_samples, text, self.bucket_samples, order)
+
+    def padding_fractions(self, batches) -> dict:
+        """{"audio", "transcript", "translation"}: the share of padding in these batches."""
+        return batching.padding_fractions(batches, self.n_samples, self.src_sizes, self.tgt_sizes)
 
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
         """fairseq's length-based batching, without losing utterances.

@@ -29,6 +29,7 @@ from comsl_fairseq.inference.languages import training_pairs
 from comsl_fairseq.inference.translator import recorded_pairs
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS
 from comsl_fairseq.vocab.languages import EXTRA_TAGS, ML50_TAGS, mbart_tag
+from comsl_fairseq.vocab.trim import TrimmedDictionary
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ def export_hf(path, out_dir, data=None, score_logs=(), overwrite: bool = False,
     translator = SpeechTranslator.from_pretrained(path, device="cpu", data=data)
     model, task, cfg = translator.model, translator.task, translator.cfg
     dictionary = task.target_dictionary
+    if isinstance(dictionary, TrimmedDictionary):
+        raise ExportError(f"{path} was trained with a trimmed vocabulary (trim_vocab {dictionary.keep_file}); the "
+                          "Hugging Face export supports full-vocabulary models only (use comsl-export)")
     config = build_config(model, dictionary, cfg)
     config.auto_map = dict(AUTO_MAP)
     hf_model = ComslForSpeechSeq2Seq(config).eval()

@@ -4,6 +4,7 @@
                             fp16/bf16), no optimizer state
     OUT/dict.txt            the data config's dictionary, byte for byte
     OUT/sentence.bpe.model  its SentencePiece model
+    OUT/vocab_keep.txt      the keep file of a model trained with a trimmed vocabulary (trim_vocab)
     OUT/config.yaml         a data config naming the two files above (what the task reads)
     OUT/model_info.json     machine-readable summary (architecture, language pairs trained on,
                             updates, scores)
@@ -34,6 +35,7 @@ from comsl_fairseq.vocab.vocabulary import load_sentencepiece
 logger = logging.getLogger(__name__)
 
 FORMAT = "comsl_fairseq-export-1"
+TRIM_FILE = "vocab_keep.txt"
 PARTS = (("encoder.whisper.", "Whisper encoder"), ("encoder.adapter.", "adapter"),
          ("encoder.mbart.", "mBART encoder"), ("decoder.", "mBART decoder"))
 
@@ -111,6 +113,8 @@ def _write_folder(out: Path, name: str, state: dict, cfg: dict, data_cfg: DataCo
                   score_logs, source: str, pairs: dict) -> None:
     shutil.copyfile(data_cfg.vocab_filename, out / "dict.txt")
     shutil.copyfile(data_cfg.sentencepiece_model, out / "sentence.bpe.model")
+    if data_cfg.trim_vocab is not None:
+        shutil.copyfile(data_cfg.trim_vocab, out / TRIM_FILE)
     _write_data_config(out, data_cfg)
     weights = cast_state(state["model"], DTYPES[dtype])
     slim = {k: v for k, v in state.items() if k not in ("model", "last_optimizer_state")}
@@ -142,6 +146,8 @@ def _write_data_config(out: Path, data_cfg: DataConfig) -> None:
               "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": "sentence.bpe.model"},
               "audio_root": ".", "max_audio_seconds": data_cfg.max_audio_seconds,
               "min_audio_seconds": data_cfg.min_audio_seconds, "max_text_tokens": data_cfg.max_text_tokens}
+    if data_cfg.trim_vocab is not None:
+        config["trim_vocab"] = TRIM_FILE
     (out / DATA_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 

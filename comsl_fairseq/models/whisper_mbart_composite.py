@@ -273,7 +273,7 @@ def _embedding_rows_hint(own: dict, state: dict) -> str:
     key = "decoder.embed_tokens.weight"
     if key in own and key in state and own[key].size(0) != state[key].size(0):
         return (f" (trained with another dict.txt? the checkpoint has {state[key].size(0)} token embedding rows, "
-                f"this dictionary {own[key].size(0)})")
+                f"this dictionary {own[key].size(0)}) or another trim_vocab keep file in the data config")
     return ""
 
 

@@ -13,8 +13,15 @@ from fairseq.models.bart.model import mbart_large_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from torch import nn
 
-from comsl_fairseq.checkpoints.pretrained import CheckpointError, MbartDims, load_mbart_checkpoint, load_strict
+from comsl_fairseq.checkpoints.pretrained import (
+    TRIM_IDS_KEY,
+    CheckpointError,
+    MbartDims,
+    load_mbart_checkpoint,
+    load_strict,
+)
 from comsl_fairseq.vocab.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
+from comsl_fairseq.vocab.trim import TrimmedDictionary
 
 logger = logging.getLogger(__name__)
 
@@ -74,21 +81,34 @@ EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", 
 def load_mbart_weights(encoder, decoder, state: dict, source, n_pretrained_rows: int, dict_path) -> None:
     """Load ``encoder.*`` / ``decoder.*`` mBART weights strictly. A checkpoint with the
     mBART-50 rows (dict.txt + 52 tags + <mask>) gets the rows of ComSL's added tags
-    initialised to the mean ML50 tag embedding; one that already has them loads as is."""
+    initialised to the mean ML50 tag embedding; one that already has them loads as is. A
+    trimmed dictionary takes its rows out of a full checkpoint, or loads a trimmed one of
+    ours if that was trained with the same rows."""
     d = decoder.dictionary
+    state = dict(state)
+    saved_ids = state.pop(TRIM_IDS_KEY, None)  # a checkpoint of ours trained trimmed
     emb = state["encoder.embed_tokens.weight"]
     rows = emb.size(0)
-    if rows not in (n_pretrained_rows, len(d)):
+    full_rows = d.full_size if isinstance(d, TrimmedDictionary) else len(d)
+    if saved_ids is not None:
+        if not isinstance(d, TrimmedDictionary) or not torch.equal(saved_ids, d.full_ids):
+            now = f"{len(d)} rows of {d.keep_file}" if isinstance(d, TrimmedDictionary) else "the full vocabulary"
+            raise CheckpointError(f"{source} was trained with a trimmed vocabulary of {len(saved_ids)} rows, this "
+                                  f"task has {now}: use the trim_vocab keep file it was trained with")
+    elif rows not in (n_pretrained_rows, full_rows):
         raise CheckpointError(
             f"{source} has {rows} embedding rows but {dict_path} + 52 ML50 tags + <mask> give "
-            f"{n_pretrained_rows} (+{len(d) - n_pretrained_rows} ComSL tags): the dictionary and the "
+            f"{n_pretrained_rows} (+{full_rows - n_pretrained_rows} ComSL tags): the dictionary and the "
             "checkpoint do not belong together")
-    state = dict(state)
-    if rows < len(d):
-        tag_rows = emb[[d.index(tag_symbol(t)) for t in ML50_TAGS]]
-        emb = torch.cat([emb, tag_rows.mean(dim=0, keepdim=True).expand(len(d) - rows, -1)], dim=0)
+    if saved_ids is None and rows < full_rows:
+        ml50 = [n_pretrained_rows - 1 - len(ML50_TAGS) + i for i in range(len(ML50_TAGS))]  # before <mask>
+        tag_rows = emb[ml50]
+        emb = torch.cat([emb, tag_rows.mean(dim=0, keepdim=True).expand(full_rows - rows, -1)], dim=0)
         logger.info("%s: %d embedding rows + %d new (%s) from the mean tag embedding", source, rows,
-                    len(d) - rows, " ".join(tag_symbol(t) for t in EXTRA_TAGS))
+                    full_rows - rows, " ".join(tag_symbol(t) for t in EXTRA_TAGS))
+    if saved_ids is None and isinstance(d, TrimmedDictionary):
+        emb = emb[d.full_ids]  # the kept rows, in the trimmed dictionary's order
+        logger.info("%s: %d of %d embedding rows kept (trim_vocab %s)", source, len(d), full_rows, d.keep_file)
     for key in EMBEDDING_KEYS:
         state[key] = emb
     holder = nn.Module()  # a view with the checkpoint's key layout: encoder.*, decoder.*

@@ -30,6 +30,7 @@ from comsl_fairseq.training.setup_checks import check_criterion_setup, check_mod
 from comsl_fairseq.training.stand_in_batch import readable_first_batch
 from comsl_fairseq.vocab.fingerprint import KEY as VOCABULARY_KEY
 from comsl_fairseq.vocab.fingerprint import check_vocabulary, vocabulary_fingerprint
+from comsl_fairseq.vocab.trim import TrimmedDictionary
 from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,13 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     decode_task: ChoiceEnum(["st", "asr", "mt"]) = field(default="st", metadata={
         "help": "what fairseq-generate decodes: st = speech -> translation; asr = speech -> transcript "
                 "(references are transcripts); mt = gold transcript -> translation (text path, no audio)"})
+    audio_bucket_seconds: float = field(default=0.0, metadata={
+        "help": "order utterances by audio length rounded down to buckets of this many seconds, then by text "
+                "length (the longer of transcript and translation), so that a batch holds similar clips and "
+                "similar texts; 0 = by audio length alone. comsl-preflight prints the padding either way"})
+    text_token_samples: int = field(default=0, metadata={
+        "help": "--max-tokens counts audio samples; with N > 0 each token of an utterance's longer text also "
+                "counts as N samples, so batches of long texts hold fewer utterances (0 = audio only)"})
     fail_on_bad_input: bool = field(default=False, metadata={
         "help": "stop at the first unusable manifest row or clip instead of skipping and counting it"})
     seed: int = II("common.seed")
@@ -81,7 +89,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, dictionary)
         self.tag_ids = language_tag_ids(dictionary)
         self.length_limits = None  # of the last model built: rows over them are skipped when read
-        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model)
+        self.vocabulary = vocabulary_fingerprint(data_cfg.vocab_filename, data_cfg.sentencepiece_model, dictionary)
         self.schedule = None  # measured from the training epoch iterator
         self._schedule_logged = False
         self.sequence_generator = None
@@ -92,13 +100,21 @@ class ComslSpeechToTextTask(FairseqTask):
     def setup_task(cls, cfg: ComslSpeechToTextConfig, **kwargs):
         if cfg.data in (None, "", "???"):
             raise ValueError("comsl_speech_to_text needs the data folder as first argument")
+        if cfg.audio_bucket_seconds < 0 or cfg.text_token_samples < 0:
+            raise ValueError(f"--audio-bucket-seconds and --text-token-samples must be >= 0, got "
+                             f"{cfg.audio_bucket_seconds} and {cfg.text_token_samples}")
         config_path = Path(cfg.config_yaml)
         if not config_path.is_absolute():
             config_path = Path(cfg.data) / config_path
         data_cfg = DataConfig.load(config_path)
-        dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename)
-        logger.info("dictionary: %d symbols (%s + tags + <mask> = %d pretrained rows, + %d added tags)",
-                    len(dictionary), data_cfg.vocab_filename.name, n_pretrained, len(dictionary) - n_pretrained)
+        dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename, data_cfg.trim_vocab)
+        if isinstance(dictionary, TrimmedDictionary):
+            logger.info("dictionary: %d of %d symbols (trim_vocab %s: its pieces, specials and all language tags)",
+                        len(dictionary), dictionary.full_size, data_cfg.trim_vocab)
+        else:
+            logger.info("dictionary: %d symbols (%s + tags + <mask> = %d pretrained rows, + %d added tags)",
+                        len(dictionary), data_cfg.vocab_filename.name, n_pretrained,
+                        len(dictionary) - n_pretrained)
         return cls(cfg, data_cfg, dictionary, n_pretrained)
 
     # ------------------------------------------------------------------ data
@@ -113,7 +129,8 @@ class ComslSpeechToTextTask(FairseqTask):
             split, self.manifest_paths(split), self.data_cfg, self.tgt_dict, self.tokenizer,
             shuffle=split.startswith("train"), fail_on_bad_input=self.cfg.fail_on_bad_input,
             text_only=self.cfg.text_only or self.cfg.decode_task == "mt", decode_task=self.cfg.decode_task,
-            length_limits=self.length_limits,
+            length_limits=self.length_limits, bucket_samples=int(self.cfg.audio_bucket_seconds * SAMPLE_RATE),
+            text_token_samples=self.cfg.text_token_samples,
         )
         if not split.startswith("train"):
             langs = {self.lang_name(t) for t in set(self.datasets[split].src_lang)}

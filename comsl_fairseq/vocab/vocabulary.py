@@ -2,7 +2,8 @@
 
 Row layout: fairseq's 4 specials, ``dict.txt`` as shipped, the 52 ML50 tags
 in ML50 order, ``<mask>`` -- together the mBART-50 checkpoint's embedding rows -- then
-``[cy_GB]`` and ``[ca_ES]``, which the model adds as new embedding rows.
+``[cy_GB]`` and ``[ca_ES]``, which the model adds as new embedding rows. With a keep file
+(``trim_vocab``) only a subset of these rows is built (comsl_fairseq/vocab/trim.py).
 """
 from pathlib import Path
 
@@ -11,14 +12,16 @@ import torch
 from fairseq.data import Dictionary
 
 from comsl_fairseq.vocab.languages import EXTRA_TAGS, MASK_SYMBOL, ML50_TAGS, tag_symbol
+from comsl_fairseq.vocab.trim import TrimmedDictionary, restrict_sentencepiece, trim_dictionary
 
 
 class VocabularyError(ValueError):
     """A dict.txt or SentencePiece model that does not fit the mBART-50 layout."""
 
 
-def build_dictionary(dict_path) -> tuple:
-    """Load ``dict.txt`` and append the tags and ``<mask>``.
+def build_dictionary(dict_path, keep_path=None) -> tuple:
+    """Load ``dict.txt`` and append the tags and ``<mask>``; with ``keep_path`` (a keep file)
+    keep only its pieces (a :class:`~comsl_fairseq.vocab.trim.TrimmedDictionary`).
 
     Returns (dictionary, n_pretrained_rows): the second number is the row count an
     mBART-50 checkpoint built on this dict.txt has (everything before the extra tags).
@@ -38,6 +41,8 @@ def build_dictionary(dict_path) -> tuple:
     n_pretrained = len(d)
     for t in EXTRA_TAGS:
         d.add_symbol(tag_symbol(t))
+    if keep_path is not None:
+        d = trim_dictionary(d, keep_path)
     return d, n_pretrained
 
 
@@ -86,12 +91,15 @@ def language_tag_ids(dictionary: Dictionary) -> set:
 
 
 class TextTokenizer:
-    """Text -> ``[tag] pieces </s>`` token ids, one convention everywhere."""
+    """Text -> ``[tag] pieces </s>`` token ids, one convention everywhere. With a trimmed
+    dictionary, SentencePiece segments with the kept pieces only."""
 
     def __init__(self, sentencepiece_model, dictionary: Dictionary):
         self.path = Path(sentencepiece_model)
         self.sp = load_sentencepiece(self.path)
         self.dictionary = dictionary
+        if isinstance(dictionary, TrimmedDictionary):
+            self.sp = restrict_sentencepiece(self.sp, dictionary.kept_pieces())
 
     def encode(self, text: str, tag: str) -> torch.Tensor:
         pieces = self.sp.encode(text, out_type=str)

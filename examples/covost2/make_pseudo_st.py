@@ -51,7 +51,7 @@ class Translator:
         from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
         data_cfg = DataConfig.load(out_root / "config.yaml")
-        self.dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename)
+        self.dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename, data_cfg.trim_vocab)
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, self.dictionary)
         self.model = load_mbart_text_model(checkpoint, self.dictionary, n_pretrained,
                                            data_cfg.vocab_filename).to(device).eval()

@@ -30,6 +30,12 @@
 # Set by the row scripts (training strategies of the paper):
 #   FREEZE_WHISPER=1   run Whisper without gradients for the first FREEZE_EPOCHS [5] epochs (the task
 #                      decides at each epoch begin: --freeze-whisper-epochs)
+#   WHISPER_FEATURE_CACHE  with FREEZE_WHISPER=1: a folder for the frozen Whisper outputs of every clip
+#                      (--whisper-feature-cache): epochs 2..FREEZE_EPOCHS read them instead of running
+#                      Whisper (about 2 MB per 10 s clip for Whisper medium: 500 frames x 1024 fp32)
+# Speed settings (any row):
+#   AUDIO_BUCKET_SECONDS [0] batches of clips whose lengths share a bucket of this many seconds, sorted by
+#                      text length inside (--audio-bucket-seconds; 0: by audio length alone)
 #   ENC_GRAD_MULT      [2.0, the original's default in every run] gradient multiplier on the
 #                      speech-only and text-only encoder outputs
 #   EVAL_BLEU_EVERY_NTH [4] dev BLEU (checkpoint selection: mean of per-language BLEU) decodes
@@ -106,7 +112,11 @@ fi
 strategy=(--enc-grad-mult "${ENC_GRAD_MULT:-2.0}")
 if [ "${FREEZE_WHISPER:-0}" = 1 ]; then
   strategy+=(--freeze-whisper-epochs "$FREEZE_EPOCHS")
+  if [ -n "${WHISPER_FEATURE_CACHE:-}" ]; then strategy+=(--whisper-feature-cache "$WHISPER_FEATURE_CACHE"); fi
+elif [ -n "${WHISPER_FEATURE_CACHE:-}" ]; then
+  echo "WHISPER_FEATURE_CACHE is used only while Whisper is frozen: set FREEZE_WHISPER=1 or unset it" >&2; exit 2
 fi
+if [ "${AUDIO_BUCKET_SECONDS:-0}" != 0 ]; then strategy+=(--audio-bucket-seconds "$AUDIO_BUCKET_SECONDS"); fi
 if [ "${USE_MT_TEACHER:-0}" = 1 ]; then
   : "${MT_TEACHER:?set MT_TEACHER to the fine-tuned mBART (finetune_mbart50.sh)}"
   strategy+=(--mt-teacher "$MT_TEACHER" --mt-reg-alpha 0.2)
