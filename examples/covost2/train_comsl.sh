@@ -21,8 +21,8 @@
 #   KEEP_LAST_EPOCHS [5] epoch checkpoints kept (for averaging);  TENSORBOARD_DIR [SAVE_DIR/tensorboard]
 #   MAX_EPOCH     [15];  LR [2e-5];  WARMUP [5000];  DRY_RUN=1 prints the command instead of running it;
 #   PREFLIGHT=1 runs comsl-preflight with the same flags instead (checks, timed steps, estimates)
-#   CACHE_FEATURES=1 runs comsl-cache-features with the same flags instead: fills the
-#                 --whisper-feature-cache DIR (given as an extra flag) that the frozen epochs read
+#   CACHE_FEATURES=1 runs comsl-cache-features with the same flags instead: fills the cache that the
+#                 frozen epochs read (WHISPER_FEATURE_CACHE, or a --whisper-feature-cache DIR flag) ahead
 # Launch: world size = NPROC_PER_NODE x NNODES, started through torchrun when > 1.
 #   NPROC_PER_NODE [every visible GPU; 1 with --cpu or without GPUs]  NNODES [1]  NODE_RANK [0]
 #   MASTER_ADDR [127.0.0.1]  MASTER_PORT [a free port on one node, else 29500]; under Slurm (one task per node) NNODES, NODE_RANK,
