@@ -471,7 +471,11 @@ class SpeechTranslator:
         prefix = torch.tensor([[p.prefix_idx] for p in batch], device=dev)  # B x 1
         autocast = (torch.autocast(dev.type, dtype=DTYPES[self.dtype]) if DTYPES[self.dtype] is not None
                     else nullcontext())
-        with torch.no_grad(), autocast:
+        # On the CPU, oneDNN compiles and caches a convolution kernel for every new input shape;
+        # segments of a long recording nearly all differ in length, so its cache (up to 1024
+        # kernels, ~0.25 MB each) grew with the recording. torch's own convolution has no such cache.
+        per_shape_kernels = torch.backends.mkldnn.flags(enabled=False) if dev.type == "cpu" else nullcontext()
+        with torch.no_grad(), autocast, per_shape_kernels:
             return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
 
     def _hypothesis(self, hypo: dict) -> Hypothesis:
