@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from argparse import Namespace
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +149,18 @@ def implausibly_short(segment: Segment) -> str:
     if seconds >= FLAG_MIN_SECONDS and chars < FLAG_CHARS_PER_SECOND * seconds:
         return f"text implausibly short: {chars} characters for {seconds:.1f} s of speech"
     return ""
+
+
+@contextmanager
+def _without_onednn():
+    """torch.backends.mkldnn disabled, and only that (its ``flags`` context also resets the
+    other oneDNN settings, with a warning about GPUs on every call)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def length_batches(pieces: list, batch_size: int, max_padded_samples: int | None = None) -> list:
@@ -474,8 +486,7 @@ class SpeechTranslator:
         # On the CPU, oneDNN compiles and caches a convolution kernel for every new input shape;
         # segments of a long recording nearly all differ in length, so its cache (up to 1024
         # kernels, ~0.25 MB each) grew with the recording. torch's own convolution has no such cache.
-        per_shape_kernels = torch.backends.mkldnn.flags(enabled=False) if dev.type == "cpu" else nullcontext()
-        with torch.no_grad(), autocast, per_shape_kernels:
+        with torch.no_grad(), autocast, _without_onednn() if dev.type == "cpu" else nullcontext():
             return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
 
     def _hypothesis(self, hypo: dict) -> Hypothesis:
