@@ -198,6 +198,44 @@ def test_segments_never_exceed_the_limit(long_recording):
     assert speech_segments(np.zeros(16000 * 5, np.float32)) == []
 
 
+def test_first_pass_grows_by_eight_bytes_per_window():
+    """What the first pass keeps per 32 ms (a float32 speech probability and level) is all
+    that grows with the recording: 40 s more audio, traced by tracemalloc, costs under 12
+    bytes a window (Python float lists took 64)."""
+    import tracemalloc
+
+    from comsl_fairseq.inference.segment import WINDOW, array_blocks, map_speech
+
+    wav = (0.01 * np.random.default_rng(0).standard_normal(50 * 16000)).astype(np.float32)
+    map_speech(array_blocks(wav[:16000]))  # the VAD model is loaded once, outside the measurement
+
+    def traced_peak(seconds: int) -> int:
+        tracemalloc.start()
+        try:
+            map_speech(array_blocks(wav[: seconds * 16000], seconds=5.0))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    extra_windows = 40 * 16000 // WINDOW
+    assert traced_peak(50) - traced_peak(10) < 12 * extra_windows
+
+
+def test_cpu_batches_count_padding():
+    """A batch costs B x its longest piece: one long piece does not take seven short ones along
+    under a cap meant for 30 s of audio; without a cap, batch_size alone decides."""
+    from comsl_fairseq.inference.translator import _Piece, length_batches
+
+    def pieces(*seconds):
+        return [_Piece(i, 0, 0, np.zeros(int(s * 16000), np.float32), 0, 0) for i, s in enumerate(seconds)]
+
+    batches = length_batches(pieces(2, 16, 2, 2, 2, 2, 2, 2, 35), batch_size=8, max_padded_samples=30 * 16000)
+    sizes = [[p.wav.size // 16000 for p in b] for b in batches]
+    assert sizes == [[35], [16], [2] * 7]  # 16 + seven 2 s pieces would be 8 x 16 s padded
+    assert all(len(b) * b[0].wav.size <= 30 * 16000 for b in batches[1:])
+    assert [len(b) for b in length_batches(pieces(2, 16, 2, 2, 2, 2, 2, 2, 35), batch_size=4)] == [4, 4, 1]
+
+
 def test_subtitle_writers():
     from comsl_fairseq.inference.subtitles import WRITERS, timestamp
     from comsl_fairseq.inference.translator import Hypothesis, Segment

@@ -107,6 +107,20 @@ def test_debug_shows_the_traceback(bad):
             ["--path", str(bad / "code.pt"), "--out", str(bad / "out"), "--debug"])
 
 
+def test_every_command_lists_debug_in_its_help(capsys):
+    from importlib.metadata import entry_points
+
+    scripts = [ep for ep in entry_points(group="console_scripts") if ep.name.startswith("comsl-")]
+    cli = Path(importlib.import_module("comsl_fairseq.cli").__file__).parent
+    modules = {f"comsl_fairseq.cli.{f.stem}" for f in cli.glob("*.py") if f.stem not in ("__init__", "command")}
+    assert {ep.module for ep in scripts} == modules  # every command module is installed as a script
+    for ep in scripts:
+        with pytest.raises(SystemExit) as exit_info:
+            ep.load()(["--help"])
+        out = capsys.readouterr().out
+        assert exit_info.value.code == 0 and "--debug" in out and "traceback" in out, (ep.name, out[-500:])
+
+
 def test_averaging_refuses_other_vocabularies_and_architectures(tmp_path):
     def checkpoint(name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64):
         fingerprint = {"dict_txt": {"file": "dict.txt", "symbols": 5, "sha256": dict_sha},

@@ -8,17 +8,16 @@ Epoch checkpoints (``checkpointE.pt``) must be kept by training with ``--keep-la
 update checkpoints (``checkpoint_E_U.pt``, ``--updates``) with ``--save-interval-updates`` and
 ``--keep-interval-updates N``. The result decodes with fairseq-generate like any checkpoint.
 """
-import argparse
 import logging
 from pathlib import Path
 
 from comsl_fairseq.checkpoints.averaging import average_checkpoints, last_checkpoints
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--save-dir", type=Path, help="training folder holding the checkpoints")
     src.add_argument("--inputs", type=Path, nargs="+", help="checkpoint files to average")

@@ -26,12 +26,12 @@ ratios for the trimmed row (``trimmed_*_vs_fixed11``) and, last, ``memory_vs_fix
 """
 import argparse
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 from comsl_fairseq.models.whisper_mbart_composite import ARCH_DIMS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argument_parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sizes = [name.rsplit("_", 1)[-1] for name in ARCH_DIMS]  # tiny, medium, large
     p.add_argument("--arch", choices=sizes, default="tiny", help="model shapes (whisper_mbart_composite_ARCH)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")

@@ -3,8 +3,10 @@
 Each ``main`` is wrapped with :func:`command`. An exception that escapes it becomes
 ``error: <message>`` on standard error and exit status 2 (130 after Ctrl-C); the library's
 messages name the file and what to change. ``--debug``, accepted by every command, lets the
-traceback through instead.
+traceback through instead; every command builds its parser with :func:`argument_parser`, so
+that its ``--help`` lists the flag.
 """
+import argparse
 import functools
 import pickle
 import sys
@@ -26,6 +28,16 @@ def one_line(error: BaseException) -> str:
     if not isinstance(error, USER_ERRORS):
         return f"{type(error).__name__}: {text} (unexpected: {DEBUG_FLAG} shows where; please report it)"
     return text
+
+
+def argument_parser(**kwargs) -> argparse.ArgumentParser:
+    """``argparse.ArgumentParser(**kwargs)`` with the ``--debug`` flag declared. :func:`command`
+    takes the flag out of argv before ``main`` parses it; it is declared here so that ``--help``
+    lists it (and a parser that sees it anyway accepts it)."""
+    p = argparse.ArgumentParser(**kwargs)
+    p.add_argument(DEBUG_FLAG, action="store_true",
+                   help="on an error, show the Python traceback instead of a one-line message")
+    return p
 
 
 def command(main):

@@ -18,12 +18,12 @@ import json
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 from comsl_fairseq.evaluation.scoring import BOOTSTRAP_SAMPLES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("a", type=Path, help="baseline: generate-SUBSET.txt or a folder of them")
     p.add_argument("b", type=Path, help="system compared with the baseline, decoded on the same test sets")
     p.add_argument("--data", type=Path, help="data folder with SUBSET.tsv manifests (language per utterance)")

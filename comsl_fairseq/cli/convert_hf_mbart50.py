@@ -16,11 +16,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hf-dir", type=Path, required=True, help="local Hugging Face mBART-50 folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, dict.txt, sentence.bpe.model)")
     return p

@@ -21,11 +21,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="Hugging Face or CTranslate2 Whisper folder (detected)")
     p.add_argument("--out", type=Path, required=True, help="openai-whisper checkpoint to write (.pt)")
     return p

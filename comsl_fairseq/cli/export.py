@@ -7,16 +7,15 @@ Writes model.pt (weights and the training cfg, no optimizer state), dict.txt,
 sentence.bpe.model, config.yaml, model_info.json and a README.md model card. The folder
 alone is enough for `comsl-translate` and `SpeechTranslator.from_pretrained`.
 """
-import argparse
 import logging
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 from comsl_fairseq.inference.translator import DTYPES
 
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--path", required=True, help="checkpoint written by fairseq-train (checkpoint_best.pt, ...)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",

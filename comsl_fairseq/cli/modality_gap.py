@@ -23,11 +23,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--path", type=Path, required=True, help="trained comsl_fairseq checkpoint")
     p.add_argument("--data", type=Path, required=True, help="folder with SUBSET.tsv manifests and config.yaml")
     p.add_argument("--subsets", required=True, help="comma-separated test subsets, e.g. test_fr_en,test_de_en")

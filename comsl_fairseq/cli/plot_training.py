@@ -14,11 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("logs", type=Path, nargs="+", help="fairseq-train logs, save dirs or TensorBoard folders")
     p.add_argument("--out", type=Path, required=True, help="figure to write (.png, .pdf, .svg)")
     p.add_argument("--labels", help="comma-separated run names (default: each log's folder name)")

@@ -23,12 +23,12 @@ The estimates leave out validation and gradient communication between processes.
 import argparse
 import logging
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="Other arguments: DATA and the fairseq-train flags of the run to check.")
+    p = argument_parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                        epilog="Other arguments: DATA and the fairseq-train flags of the run to check.")
     p.add_argument("--random-weights", action="store_true", help="the arch's real shapes without checkpoint files")
     p.add_argument("--arch", default=None, help="model architecture (with data: passed on to fairseq)")
     p.add_argument("--batch-size", type=int, default=None,

@@ -15,12 +15,12 @@ available, and the paper's numbers beside ours.
 import argparse
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 from comsl_fairseq.vocab.languages import COVOST_X_EN_LANGS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gen-dir", type=Path, required=True, help="folder with generate-test_{lang}_en.txt")
     p.add_argument("--data", type=Path, required=True, help="folder with test_{lang}_en.tsv")
     p.add_argument("--langs", default=",".join(COVOST_X_EN_LANGS), help="languages to score (default: all 21)")

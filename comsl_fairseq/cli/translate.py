@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 from comsl_fairseq.inference.inputs import Problem
 from comsl_fairseq.inference.subtitles import FORMATS, WRITERS, timestamp
 from comsl_fairseq.inference.translator import DTYPES
@@ -30,7 +30,7 @@ SOURCES_FILE = "sources.tsv"  # in --out: output file, source, manifest id
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="comsl-translate", description=__doc__.split("\n\n")[0])
+    p = argument_parser(prog="comsl-translate", description=__doc__.split("\n\n")[0])
     p.add_argument("--path", required=True, help="exported model folder, or a training checkpoint (.pt)")
     p.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or manifest .tsv files")
     p.add_argument("--src-lang", help="source language (CoVoST or mBART-50 code, e.g. fr); manifests with a "

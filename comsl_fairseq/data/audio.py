@@ -148,6 +148,9 @@ class AudioSource:
                                      f"{e}", "unreadable audio") from None
                 last = data.shape[0] < step
                 mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                # Only the 16 kHz block outlives this step: the caller may decode a whole batch
+                # while this generator waits at its yield (30 s of 48 kHz stereo is 11.5 MB).
+                del data
                 if not np.isfinite(mono).all():
                     raise AudioError(f"audio {self.path} has NaN or infinite samples", "non-finite audio samples")
                 if resampler is not None:

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from argparse import Namespace
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,10 +40,13 @@ SEGMENT_MODES = ("auto", "always", "never")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names of every tool
 POOL_SAMPLES = 10 * 60 * SAMPLE_RATE  # pieces decoded together (sorted by length): at most 10 min of audio
 POOL_BATCHES = 8  # ... or this many batches
-# On the CPU, at most this much audio in one batch: each 30 s segment in a batch adds about
-# 120 MB of transient memory (measured, tiny model; the encoder's attention grows with T^2),
-# while clips of a few seconds still go several at a time. On a GPU batch_size alone decides.
+# On the CPU, at most this much audio in one batch, counted as the encoder sees it: B x the
+# longest piece, padding included (eight pieces padded to 16 s cost as much as 131 s of audio).
+# Clips of a few seconds still go several at a time. On a GPU batch_size alone decides.
 CPU_BATCH_SAMPLES = 30 * SAMPLE_RATE
+# The CPU's pool holds what a few such batches need: every pooled piece is resident until its
+# batch is decoded, and sorting a larger pool gains nothing when batches are this small.
+CPU_POOL_SAMPLES = 4 * CPU_BATCH_SAMPLES
 # A segment this long whose text has fewer characters per second than this is flagged: speech
 # runs at 10-20 characters per second, so a few words for many seconds means text was lost.
 FLAG_MIN_SECONDS = 4.0
@@ -146,6 +149,34 @@ def implausibly_short(segment: Segment) -> str:
     if seconds >= FLAG_MIN_SECONDS and chars < FLAG_CHARS_PER_SECOND * seconds:
         return f"text implausibly short: {chars} characters for {seconds:.1f} s of speech"
     return ""
+
+
+@contextmanager
+def _without_onednn():
+    """torch.backends.mkldnn disabled, and only that (its ``flags`` context also resets the
+    other oneDNN settings, with a warning about GPUs on every call)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def length_batches(pieces: list, batch_size: int, max_padded_samples: int | None = None) -> list:
+    """Pieces in batches, longest first: at most ``batch_size`` each and, when
+    ``max_padded_samples`` is given, at most that many samples once padded to the batch's
+    longest piece (B x longest: what the encoder runs over). A piece longer than the cap goes
+    alone."""
+    batches = [[]]
+    for p in sorted(pieces, key=lambda p: -p.wav.size):
+        batch = batches[-1]
+        full = len(batch) == batch_size or (
+            max_padded_samples is not None and batch and (len(batch) + 1) * batch[0].wav.size > max_padded_samples)
+        if full:
+            batches.append([])
+        batches[-1].append(p)
+    return [b for b in batches if b]
 
 
 def recorded_pairs(folder: Path) -> dict | None:
@@ -371,6 +402,7 @@ class SpeechTranslator:
             raise ValueError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam or self.beam}")
         generator = self.generator(beam)
         plans, pool = {}, []
+        pool_samples = CPU_POOL_SAMPLES if self.device.type == "cpu" else POOL_SAMPLES
         for i, item in enumerate(inputs):
             src_idx = self.tag_index(srcs[i])
             prefix_idx = src_idx if task == "asr" else self.tag_index(tgts[i])
@@ -380,7 +412,7 @@ class SpeechTranslator:
                 for start, end, wav in plan.pieces:
                     pool.append(_Piece(i, start, end, wav, src_idx, prefix_idx))
                     plan.pieces_listed.append(pool[-1])
-                    if sum(p.wav.size for p in pool) >= POOL_SAMPLES or len(pool) >= POOL_BATCHES * self.batch_size:
+                    if sum(p.wav.size for p in pool) >= pool_samples or len(pool) >= POOL_BATCHES * self.batch_size:
                         yield from self._flush(pool, plans, generator, nbest)
                         if i not in plans:  # its pieces failed to decode (already reported)
                             break
@@ -395,19 +427,12 @@ class SpeechTranslator:
         yield from self._flush(pool, plans, generator, nbest)
 
     def _flush(self, pool: list, plans: dict, generator, nbest: int):
-        """Decode the pooled pieces, longest first, ``batch_size`` at a time (on the CPU no more
-        than CPU_BATCH_SAMPLES of audio at a time); after each batch,
+        """Decode the pooled pieces in the batches of :func:`length_batches`; after each batch,
         yield the inputs it finished (so that an interruption loses at most one batch). A batch
         that fails is retried piece by piece; an input whose piece still fails is yielded with
         an AudioError ("decoding error")."""
-        batches, size = [[]], 0
-        cap = CPU_BATCH_SAMPLES if self.device.type == "cpu" else float("inf")
-        for p in sorted(pool, key=lambda p: -p.wav.size):
-            if batches[-1] and (len(batches[-1]) == self.batch_size or size + p.wav.size > cap):
-                batches.append([])
-                size = 0
-            batches[-1].append(p)
-            size += p.wav.size
+        cap = CPU_BATCH_SAMPLES if self.device.type == "cpu" else None
+        batches = length_batches(pool, self.batch_size, cap)
         pool.clear()
         for batch in batches:
             batch = [p for p in batch if p.item in plans]
@@ -458,7 +483,10 @@ class SpeechTranslator:
         prefix = torch.tensor([[p.prefix_idx] for p in batch], device=dev)  # B x 1
         autocast = (torch.autocast(dev.type, dtype=DTYPES[self.dtype]) if DTYPES[self.dtype] is not None
                     else nullcontext())
-        with torch.no_grad(), autocast:
+        # On the CPU, oneDNN compiles and caches a convolution kernel for every new input shape;
+        # segments of a long recording nearly all differ in length, so its cache (up to 1024
+        # kernels, ~0.25 MB each) grew with the recording. torch's own convolution has no such cache.
+        with torch.no_grad(), autocast, _without_onednn() if dev.type == "cpu" else nullcontext():
             return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
 
     def _hypothesis(self, hypo: dict) -> Hypothesis:
