@@ -11,11 +11,11 @@ path is built: the run's mBART checkpoint is not read and need not exist yet.
 import argparse
 import logging
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+    p = argument_parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
                                 epilog="Other arguments: DATA and the fairseq-train flags of the run.")
     p.add_argument("--num-shards", type=int, default=1, help="processes sharing the work (every N-th clip each)")
     p.add_argument("--shard-id", type=int, default=0, help="this process' share, 0 .. N-1")

@@ -14,11 +14,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import command
+from comsl_fairseq.cli.command import argument_parser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argument_parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("data", type=Path, help="data folder with config.yaml and the manifests")
     p.add_argument("--config-yaml", default="config.yaml", help="data config, relative to the data folder")
     p.add_argument("--splits", nargs="+", default=["train"],
