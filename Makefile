@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # Debian package:command pairs. espeak-ng synthesizes the toy corpus (demo and its tests).
 SYSTEM_PACKAGES ?= espeak-ng:espeak-ng
 
-.PHONY: install system-packages test test-quick test-all demo ablation lint clean
+.PHONY: install system-packages test test-quick test-all demo demo-both-ways ablation lint clean
 
 install: system-packages $(VENV)/.installed
 
@@ -60,6 +60,10 @@ test-all: install
 
 demo: install
 	PY=$(PY) bash examples/toy/run_demo.sh
+
+# one model trained on both directions of the toy corpus (fr/de/es <-> English number words)
+demo-both-ways: install
+	PY=$(PY) bash examples/toy/run_both_ways.sh
 
 ablation: install
 	PY=$(PY) bash examples/toy/run_ablation.sh

@@ -4,7 +4,10 @@ Scores for decoded systems: corpus BLEU and chrF with their sacreBLEU
 signatures, normalised ASR word / character error rates, sentence-level scores, and paired
 bootstrap resampling between two systems on the same references.
 
-- Translation (X->En): sacreBLEU BLEU (13a) and chrF (chrF2, character 6-grams).
+- Translation: sacreBLEU BLEU and chrF (chrF2, character 6-grams). BLEU tokenizes by target
+  language, as sacreBLEU does for WMT: ``zh`` for Chinese, ``ja-mecab`` for Japanese (MeCab with
+  the IPA dictionary; where MeCab is not installed, ``char`` with a warning, and the signature
+  says so), ``13a`` for every other language (English targets of X->En included).
 - ASR: Whisper's ``BasicTextNormalizer`` (lower case, punctuation and bracketed asides removed,
   as the original ComSL code scores ASR) on hypothesis and reference, then WER; for the
   languages written without spaces (zh-CN, ja) CER over the normalised characters.
@@ -12,6 +15,7 @@ bootstrap resampling between two systems on the same references.
   ``bs``) for the p-value; the interval of the difference is read from the same resamples
   (same seed, same indices) through the metric's sufficient statistics.
 """
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -27,20 +31,53 @@ BOOTSTRAP_SAMPLES = 1000  # sacreBLEU's default for the paired bootstrap
 SACREBLEU_SEED = 12345  # sacreBLEU's default seed (SACREBLEU_SEED), fixed so reports are repeatable
 
 
-def bleu_metric() -> BLEU:
-    """Corpus BLEU as reported everywhere in this project: 13a tokenisation (English targets)."""
-    return BLEU(tokenize="13a")
+# Target languages whose text has no spaces between words, and sacreBLEU's tokenizer for each.
+_BLEU_TOKENIZER = {"zh-CN": "zh", "zh": "zh", "zh_CN": "zh", "ja": "ja-mecab", "ja_XX": "ja-mecab"}
+_FALLBACK_WARNED = set()
+
+
+def bleu_tokenizer(lang: str | None = None) -> str:
+    """sacreBLEU's tokenizer for a target language (CoVoST or mBART-50 code; None: English):
+    ``zh`` for Chinese, ``ja-mecab`` for Japanese, ``13a`` otherwise. ``ja-mecab`` needs
+    MeCab and its IPA dictionary (``mecab-python3``, ``ipadic``); without them Japanese is
+    scored with ``char`` (one token per character) and a warning, never silently."""
+    tokenize = _BLEU_TOKENIZER.get(lang or "", "13a")
+    if tokenize == "ja-mecab" and mecab_problem():
+        if lang not in _FALLBACK_WARNED:
+            _FALLBACK_WARNED.add(lang)
+            logger.warning("BLEU for %s: sacreBLEU's ja-mecab tokenizer cannot run (%s); scoring with the 'char' "
+                           "tokenizer instead (tok:char in the signature): install mecab-python3 and ipadic for "
+                           "ja-mecab", lang, mecab_problem())
+        return "char"
+    return tokenize
+
+
+@functools.lru_cache(maxsize=1)
+def mecab_problem() -> str:
+    """Why sacreBLEU's ja-mecab tokenizer cannot be built here ("" when it can)."""
+    try:
+        BLEU(tokenize="ja-mecab")
+    except (RuntimeError, AssertionError, ImportError) as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return ""
+
+
+def bleu_metric(lang: str | None = None) -> BLEU:
+    """Corpus BLEU as reported everywhere in this project, tokenized for the target language
+    (:func:`bleu_tokenizer`; 13a for English)."""
+    return BLEU(tokenize=bleu_tokenizer(lang))
 
 
 def chrf_metric() -> CHRF:
     return CHRF()
 
 
-def corpus_scores(hyps: list, refs: list) -> dict:
-    """BLEU and chrF of one system, with both signatures."""
+def corpus_scores(hyps: list, refs: list, lang: str | None = None) -> dict:
+    """BLEU and chrF of one system, with both signatures; ``lang``: the target language
+    (None: English)."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
-    bleu, chrf = bleu_metric(), chrf_metric()
+    bleu, chrf = bleu_metric(lang), chrf_metric()
     return {"bleu": round(bleu.corpus_score(hyps, [refs]).score, 2),
             "chrf": round(chrf.corpus_score(hyps, [refs]).score, 2),
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
@@ -122,12 +159,13 @@ def _resample_indices(n: int, samples: int) -> np.ndarray:
 
 
 def paired_bootstrap(hyps_a: list, hyps_b: list, refs: list, metric_name: str = "bleu",
-                     samples: int = BOOTSTRAP_SAMPLES) -> PairedResult:
-    """sacreBLEU's paired bootstrap test of B against A, plus the 95 % interval of B - A."""
+                     samples: int = BOOTSTRAP_SAMPLES, lang: str | None = None) -> PairedResult:
+    """sacreBLEU's paired bootstrap test of B against A, plus the 95 % interval of B - A
+    (``lang``: the target language, for BLEU's tokenizer)."""
     if not (len(hyps_a) == len(hyps_b) == len(refs)) or not refs:
         raise ValueError(f"paired bootstrap needs as many hypotheses as references: "
                          f"{len(hyps_a)} / {len(hyps_b)} / {len(refs)}")
-    metric = bleu_metric() if metric_name == "bleu" else chrf_metric()
+    metric = bleu_metric(lang) if metric_name == "bleu" else chrf_metric()
     old_seed = os.environ.get("SACREBLEU_SEED")
     os.environ["SACREBLEU_SEED"] = str(SACREBLEU_SEED)
     try:
@@ -157,12 +195,13 @@ def paired_bootstrap(hyps_a: list, hyps_b: list, refs: list, metric_name: str = 
 
 
 def bootstrap_interval(hyps: list, refs: list, metric_name: str = "bleu",
-                       samples: int = BOOTSTRAP_SAMPLES) -> tuple:
+                       samples: int = BOOTSTRAP_SAMPLES, lang: str | None = None) -> tuple:
     """(score, low, high): the corpus score and its 95 % bootstrap interval (percentiles over
-    ``samples`` resamples of the utterances, the paired bootstrap's indices)."""
+    ``samples`` resamples of the utterances, the paired bootstrap's indices); ``lang``: the
+    target language, for BLEU's tokenizer."""
     if len(hyps) != len(refs) or not refs:
         raise ValueError(f"bootstrap needs as many hypotheses as references: {len(hyps)} / {len(refs)}")
-    metric = bleu_metric() if metric_name == "bleu" else chrf_metric()
+    metric = bleu_metric(lang) if metric_name == "bleu" else chrf_metric()
     stats = np.array(metric._extract_corpus_statistics(hyps, [refs]), dtype="float32")
     full = metric._compute_score_from_stats(stats.sum(0)).score
     scores = [metric._compute_score_from_stats(stats[row].sum(0)).score

@@ -22,6 +22,7 @@ from omegaconf import II
 from comsl_fairseq.data.audio import SAMPLE_RATE
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.dataset import SpeechTextDataset
+from comsl_fairseq.evaluation.scoring import bleu_tokenizer
 from comsl_fairseq.modules.length_limits import LengthLimits
 from comsl_fairseq.training import schedule as training_schedule
 from comsl_fairseq.training import valid_bleu as vb
@@ -43,15 +44,18 @@ class ComslSpeechToTextConfig(FairseqDataclass):
     eval_bleu: bool = field(default=False, metadata={"help": "decode the validation set and log sacreBLEU as 'bleu'"})
     eval_bleu_beam: int = field(default=5, metadata={"help": "beam size for --eval-bleu"})
     eval_bleu_max_len_b: int = field(default=200, metadata={"help": "maximum hypothesis length for --eval-bleu"})
-    eval_bleu_tokenize: str = field(default="13a", metadata={"help": "sacreBLEU tokenizer for --eval-bleu"})
+    eval_bleu_tokenize: str = field(default="13a", metadata={
+        "help": "sacreBLEU tokenizer for --eval-bleu; with the default, the per-language BLEU of Chinese and "
+                "Japanese targets (--eval-bleu-per-language) is tokenized zh and ja-mecab"})
     eval_bleu_print_samples: bool = field(default=False, metadata={"help": "log one hypothesis per batch"})
     eval_bleu_every_nth: int = field(default=1, metadata={
         "help": "--eval-bleu decodes only the validation utterances whose index is a multiple of N (the "
                 "original ComSL: 4); the validation loss still covers all"})
     eval_bleu_per_language: bool = field(default=False, metadata={
-        "help": "with --eval-bleu: 'bleu' (the checkpoint metric) is the unweighted mean of the per-source-"
-                "language BLEU, as the original ComSL selects; each language is logged as bleu_{tag} and the "
-                "BLEU pooled over all utterances as bleu_pooled"})
+        "help": "with --eval-bleu: 'bleu' (the checkpoint metric) is the unweighted mean of the per-language "
+                "BLEU, as the original ComSL selects: per source language for rows into English (bleu_fr_XX), "
+                "per language pair for other targets (bleu_en_XX-de_DE); the BLEU pooled over all utterances "
+                "is logged as bleu_pooled"})
     text_only: bool = field(default=False, metadata={
         "help": "transcript -> translation only (the MT stage): audio is neither checked nor read; use with "
                 "--st-weight 0 --asr-weight 0 --cml-weight 0 --ddm-alpha 0"})
@@ -94,7 +98,7 @@ class ComslSpeechToTextTask(FairseqTask):
         self._schedule_logged = False
         self.sequence_generator = None
         self.bpe = self.build_bpe()
-        self.valid_langs = []  # source-language tags (e.g. "fr_XX") of the loaded validation splits
+        self.valid_langs = []  # BLEU groups of the loaded validation splits: "fr_XX", "en_XX-de_DE" (direction_name)
 
     @classmethod
     def setup_task(cls, cfg: ComslSpeechToTextConfig, **kwargs):
@@ -133,12 +137,20 @@ class ComslSpeechToTextTask(FairseqTask):
             text_token_samples=self.cfg.text_token_samples,
         )
         if not split.startswith("train"):
-            langs = {self.lang_name(t) for t in set(self.datasets[split].src_lang)}
+            ds = self.datasets[split]
+            langs = {self.direction_name(src, tgt[0]) for src, tgt in zip(ds.src_lang, ds.tgt_text, strict=True)}
             self.valid_langs = sorted(set(self.valid_langs) | langs)
 
     def lang_name(self, tag_id) -> str:
         """Language tag id -> its name in logs and metric keys, e.g. ``fr_XX``."""
         return self.tgt_dict[int(tag_id)].strip("[]")
+
+    def direction_name(self, src_tag_id, tgt_tag_id) -> str:
+        """The validation BLEU group of a row: its source language when it translates into
+        English (``fr_XX``), else its pair (``en_XX-de_DE``), so that En->X and both-direction
+        models are selected by the mean over what they translate."""
+        src, tgt = self.lang_name(src_tag_id), self.lang_name(tgt_tag_id)
+        return src if tgt == "en_XX" else f"{src}-{tgt}"
 
     def get_batch_iterator(self, dataset, max_sentences=None, num_shards=1, epoch=1, **kwargs):
         """fairseq's iterator, with a stand-in for empty batches that is always readable; for the
@@ -250,13 +262,14 @@ class ComslSpeechToTextTask(FairseqTask):
 
     def add_bleu_stats(self, logging_output: dict, model, sample) -> None:
         """Decode this batch's every-nth utterances; add their BLEU statistics, pooled and
-        (with --eval-bleu-per-language) per source language, zeros for absent languages."""
+        (with --eval-bleu-per-language) per language (:meth:`direction_name`), zeros for absent ones."""
         keep = sample["id"] % self.cfg.eval_bleu_every_nth == 0  # B
         hyps, refs, langs = [], [], []
         if bool(keep.any()):
             picked = vb.select_rows(sample, keep) if not bool(keep.all()) else sample
             hyps, refs = self.translate_batch(model, picked)
-            langs = [self.lang_name(t) for t in picked["net_input"]["src_lang_tags"].tolist()]
+            langs = [self.direction_name(s, t) for s, t in zip(picked["net_input"]["src_lang_tags"].tolist(),
+                                                                picked["target"][:, 0].tolist(), strict=True)]
             if self.cfg.eval_bleu_print_samples:
                 logger.info("example hypothesis: %s", hyps[0])
                 logger.info("example reference:  %s", refs[0])
@@ -265,8 +278,15 @@ class ComslSpeechToTextTask(FairseqTask):
         if self.cfg.eval_bleu_per_language:
             for lang in self.valid_langs:
                 rows = [i for i, x in enumerate(langs) if x == lang]
-                stats = vb.bleu_stats([hyps[i] for i in rows], [refs[i] for i in rows], tokenize)
+                stats = vb.bleu_stats([hyps[i] for i in rows], [refs[i] for i in rows], self.group_tokenizer(lang))
                 vb.add_stats(logging_output, lang, stats)
+
+    def group_tokenizer(self, group: str) -> str:
+        """sacreBLEU tokenizer of one validation BLEU group (:meth:`direction_name`): --eval-bleu-tokenize,
+        except that the default 13a follows the group's target language (zh, ja-mecab)."""
+        if self.cfg.eval_bleu_tokenize != "13a":
+            return self.cfg.eval_bleu_tokenize
+        return bleu_tokenizer(group.split("-")[-1] if "-" in group else None)
 
     def translate_batch(self, model, sample) -> tuple:
         """Beam-search a batch with the target tag forced; returns (hypotheses, references)."""

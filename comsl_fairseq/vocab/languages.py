@@ -13,7 +13,8 @@ ML50_TAGS = (
     "ps_AF pt_XX sv_SE sw_KE ta_IN te_IN th_TH tl_XX uk_UA ur_PK xh_ZA gl_ES sl_SI"
 ).split()
 
-# Appended by ComSL after ``<mask>``: CoVoST 2 has cy and ca sources, mBART-50 has no tag.
+# Appended by ComSL after ``<mask>``: CoVoST 2 has cy and ca (sources of X->En, targets of En->X);
+# mBART-50 has no tag for them.
 EXTRA_TAGS = ("cy_GB", "ca_ES")
 
 MASK_SYMBOL = "<mask>"
@@ -29,6 +30,8 @@ COVOST_X_EN = {
 }
 # All 21 source languages, high to low resource.
 COVOST_X_EN_LANGS = tuple(code for group in COVOST_X_EN.values() for code in group)
+# The 15 target languages of CoVoST 2 En->X (English Common Voice clips), in CoVoST 2's order.
+COVOST_EN_X_LANGS = ("de", "ca", "zh-CN", "fa", "et", "mn", "tr", "ar", "sv-SE", "lv", "sl", "ta", "ja", "id", "cy")
 
 
 def tag_symbol(tag: str) -> str:

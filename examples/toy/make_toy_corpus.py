@@ -17,6 +17,14 @@ With --train-numbers K only K of the training numbers are spoken (evenly spread)
 lists the transcript -> translation pairs of every training number (text only, for the MT
 stage: its audio column is "-").
 
+With --en-x-targets fr,de,es the corpus also holds the other direction: English speech (the
+same numbers spoken by espeak-ng's English voice, with the same voice variants) into those
+languages' number words, as train_en_x, dev_en_x, test_en_x, unseen_voices_en_x,
+noise_{SNR}db_en_x and train_mt_en_x. Each English test clip is decoded into every target
+(one row per target, the clip shared); each training clip has one target, the targets taking
+turns over the voices of a number. The X->En manifests and the SentencePiece model do not
+change with it (the number words of every language are already in the latter).
+
 Re-running with the same arguments reuses the clips already there. Deterministic for a
 given seed (espeak-ng version aside, which is written to OUT/corpus_info.json).
 """
@@ -49,7 +57,7 @@ VARIANTS = [("m1", 150, 45), ("f2", 170, 70), ("m3", 130, 30), ("f4", 185, 60), 
 UNSEEN_VOICES = {"f1": (165, 65), "m5": (145, 35), "f3": (175, 75), "m6": (155, 40), "f5": (160, 60),
                  "m2": (140, 50)}
 RECIPE = 2  # version of the way clips are made; clips of another version are synthesized again
-ESPEAK_VOICE = {"fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt", "nl": "nl"}
+ESPEAK_VOICE = {"fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt", "nl": "nl", "en": "en"}
 
 
 def spell(number: int, lang: str) -> str:
@@ -179,13 +187,20 @@ def main(argv=None) -> None:
     p.add_argument("--keep-silence", type=float, default=0.1,
                    help="seconds of leading/trailing silence kept per clip (-1: keep espeak-ng's as it is)")
     p.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes")
+    p.add_argument("--en-x-targets", default="",
+                   help="also English speech into these languages' number words (e.g. fr,de,es): the *_en_x "
+                        "manifests (default: none, X->En only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
 
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
-    unknown = [lang for lang in langs if lang not in ESPEAK_VOICE]
+    unknown = [lang for lang in langs if lang not in ESPEAK_VOICE or lang == "en"]
     if unknown:
-        p.error(f"unsupported language(s) {unknown}; choose from {sorted(ESPEAK_VOICE)}")
+        p.error(f"unsupported language(s) {unknown}; choose from {sorted(set(ESPEAK_VOICE) - {'en'})}")
+    en_x = [lang.strip() for lang in args.en_x_targets.split(",") if lang.strip()]
+    bad = [lang for lang in en_x if lang not in ESPEAK_VOICE or lang == "en"]
+    if bad:
+        p.error(f"--en-x-targets: unsupported language(s) {bad}; choose from {sorted(set(ESPEAK_VOICE) - {'en'})}")
     if not 1 <= args.variants <= len(VARIANTS):
         p.error(f"--variants must be 1..{len(VARIANTS)}")
     if args.dev_numbers + args.test_numbers >= args.numbers:
@@ -216,12 +231,22 @@ def main(argv=None) -> None:
     rows["unseen_voices"] = []
     jobs = []
 
-    def add(split, number, lang, text, translation, uid, variant, speed, pitch):
+    def synth(lang, text, uid, variant, speed, pitch):
         rng = random.Random(f"{args.seed}-{uid}")  # per-clip jitter: a clip does not depend on the others
         speed += rng.randint(-15, 15)
         pitch += rng.randint(-10, 10)
         jobs.append((text, lang, variant, speed, pitch, args.keep_silence, str(clips / f"{uid}.flac")))
+
+    def add(split, number, lang, text, translation, uid, variant, speed, pitch):
+        synth(lang, text, uid, variant, speed, pitch)
         rows[split].append([uid, f"{uid}.flac", None, text, translation, lang, "en", f"espeak_{variant}"])
+
+    def add_en(split, number, targets, uid, variant, speed, pitch):
+        """One English clip, one row per target language (the clip shared)."""
+        text = spell(number, "en")
+        synth("en", text, uid, variant, speed, pitch)
+        en_rows[split] += [[f"{uid}_{tgt}", f"{uid}.flac", None, text, spell(number, tgt), "en", tgt,
+                            f"espeak_{variant}"] for tgt in targets]
 
     n_variants = {"train": args.variants, "dev": args.dev_variants, "test": test_variants}
     for split, numbers in spoken.items():
@@ -241,7 +266,21 @@ def main(argv=None) -> None:
                         variant = unseen[(number + k + langs.index(lang)) % len(unseen)]
                         add("unseen_voices", number, lang, text, translation, f"{lang}_{number:04d}_u{k}",
                             variant, *UNSEEN_VOICES[variant])
-    logger.info("synthesizing %d utterances (%s) with %s", len(jobs), ",".join(langs), version)
+    en_rows = {s: [] for s in rows}
+    for split, numbers in spoken.items():
+        for number in numbers if en_x else ():
+            if split == "train":  # the voices take turns over numbers, the targets over a number's voices
+                for v in [(number + k) % args.variants for k in range(per_number)]:
+                    add_en(split, number, [en_x[(number + v) % len(en_x)]], f"en_{number:04d}_v{v}", *VARIANTS[v])
+                continue
+            for v in range(n_variants[split]):
+                add_en(split, number, en_x, f"en_{number:04d}_v{v}", *VARIANTS[v])
+            if split == "test":
+                for k in range(test_variants):
+                    variant = unseen[(number + k) % len(unseen)]
+                    add_en("unseen_voices", number, en_x, f"en_{number:04d}_u{k}", variant, *UNSEEN_VOICES[variant])
+    logger.info("synthesizing %d utterances (%s) with %s", len(jobs), ",".join(langs + ["en"] * bool(en_x)),
+                version)
     lengths = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for i, (path, n) in enumerate(pool.map(speak, jobs, chunksize=16), start=1):
@@ -256,9 +295,20 @@ def main(argv=None) -> None:
             noise_jobs.append((str(clips / row[1]), args.noise_snr, zlib.crc32(f"{args.seed}-{uid}".encode()),
                                str(clips / f"{uid}.flac")))
             rows[noise_split].append([uid, f"{uid}.flac", None, *row[3:]])
+        en_rows[noise_split] = []
+        noisy_clips = set()
+        for row in en_rows["test"]:  # each English test clip once, one row per target
+            uid = f"{Path(row[1]).stem}_snr{args.noise_snr:g}"
+            if uid not in noisy_clips:
+                noisy_clips.add(uid)
+                noise_jobs.append((str(clips / row[1]), args.noise_snr, zlib.crc32(f"{args.seed}-{uid}".encode()),
+                                   str(clips / f"{uid}.flac")))
+            en_rows[noise_split].append([f"{uid}_{row[6]}", f"{uid}.flac", None, *row[3:]])
         for path, n in pool.map(add_noise, noise_jobs, chunksize=16):
             lengths[Path(path).name] = n
-    for split, split_rows in rows.items():
+    sets = [(split, split_rows) for split, split_rows in rows.items()]
+    sets += [(f"{split}_en_x", split_rows) for split, split_rows in en_rows.items() if en_x]
+    for split, split_rows in sets:
         for row in split_rows:
             row[2] = str(lengths[row[1]])
         write_manifest(out / f"{split}.tsv", split_rows)
@@ -268,6 +318,10 @@ def main(argv=None) -> None:
     write_manifest(out / "train_mt.tsv", [[f"{lang}_{number:04d}_text", "-", "0", spell(number, lang),
                                            spell(number, "en"), lang, "en", "text"]
                                           for number in splits["train"] for lang in langs])
+    if en_x:
+        write_manifest(out / "train_mt_en_x.tsv", [[f"en_{number:04d}_{lang}_text", "-", "0", spell(number, "en"),
+                                                    spell(number, lang), "en", lang, "text"]
+                                                   for number in splits["train"] for lang in en_x])
 
     pairs = [(spell(n, lang), spell(n, "en")) for n in splits["train"] for lang in langs]
     train_texts = [src for src, _ in pairs] + [tgt for _, tgt in pairs]
@@ -282,8 +336,10 @@ def main(argv=None) -> None:
             "keep_silence": args.keep_silence, "recipe": RECIPE, "test_variants": test_variants,
             "train_numbers": len(spoken["train"]), "train_variants_per_number": per_number,
             "unseen_voices": unseen, "noise_snr": args.noise_snr,
-            "seed": args.seed, "splits": {s: len(r) for s, r in rows.items()},
+            "seed": args.seed, "splits": {s: len(r) for s, r in sets},
             "test_numbers": splits["test"]}
+    if en_x:
+        info["en_x_targets"] = en_x
     (out / "corpus_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     logger.info("corpus ready in %s", out)
 
