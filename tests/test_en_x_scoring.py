@@ -7,6 +7,7 @@ import pytest
 
 from comsl_fairseq.cli import score_covost
 from comsl_fairseq.evaluation import scoring
+from comsl_fairseq.evaluation.logs import write_generate_log
 
 ZH_REF, ZH_HYP = "我喜欢吃新鲜的苹果", "我喜欢吃新鲜的香蕉"
 JA_REF, JA_HYP = "私は新しいりんごを食べるのが好きです", "私は新しいバナナを食べるのが好きです"
@@ -41,12 +42,8 @@ def test_japanese_without_mecab_falls_back_to_characters_loudly(monkeypatch, cap
     assert "ja-mecab tokenizer cannot run (MeCab is not installed)" in caplog.text
 
 
-def _generate_log(path: Path, pairs: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, (hyp, ref) in enumerate(pairs):
-        lines += [f"T-{i}\t{ref}", f"D-{i}\t-0.5\t{hyp}"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def _generate_log(path: Path, pairs: list) -> None:  # pairs of (hypothesis, reference)
+    write_generate_log(path, [ref for _, ref in pairs], [hyp for hyp, _ in pairs])
 
 
 def test_score_covost_en_x_per_target_language(tmp_path, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comsl_fairseq.evaluation.logs import read_run, read_tensorboard_dir, read_text_log
+from comsl_fairseq.evaluation.logs import read_run, read_tensorboard_dir, read_text_log, write_generate_log
 from tests.builders import run, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,12 +294,8 @@ def test_modality_gap_page_renders_in_headless_chromium(gap_dir, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
-def _generate_log(path: Path, pairs: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, (hyp, ref) in enumerate(pairs):
-        lines += [f"T-{i}\t{ref}", f"D-{i}\t-0.5\t{hyp}"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def _generate_log(path: Path, pairs: list) -> None:  # pairs of (hypothesis, reference)
+    write_generate_log(path, [ref for _, ref in pairs], [hyp for hyp, _ in pairs])
 
 
 def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):

@@ -31,13 +31,11 @@ if ! command -v espeak-ng >/dev/null; then
   echo "with apt-get; elsewhere install the espeak-ng package yourself." >&2
   exit 1
 fi
-source examples/toy/stages.sh  # comsl_row, decode_sets
+source examples/toy/stages.sh  # toy_corpus, mt_stage, comsl_row, decode_sets
 
 echo "== the toy corpus in $CORPUS: numbers 0-999 spoken in fr/de/es (-> English words) and in English" \
      "(-> fr/de/es words)"
-"$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-300}" \
-  --train-variants-per-number "${DEMO_TRAIN_VOICES:-3}" --test-variants "${DEMO_TEST_VARIANTS:-2}" \
-  --en-x-targets fr,de,es 2>&1 | grep -E "utterances|ready" || true
+toy_corpus --en-x-targets fr,de,es
 X_EN=(test unseen_voices noise_10db)
 EN_X=(test_en_x unseen_voices_en_x noise_10db_en_x)
 for s in "${X_EN[@]}" "${EN_X[@]}"; do
@@ -49,15 +47,7 @@ mkdir -p "$EXP"
 WHISPER="${WHISPER:-data/whisper/base.pt}"
 "$PY" examples/toy/whisper_base.py --out "$WHISPER"
 
-mt_epochs="${DEMO_MT_EPOCHS:-15}"
-echo "== MT stage: a tiny mBART (mbart50_text_tiny) on the transcript -> translation pairs of both" \
-     "directions, $mt_epochs epochs"
-DATA="$CORPUS" SAVE_DIR="$EXP/mt" TRAIN_SUBSET=train_mt,train_mt_en_x MT_ARCH=mbart50_text_tiny MT_BATCH_SIZE=64 \
-  MT_UPDATE_FREQ=1 MT_MAX_EPOCH="$mt_epochs" MT_LR="${DEMO_MT_LR:-2e-3}" MT_WARMUP=50 MT_DROPOUT=0.1 \
-  MT_ATTENTION_DROPOUT=0 \
-  bash examples/covost2/finetune_mbart50.sh --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints \
-    --num-workers 0 --log-format json --log-interval 20 2>&1 \
-  | "$PY" examples/toy/train_progress.py --total 0 --log "$EXP/mt/train.log"
+mt_stage "$EXP/mt" train_mt,train_mt_en_x  # both directions
 MT="$EXP/mt/checkpoint_last.pt"
 
 EPOCHS="${DEMO_EPOCHS:-6}"

@@ -1,20 +1,20 @@
-# The toy pipeline's stages, shared by run_demo.sh and run_ablation.sh (sourced, not run).
+# The toy pipeline's stages, shared by run_demo.sh, run_ablation.sh and run_both_ways.sh (sourced, not run).
 # Each stage calls the examples/covost2 recipe of the same stage, scaled by environment variables.
 # Expects: PY (venv python), BIN on PATH, CORPUS, SEED, PROCS; OMP_NUM_THREADS=1.
 
-# toy_corpus: the corpus (reused when it exists) and its three test sets
+# toy_corpus [more make_toy_corpus.py flags]: the corpus (reused when it exists) and its three test sets
 toy_corpus() {
   "$PY" examples/toy/make_toy_corpus.py --out "$CORPUS" --train-numbers "${DEMO_TRAIN_NUMBERS:-300}" \
-    --train-variants-per-number "${DEMO_TRAIN_VOICES:-3}" --test-variants "${DEMO_TEST_VARIANTS:-2}" 2>&1 \
+    --train-variants-per-number "${DEMO_TRAIN_VOICES:-3}" --test-variants "${DEMO_TEST_VARIANTS:-2}" "$@" 2>&1 \
     | grep -E "utterances|ready" || true
 }
 
-# mt_stage SAVE_DIR: examples/covost2/finetune_mbart50.sh with a tiny random-init mBART
-# (mbart50_text_tiny) on every training number's transcript -> translation pair
+# mt_stage SAVE_DIR [TRAIN_SUBSET]: examples/covost2/finetune_mbart50.sh with a tiny random-init mBART
+# (mbart50_text_tiny) on every training number's transcript -> translation pair (manifests [train_mt])
 mt_stage() {
-  local save="$1" epochs="${DEMO_MT_EPOCHS:-15}"
-  echo "== MT stage: a tiny mBART (mbart50_text_tiny) on the transcript -> translation pairs, $epochs epochs"
-  DATA="$CORPUS" SAVE_DIR="$save" TRAIN_SUBSET=train_mt MT_ARCH=mbart50_text_tiny MT_BATCH_SIZE=64 \
+  local save="$1" subset="${2:-train_mt}" epochs="${DEMO_MT_EPOCHS:-15}"
+  echo "== MT stage: a tiny mBART (mbart50_text_tiny) on the transcript -> translation pairs ($subset), $epochs epochs"
+  DATA="$CORPUS" SAVE_DIR="$save" TRAIN_SUBSET="$subset" MT_ARCH=mbart50_text_tiny MT_BATCH_SIZE=64 \
     MT_UPDATE_FREQ=1 MT_MAX_EPOCH="$epochs" MT_LR="${DEMO_MT_LR:-2e-3}" MT_WARMUP=50 MT_DROPOUT=0.1 \
     MT_ATTENTION_DROPOUT=0 \
     bash examples/covost2/finetune_mbart50.sh --cpu --seed "$SEED" --disable-validation --no-epoch-checkpoints \
