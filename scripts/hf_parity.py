@@ -19,14 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-HF_DECODE = r'''
-import importlib.abc, json, sys, time
-BLOCKED = ("fairseq", "fairseq_cli", "comsl_fairseq", "whisper")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} must not be needed")
-sys.meta_path.insert(0, Block())
+from comsl_fairseq.hf.standalone import WITHOUT_OUR_STACK
+
+HF_DECODE = WITHOUT_OUR_STACK + r'''
+import json, sys, time
 import numpy as np, torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 folder, wavs_path, langs_path, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from comsl_fairseq.hf.standalone import WITHOUT_OUR_STACK
 from tests.builders import fairseq_generate, run, self_contained_data, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +28,8 @@ MAX_LEN_B = 12  # fairseq-generate --max-len-b; generate(max_new_tokens=MAX_LEN_
 pytestmark = pytest.mark.subprocess
 
 # Run in a fresh interpreter on the copied folder; fairseq, comsl_fairseq and whisper cannot be imported.
-HF_SCRIPT = r'''
-import importlib.abc, json, sys
-BLOCKED = ("fairseq", "fairseq_cli", "comsl_fairseq", "whisper")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} must not be needed")
-sys.meta_path.insert(0, Block())
+HF_SCRIPT = WITHOUT_OUR_STACK + r'''
+import json, sys
 import numpy as np, torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 folder, job = sys.argv[1], json.load(open(sys.argv[2]))
