@@ -17,21 +17,10 @@
 #   DEMO_CACHE), with CORPUS [data/toy_both] and EXP [exp/both_ways].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY="${PY:-.venv/bin/python}"
-BIN="$(cd "$(dirname "$PY")" && pwd)"
-export PATH="$BIN:$PATH"  # the covost2 recipes call fairseq-train / torchrun
 CORPUS="${CORPUS:-data/toy_both}"
 EXP="${EXP:-exp/both_ways}"
-SEED="${SEED:-1}"
-PROCS="${DEMO_PROCS:-2}"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-if ! command -v espeak-ng >/dev/null; then
-  echo "The toy corpus is synthesized with espeak-ng, which is missing: \`make install\` installs it" >&2
-  echo "with apt-get; elsewhere install the espeak-ng package yourself." >&2
-  exit 1
-fi
-source examples/toy/stages.sh  # toy_corpus, mt_stage, comsl_row, decode_sets
+source examples/toy/stages.sh  # PY, BIN, SEED, PROCS; toy_corpus, mt_stage, comsl_row, decode_sets
+need_espeak_ng
 
 echo "== the toy corpus in $CORPUS: numbers 0-999 spoken in fr/de/es (-> English words) and in English" \
      "(-> fr/de/es words)"

@@ -32,24 +32,13 @@
 #   scratch: DEMO_UPDATES [900], DEMO_MAX_TOKENS [640000].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY="${PY:-.venv/bin/python}"
-BIN="$(cd "$(dirname "$PY")" && pwd)"
-export PATH="$BIN:$PATH"  # the covost2 recipes call fairseq-train / torchrun
 CORPUS="${CORPUS:-data/toy}"
 INIT="${DEMO_INIT:-pretrained}"
 EXP="${EXP:-exp/demo}"
-SEED="${SEED:-1}"
-PROCS="${DEMO_PROCS:-2}"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-if ! command -v espeak-ng >/dev/null; then
-  echo "The demo synthesizes its corpus with espeak-ng, which is missing: \`make demo\` (or \`make install\`)" >&2
-  echo "installs it with apt-get; elsewhere install the espeak-ng package yourself." >&2
-  exit 1
-fi
+source examples/toy/stages.sh  # PY, BIN, SEED, PROCS and the stages
+need_espeak_ng
 case "$INIT" in pretrained|scratch) ;; *) echo "DEMO_INIT must be pretrained or scratch, not $INIT" >&2; exit 2;; esac
 
-source examples/toy/stages.sh
 echo "== the toy corpus in $CORPUS (numbers 0-999 spoken in fr/de/es; ~1 minute the first time)"
 toy_corpus
 SETS=(test unseen_voices noise_10db)

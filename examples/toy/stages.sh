@@ -1,6 +1,23 @@
-# The toy pipeline's stages, shared by run_demo.sh, run_ablation.sh and run_both_ways.sh (sourced, not run).
-# Each stage calls the examples/covost2 recipe of the same stage, scaled by environment variables.
-# Expects: PY (venv python), BIN on PATH, CORPUS, SEED, PROCS; OMP_NUM_THREADS=1.
+# The toy pipeline's stages, shared by run_demo.sh, run_ablation.sh and run_both_ways.sh (sourced, not run,
+# from the repository root). Each stage calls the examples/covost2 recipe of the same stage, scaled by
+# environment variables. The caller sets CORPUS and EXP; sourcing this file sets what every toy script
+# shares: PY [.venv/bin/python] and its bin folder first on PATH (the covost2 recipes call fairseq-train
+# and torchrun), SEED [1], PROCS [DEMO_PROCS, 2] training processes of one thread each.
+PY="${PY:-.venv/bin/python}"
+BIN="$(cd "$(dirname "$PY")" && pwd)"
+export PATH="$BIN:$PATH"
+SEED="${SEED:-1}"
+PROCS="${DEMO_PROCS:-2}"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+# need_espeak_ng: exit with a one-line hint when espeak-ng, which synthesizes the corpus, is missing
+need_espeak_ng() {
+  if ! command -v espeak-ng >/dev/null; then
+    echo "The toy corpus is synthesized with espeak-ng, which is missing: \`make install\` installs it" \
+         "with apt-get; elsewhere install the espeak-ng package yourself." >&2
+    exit 1
+  fi
+}
 
 # toy_corpus [more make_toy_corpus.py flags]: the corpus (reused when it exists) and its three test sets
 toy_corpus() {
