@@ -554,6 +554,21 @@ def test_blocks_are_the_same_whatever_the_read_size(tmp_path, monkeypatch, rate,
     assert abs(streams[3.0].size - whole.size) <= 1
 
 
+def test_idle_library_pages_are_released_and_come_back():
+    """comsl-translate drops the resident pages of numba's LLVM library (loaded by openai-whisper's
+    import, unused by decoding); the library still works afterwards (its pages come back from the file)."""
+    if not Path("/proc/self/smaps").is_file():
+        pytest.skip("Linux only")
+    import llvmlite.binding as llvm
+
+    from comsl_fairseq.cli.translate import release_idle_library_pages
+
+    for _ in range(2):  # pages dropped (some are resident: the library just ran), then run again from the file
+        assert llvm.get_host_cpu_name() and llvm.get_default_triple()
+        assert release_idle_library_pages() > 0
+    assert release_idle_library_pages(("no-such-library",)) == 0
+
+
 def test_streamed_resampling_matches_reading_whole(tmp_path):
     from comsl_fairseq.data.audio import AudioSource, read_audio
 
