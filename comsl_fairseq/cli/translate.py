@@ -180,9 +180,8 @@ def fix_mmap_threshold() -> None:
 
 # Shared libraries loaded by an import but never run while translating: numba's LLVM (openai-whisper
 # imports numba for word timestamps, which decoding does not use). Loading it runs its static
-# constructors, one per source file, which pages in most of its code (about 95 MB on Linux).
+# constructors, which page in most of its code (about 95 MB on Linux).
 IDLE_LIBRARIES = ("libllvmlite",)
-MADV_DONTNEED = 4  # Linux
 
 
 def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
@@ -191,13 +190,16 @@ def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
     private copy of a page (smaps ``Anonymous: 0``) are touched: their pages are the file's own
     and come back from it, unchanged, if the library ever runs again. No-op outside Linux."""
     import ctypes
+    import mmap
 
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return 0
     try:
         with open("/proc/self/smaps", encoding="utf-8") as f:
             lines = f.read().splitlines()
-        libc = ctypes.CDLL(None)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError, TypeError):
         return 0
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     maps, current = [], None
@@ -213,7 +215,7 @@ def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
         if (any(n in Path(m["path"]).name for n in names) and "w" not in m["perms"]
                 and m.get("Anonymous:", 1) == 0 and m.get("Rss:", 0) > 0):
             start, end = (int(x, 16) for x in m["range"].split("-"))
-            if madvise(start, end - start, MADV_DONTNEED) == 0:
+            if madvise(start, end - start, advice) == 0:
                 released += m["Rss:"]
     return released
 
@@ -222,7 +224,7 @@ def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     fix_mmap_threshold()
-    release_idle_library_pages()
+    release_idle_library_pages()  # the imports are done (this module's): see IDLE_LIBRARIES
     imports = process_age()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO
