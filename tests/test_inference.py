@@ -533,6 +533,42 @@ def test_long_recordings_are_streamed(translator, long_recording, monkeypatch):
     assert len(translator.translate(long_recording[0], src_lang="fr").segments) == len(long_recording[1])
 
 
+@pytest.mark.parametrize("rate,channels", [(48000, 2), (16000, 1), (16000, 3)])
+def test_blocks_are_the_same_whatever_the_read_size(tmp_path, monkeypatch, rate, channels):
+    """A block is decoded, down-mixed and resampled a few seconds at a time: the samples equal
+    those of reading each block at once, bit for bit (also at a length no read size divides)."""
+    from comsl_fairseq.data import audio
+
+    rng = np.random.default_rng(2)
+    sf.write(tmp_path / "a.wav", (0.1 * rng.standard_normal((rate * 7 + 123, channels))).astype(np.float32), rate,
+             subtype="PCM_16")
+    source = audio.AudioSource("a.wav", tmp_path)
+    streams = {}
+    for read_seconds in (3.0, 0.7, 0.25):
+        monkeypatch.setattr(audio, "READ_SECONDS", read_seconds)
+        blocks = list(source.blocks(3.0))
+        assert len(blocks) == 3 and all(b.dtype == np.float32 and b.flags.c_contiguous for b in blocks)
+        streams[read_seconds] = np.concatenate(blocks)
+    assert np.array_equal(streams[3.0], streams[0.7]) and np.array_equal(streams[3.0], streams[0.25])
+    whole = audio.read_audio("a.wav", tmp_path)[0]
+    assert abs(streams[3.0].size - whole.size) <= 1
+
+
+def test_idle_library_pages_are_released_and_come_back():
+    """comsl-translate drops the resident pages of numba's LLVM library (loaded by openai-whisper's
+    import, unused by decoding); the library still works afterwards (its pages come back from the file)."""
+    if not Path("/proc/self/smaps").is_file():
+        pytest.skip("Linux only")
+    import llvmlite.binding as llvm
+
+    from comsl_fairseq.cli.translate import release_idle_library_pages
+
+    for _ in range(2):  # pages dropped (some are resident: the library just ran), then run again from the file
+        assert llvm.get_host_cpu_name() and llvm.get_default_triple()
+        assert release_idle_library_pages() > 0
+    assert release_idle_library_pages(("no-such-library",)) == 0
+
+
 def test_streamed_resampling_matches_reading_whole(tmp_path):
     from comsl_fairseq.data.audio import AudioSource, read_audio
 

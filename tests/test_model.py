@@ -44,6 +44,35 @@ def test_translation_does_not_depend_on_the_batch(loaded):
     assert abs(float(hyp1["score"]) - float(hyp2["score"])) < 1e-4
 
 
+def test_padding_as_attention_mask_gives_the_same_encoder_output(loaded, monkeypatch):
+    """Without gradients a small padded batch reaches the mBART layers as a boolean attention
+    mask (no key-padding mask: torch's check of one imports sympy); bit for bit the same as the
+    key-padding mask, which training and large batches keep."""
+    from comsl_fairseq.modules import composite_encoder
+
+    _, task, model = loaded
+    short, long_, ds = short_and_long(task)
+    net_input = {k: v for k, v in ds.collater([short, long_])["net_input"].items() if k != "prev_output_tokens"}
+    calls = []
+    real = composite_encoder._padding_masks
+    monkeypatch.setattr(composite_encoder, "_padding_masks", lambda *a: calls.append(real(*a)) or calls[-1])
+    outs, default = {}, composite_encoder.ATTN_MASK_MAX_ELEMENTS
+    for cap in (0, default):
+        monkeypatch.setattr(composite_encoder, "ATTN_MASK_MAX_ELEMENTS", cap)
+        with torch.no_grad():
+            outs[cap] = model.encoder(**net_input)["encoder_out"][0]
+    assert calls[0][0] is not None and calls[0][1] is None  # over the cap: the key-padding mask
+    key_padding, attn_mask = calls[1]
+    assert key_padding is None and attn_mask.dtype == torch.bool and attn_mask.stride(1) == 0
+    assert torch.equal(outs[0], outs[default])
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    with torch.no_grad():
+        heads = model.encoder.mbart.layers[0].self_attn.num_heads
+        assert real(mask, True, model.encoder.mbart.layers)[1].shape == (2 * heads, 5, 5)  # B*heads x T x T
+    assert real(mask, True, model.encoder.mbart.layers)[1] is None  # with gradients (training): key padding
+
+
 def test_generation_requires_forced_tag(loaded):
     _, task, model = loaded
     with pytest.raises(ValueError, match="--prefix-size 1"):

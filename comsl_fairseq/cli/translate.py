@@ -178,10 +178,53 @@ def fix_mmap_threshold() -> None:
         pass
 
 
+# Shared libraries loaded by an import but never run while translating: numba's LLVM (openai-whisper
+# imports numba for word timestamps, which decoding does not use). Loading it runs its static
+# constructors, which page in most of its code (about 95 MB on Linux).
+IDLE_LIBRARIES = ("libllvmlite",)
+
+
+def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
+    """Drop the resident pages of the read-only mappings of the shared libraries ``names``
+    (madvise MADV_DONTNEED) and return how many bytes were resident. Only mappings holding no
+    private copy of a page (smaps ``Anonymous: 0``) are touched: their pages are the file's own
+    and come back from it, unchanged, if the library ever runs again. No-op outside Linux."""
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return 0
+    try:
+        with open("/proc/self/smaps", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError, TypeError):
+        return 0
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    maps, current = [], None
+    for line in lines:
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+            current = {"range": fields[0], "perms": fields[1], "path": fields[5] if len(fields) > 5 else ""}
+            maps.append(current)
+        elif current is not None and len(fields) >= 2 and fields[0] in ("Rss:", "Anonymous:"):
+            current[fields[0]] = int(fields[1]) * 1024
+    released = 0
+    for m in maps:
+        if (any(n in Path(m["path"]).name for n in names) and "w" not in m["perms"]
+                and m.get("Anonymous:", 1) == 0 and m.get("Rss:", 0) > 0):
+            start, end = (int(x, 16) for x in m["range"].split("-"))
+            if madvise(start, end - start, advice) == 0:
+                released += m["Rss:"]
+    return released
+
+
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     fix_mmap_threshold()
+    release_idle_library_pages()  # the imports are done (this module's): see IDLE_LIBRARIES
     imports = process_age()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # fairseq's import may have set INFO

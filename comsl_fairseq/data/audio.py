@@ -19,7 +19,8 @@ import soundfile as sf
 import soxr
 from whisper.audio import SAMPLE_RATE  # Whisper's input rate (16 kHz); every clip is brought to it
 
-BLOCK_SECONDS = 30.0  # streamed reading: seconds of audio decoded at a time
+BLOCK_SECONDS = 30.0  # streamed reading: seconds of 16 kHz audio per block handed on
+READ_SECONDS = 2.0  # ... decoded and resampled this many seconds of the file at a time
 
 logger = logging.getLogger(__name__)
 
@@ -133,29 +134,37 @@ class AudioSource:
 
     def blocks(self, seconds: float = BLOCK_SECONDS):
         """16 kHz mono float32 blocks of about ``seconds`` each, in order (streamed resampling:
-        the samples equal a one-shot resampling up to the filter's rounding)."""
+        the samples equal a one-shot resampling up to the filter's rounding). The file is
+        decoded, down-mixed and resampled :data:`READ_SECONDS` at a time, so only that much of
+        the native-rate audio is held at once (30 s of 48 kHz stereo as float32 is 11.5 MB)."""
         if self.frames == 0:
             raise AudioError(f"audio {self.path} is empty (0 samples)", "empty audio")
         step = max(1, int(seconds * self.native_rate))
+        read = min(step, max(1, int(READ_SECONDS * self.native_rate)))
         resampler = (soxr.ResampleStream(self.native_rate, SAMPLE_RATE, 1, dtype="float32")
                      if self.native_rate != SAMPLE_RATE else None)
         with self._open() as f:
-            while True:
-                try:
-                    data = f.read(step, dtype="float32", always_2d=True)  # frames x channels
-                except (sf.LibsndfileError, RuntimeError) as e:
-                    raise AudioError(f"cannot decode audio {self.path} after {f.tell() / self.native_rate:.1f} s: "
-                                     f"{e}", "unreadable audio") from None
-                last = data.shape[0] < step
-                mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-                # Only the 16 kHz block outlives this step: the caller may decode a whole batch
-                # while this generator waits at its yield (30 s of 48 kHz stereo is 11.5 MB).
-                del data
-                if not np.isfinite(mono).all():
-                    raise AudioError(f"audio {self.path} has NaN or infinite samples", "non-finite audio samples")
-                if resampler is not None:
-                    mono = resampler.resample_chunk(mono, last=last)
-                if mono.size:
-                    yield np.ascontiguousarray(mono, dtype=np.float32)
-                if last:
-                    return
+            frames = np.empty((read, f.channels), np.float32)  # reused by every read
+            mono = np.empty(read, np.float32)
+            last = False
+            while not last:
+                parts, todo = [], step
+                while todo and not last:
+                    want = min(read, todo)
+                    try:
+                        data = f.read(want, dtype="float32", always_2d=True, out=frames[:want])  # frames x channels
+                    except (sf.LibsndfileError, RuntimeError) as e:
+                        raise AudioError(f"cannot decode audio {self.path} after {f.tell() / self.native_rate:.1f} s: "
+                                         f"{e}", "unreadable audio") from None
+                    n, todo = data.shape[0], todo - data.shape[0]
+                    last = n < want
+                    down = np.mean(data, axis=1, out=mono[:n]) if data.shape[1] > 1 else data[:, 0]
+                    if not np.isfinite(down).all():
+                        raise AudioError(f"audio {self.path} has NaN or infinite samples", "non-finite audio samples")
+                    # soxr's stream gives the same samples whatever the chunking; without it, a copy
+                    # (the read buffers are reused).
+                    parts.append(resampler.resample_chunk(down, last=last) if resampler is not None
+                                 else down.copy())
+                block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                if block.size:
+                    yield np.ascontiguousarray(block, dtype=np.float32)

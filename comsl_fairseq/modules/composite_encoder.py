@@ -24,6 +24,28 @@ from comsl_fairseq.modules.whisper_feature_cache import WhisperFeatureCache, cac
 logger = logging.getLogger(__name__)
 
 
+# Without gradients, padding is handed to the mBART layers as a B*heads x T x T boolean attention
+# mask (expanded: one T-long row per clip and head) while that mask stays this small, instead of a
+# key-padding mask: torch's multi_head_attention_forward checks a key-padding mask with
+# torch._check_with, whose first call imports sympy (about 32 MB resident, for the rest of the
+# process). Both masks give the same attention, bit for bit (the mask is the same -inf where a
+# key is padding). Larger batches, and training (the backward pass would keep the full float mask
+# of every layer), keep the key-padding mask.
+ATTN_MASK_MAX_ELEMENTS = 1 << 21  # 2 M: 8 MB as float (a CPU batch of 16 heads needs 1.1 M)
+
+
+def _padding_masks(padding_mask: torch.Tensor, has_pads: bool, layers) -> tuple:
+    """(encoder_padding_mask, attn_mask) for fairseq encoder layers, from a B x T padding mask."""
+    if not has_pads:
+        return None, None
+    heads = layers[0].self_attn.num_heads if len(layers) else 1
+    bsz, length = padding_mask.shape
+    if torch.is_grad_enabled() or bsz * heads * length * length > ATTN_MASK_MAX_ELEMENTS:
+        return padding_mask, None
+    rows = padding_mask.view(bsz, 1, length).repeat_interleave(heads, dim=0)  # (B*heads) x 1 x T
+    return None, rows.expand(bsz * heads, length, length)
+
+
 class CompositeEncoder(FairseqEncoder):
     """Speech path (Whisper -> adapter -> tag + mBART encoder) and text path (mBART encoder)."""
 
@@ -164,8 +186,9 @@ class CompositeEncoder(FairseqEncoder):
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
         x = x.transpose(0, 1)  # B x T x C -> T x B x C (fairseq layout from here on)
         states = [x] if return_all_hiddens else []
+        key_padding, attn_mask = _padding_masks(padding_mask, has_pads, m.layers)
         for layer in m.layers:
-            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None)
+            x = layer(x, encoder_padding_mask=key_padding, attn_mask=attn_mask)
             if return_all_hiddens:
                 states.append(x)
         if m.layer_norm is not None:
