@@ -99,8 +99,8 @@ def chart(result: dict, sets: list, path: Path) -> None:
     ax.set_ylabel("BLEU (95 % bootstrap interval)")
     low = min(result["rows"][r][s]["low"] for r in rows for s in sets)
     ax.set_ylim(max(0, low - 10), 100)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("ComSL ablation rows on the toy corpus (Whisper base, MT-stage mBART)")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(sets), frameon=False)  # above
+    ax.set_title("ComSL ablation rows on the toy corpus (Whisper base, MT-stage mBART)", pad=24)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
