@@ -187,7 +187,7 @@ IDLE_LIBRARIES = ("libllvmlite",)
 def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
     """Drop the resident pages of the read-only mappings of the shared libraries ``names``
     (madvise MADV_DONTNEED) and return how many bytes were resident. Only mappings holding no
-    private copy of a page (smaps ``Anonymous: 0``) are touched: their pages are the file's own
+    private copy of a page (smaps ``Anonymous: 0`` and ``Swap: 0``) are touched: their pages are the file's own
     and come back from it, unchanged, if the library ever runs again. No-op outside Linux."""
     import ctypes
     import mmap
@@ -196,24 +196,26 @@ def release_idle_library_pages(names=IDLE_LIBRARIES) -> int:
     if advice is None:
         return 0
     try:
-        with open("/proc/self/smaps", encoding="utf-8") as f:
+        # paths are bytes to the kernel: any that are not UTF-8 are kept as surrogates
+        with open("/proc/self/smaps", encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
         madvise = ctypes.CDLL(None).madvise
-    except (OSError, AttributeError, TypeError):
+    except (OSError, AttributeError, TypeError, ValueError):
         return 0
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     maps, current = [], None
     for line in lines:
-        fields = line.split()
+        fields = line.split(maxsplit=5)  # the path (6th field) may hold spaces
         if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
             current = {"range": fields[0], "perms": fields[1], "path": fields[5] if len(fields) > 5 else ""}
             maps.append(current)
-        elif current is not None and len(fields) >= 2 and fields[0] in ("Rss:", "Anonymous:"):
-            current[fields[0]] = int(fields[1]) * 1024
+        elif current is not None and len(fields) >= 2 and fields[0] in ("Rss:", "Anonymous:", "Swap:"):
+            current[fields[0]] = int(fields[1].split()[0]) * 1024
     released = 0
     for m in maps:
+        # no private page in memory (Anonymous) or swapped out (Swap): a relocated page would be lost
         if (any(n in Path(m["path"]).name for n in names) and "w" not in m["perms"]
-                and m.get("Anonymous:", 1) == 0 and m.get("Rss:", 0) > 0):
+                and m.get("Anonymous:", 1) == 0 and m.get("Swap:", 1) == 0 and m.get("Rss:", 0) > 0):
             start, end = (int(x, 16) for x in m["range"].split("-"))
             if madvise(start, end - start, advice) == 0:
                 released += m["Rss:"]

@@ -30,8 +30,17 @@ logger = logging.getLogger(__name__)
 # torch._check_with, whose first call imports sympy (about 32 MB resident, for the rest of the
 # process). Both masks give the same attention, bit for bit (the mask is the same -inf where a
 # key is padding). Larger batches, and training (the backward pass would keep the full float mask
-# of every layer), keep the key-padding mask.
-ATTN_MASK_MAX_ELEMENTS = 1 << 21  # 2 M: 8 MB as float (a CPU batch of 16 heads needs 1.1 M)
+# of every layer), keep the key-padding mask. So do other devices (the equality is tested on the
+# CPU, where the memory matters) and fairseq's own attention paths (xformers, ONNX tracing,
+# scripting, pruned dimensions), which add a 3-D mask instead of masking with it.
+ATTN_MASK_MAX_ELEMENTS = 1 << 21  # 2 M elements: ~10 MB per layer as bool + float (a CPU batch of 16 heads needs 1.1 M)
+
+
+def _takes_torch_attention(attn) -> bool:
+    """Whether fairseq's MultiheadAttention ``attn`` hands a self-attention to
+    torch.nn.functional.multi_head_attention_forward (where a bool 3-D mask masks)."""
+    return not (getattr(attn, "use_xformers", False) or getattr(attn, "onnx_trace", False)
+                or getattr(attn, "skip_embed_dim_check", False) or torch.jit.is_scripting())
 
 
 def _padding_masks(padding_mask: torch.Tensor, has_pads: bool, layers) -> tuple:
@@ -40,7 +49,9 @@ def _padding_masks(padding_mask: torch.Tensor, has_pads: bool, layers) -> tuple:
         return None, None
     heads = layers[0].self_attn.num_heads if len(layers) else 1
     bsz, length = padding_mask.shape
-    if torch.is_grad_enabled() or bsz * heads * length * length > ATTN_MASK_MAX_ELEMENTS:
+    if (torch.is_grad_enabled() or padding_mask.device.type != "cpu"
+            or bsz * heads * length * length > ATTN_MASK_MAX_ELEMENTS
+            or not all(_takes_torch_attention(layer.self_attn) for layer in layers)):
         return padding_mask, None
     rows = padding_mask.view(bsz, 1, length).repeat_interleave(heads, dim=0)  # (B*heads) x 1 x T
     return None, rows.expand(bsz * heads, length, length)
