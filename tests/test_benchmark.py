@@ -42,3 +42,20 @@ def test_benchmark_smoke_mode():
                               "trimmed_speedup_vs_fixed11"}, lines
     row = rows["ours + trimmed vocabulary"]
     assert trimmed["trimmed_speedup_vs_fixed11"] == ratio_of(row[0], paper[0])
+
+
+@pytest.mark.subprocess
+def test_benchmark_profiles_the_top_operators():
+    proc = subprocess.run([str(BIN / "comsl-benchmark"), "--arch", "tiny", "--smoke", "--profile-ops", "5",
+                           "--configs", "ours"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    head = [i for i, line in enumerate(lines) if line.startswith("ours: top 5 operators by CPU self time")]
+    assert len(head) == 1, lines
+    ops = [[c.strip() for c in line.strip("|").split("|")] for line in lines[head[0] + 3: head[0] + 8]]
+    assert all(len(op) == 4 and op[3].endswith(" %") for op in ops), ops
+    seconds = [float(op[2]) for op in ops]
+    assert seconds == sorted(seconds, reverse=True) and seconds[0] > 0
+    shares = [float(op[3][:-2]) for op in ops]
+    assert 0 < sum(shares) <= 100.05
+    assert any(op[0].startswith("`aten::") for op in ops), ops

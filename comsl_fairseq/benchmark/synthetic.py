@@ -209,19 +209,43 @@ def train_throughput(conf, args, data, device, utts, rng):
         model.zero_grad(set_to_none=True)
     n_utt = audio_s = 0.0
     elapsed = 0.0
+    profiler = op_profiler(device) if getattr(args, "profile_ops", 0) else None
     for step, batch in enumerate(batches[: args.warmup + args.steps]):
+        if profiler is not None and step == args.warmup:
+            profiler.__enter__()  # the timed steps only
         seconds = timed_step(model, criterion, batch, opt, autocast, device)
         if step >= args.warmup:
             elapsed += seconds
             n_utt += batch["nsentences"]
             audio_s += float(batch["net_input"]["src_lengths"].sum()) / SAMPLE_RATE
+    top_ops = None
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        top_ops = top_self_time_ops(profiler, args.profile_ops, device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:  # this configuration's own process (see run)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     del model, opt, batches
     return {"utt_s": n_utt / elapsed, "audio_s": audio_s / elapsed, "peak_gb": peak, "flops_per_utt": flops,
-            "step_s": elapsed / max(1, args.steps)}
+            "step_s": elapsed / max(1, args.steps), "top_ops": top_ops}
+
+
+def op_profiler(device):
+    """torch.profiler over the timed steps (CPU ops, and the GPU's kernels on cuda)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
+def top_self_time_ops(profiler, n: int, device) -> list:
+    """The ``n`` operators with the most self time (on the GPU for cuda, else on the CPU), as
+    (name, calls, self seconds, share of all operators' self time)."""
+    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in profiler.key_averages() if getattr(e, field, 0) > 0]
+    total = sum(getattr(e, field) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, field), reverse=True)
+    return [(e.key, e.count, getattr(e, field) / 1e6, getattr(e, field) / total) for e in events[:n]]
 
 
 def train_in_own_process(conf, args, data, device, utts, seed: int) -> dict:
@@ -310,6 +334,15 @@ def print_table(args, device, utts, results: dict) -> None:
         decode = f"{r['decode_utt_s']:.2f}" if "decode_utt_s" in r else "-"
         print(f"| {name} | {r['utt_s']:.2f} | {r['audio_s']:.1f} | {r['step_s']:.2f} | {decode} | "
               f"{r['peak_gb']:.2f} GB | {mfu} |")
+    for name, r in results.items():
+        if r.get("top_ops"):
+            where = "GPU" if device.type == "cuda" else "CPU"
+            print(f"\n{name}: top {len(r['top_ops'])} operators by {where} self time over the timed steps "
+                  "(under the profiler)")
+            print("| operator | calls | self s | share |")
+            print("|---|---|---|---|")
+            for op, calls, seconds, share in r["top_ops"]:
+                print(f"| `{op}` | {calls} | {seconds:.3f} | {100 * share:.1f} % |")
     ours, paper = results.get("ours"), results.get(PAPER_STYLE)
     if ours is None or paper is None:
         return

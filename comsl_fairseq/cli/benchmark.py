@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default 2000 for tiny (of 8,000 rows), 40000 for medium/large (of 250,054: an estimate "
                         "for CoVoST 2 X->En; comsl-trim-vocab prints a corpus's own count); 0: no such row")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                   help="also print each configuration's N operators with the most self time over the timed\n"
+                        "steps (torch.profiler; its overhead is in that run's step times)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run (tests): 1 step, short clips")
     return p
 
