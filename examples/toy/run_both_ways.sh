@@ -14,7 +14,8 @@
 #
 # Environment: as run_demo.sh (PY, SEED, DEMO_PROCS, DEMO_TRAIN_NUMBERS, DEMO_TRAIN_VOICES,
 #   DEMO_TEST_VARIANTS, DEMO_MT_EPOCHS, DEMO_MT_LR, DEMO_EPOCHS, DEMO_LR, DEMO_WARMUP, DEMO_BATCH,
-#   DEMO_CACHE), with CORPUS [data/toy_both] and EXP [exp/both_ways].
+#   DEMO_CACHE [data/whisper_cache_both_ways]: its own folder, as the demo's features come from
+#   the demo's batches), with CORPUS [data/toy_both] and EXP [exp/both_ways].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 CORPUS="${CORPUS:-data/toy_both}"
@@ -47,7 +48,7 @@ WARMUP="${DEMO_WARMUP:-50}"
 echo "== ComSL (row 7) on both directions: Whisper base (frozen) + adapter + the MT-stage model," \
      "$EPOCHS epochs of $((BATCH * PROCS)) clips per update, $PROCS process(es) x 1 thread"
 TRAIN_SUBSET=train,train_en_x comsl_row examples/covost2/ablations/row7_cml.sh "$EXP" \
-  --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}"
+  --whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache_both_ways}"
 
 echo "== decoding the six test sets with beam 5, each row's target tag forced ($PROCS at a time)"
 decode_sets "$EXP" "${X_EN[@]}" "${EN_X[@]}"
