@@ -160,3 +160,32 @@ def test_bleu_aggregation_over_batches(data_dir):
     with metrics.aggregate() as agg:
         task.reduce_metrics(logs, task.build_criterion(cfg.criterion))
         assert agg.get_smoothed_values()["bleu"] == pytest.approx(expected, abs=0.01)
+
+
+def test_audio_paths_that_are_not_audio_files_say_what_they_are(tmp_path):
+    from comsl_fairseq.data.audio import AudioSource
+
+    (tmp_path / "clip.wav").mkdir()  # a folder named like a clip
+    with pytest.raises(AudioError, match="is a folder, not an audio file"):
+        read_audio("clip.wav", tmp_path)
+    with pytest.raises(AudioError, match="is a folder, not an audio file"):
+        AudioSource("clip.wav", tmp_path).header()
+    with pytest.raises(AudioError, match="audio file not found"):
+        read_audio("gone.wav", tmp_path)
+
+
+def test_a_header_claiming_an_implausible_sample_rate_is_refused(tmp_path):
+    """A damaged header saying 1 Hz would make 17 kB of samples last hours (and take minutes)."""
+    import struct
+
+    from comsl_fairseq.data.audio import AudioSource
+
+    path = tmp_path / "one_hz.wav"
+    sf.write(path, np.zeros(8000, np.float32), 16000, subtype="PCM_16")
+    raw = bytearray(path.read_bytes())
+    raw[24:32] = struct.pack("<II", 1, 2)  # the fmt chunk's sample rate and byte rate
+    path.write_bytes(bytes(raw))
+    with pytest.raises(AudioError, match="sample rate of 1 Hz"):
+        read_audio(str(path), tmp_path)
+    with pytest.raises(AudioError, match="sample rate of 1 Hz"):
+        AudioSource(str(path)).header()

@@ -329,6 +329,64 @@ def test_cli_manifest_with_row_languages_and_asr(exported, tmp_path, capsys):
     assert got == {f"{tmp_path / 'test.tsv'}:{uid}": expected[uid][0] for uid in expected}
 
 
+def test_checkpoint_whose_data_moved_says_to_pass_data(exported):
+    from comsl_fairseq.data.config import DataConfigNotFound
+    from comsl_fairseq.inference.translator import SpeechTranslator
+
+    with pytest.raises(DataConfigNotFound, match="pass --data") as info:  # the fixture removed the data folder
+        SpeechTranslator.from_pretrained(exported["ckpt"])
+    assert str(exported["ckpt"]) in str(info.value) and "--config-yaml" not in str(info.value)
+
+
+def test_damaged_model_info_is_an_error_not_a_missing_language_list(exported, tmp_path):
+    from comsl_fairseq.inference.translator import recorded_pairs
+
+    folder = Path(shutil.copytree(exported["model"], tmp_path / "model"))
+    assert recorded_pairs(folder)  # the export records its training pairs
+    info = folder / "model_info.json"
+    info.write_text(info.read_text()[:200])
+    with pytest.raises(ValueError, match="is damaged") as e:
+        recorded_pairs(folder)
+    assert str(info) in str(e.value)
+    info.unlink()
+    assert recorded_pairs(folder) is None  # absent (an older export): no pairs recorded
+
+
+def test_integer_pcm_arrays_are_scaled_like_the_file(translator, exported):
+    import numpy as np
+    import soundfile as sf
+
+    clip = next(exported["clips"].glob("*.wav"))
+    pcm, rate = sf.read(clip, dtype="int16")
+    assert rate == 16000
+    as_float = translator.load_audio(pcm.astype(np.float32) / 32768)[1]
+    assert np.array_equal(translator.load_audio(pcm)[1], as_float)  # int16 samples, not values up to 32767
+    assert np.array_equal(translator.load_audio(pcm.astype(np.int32) * 65536)[1], as_float)
+
+
+def test_devices_this_machine_lacks_are_named():
+    import torch
+
+    from comsl_fairseq.inference.translator import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'bogus' is not a device name"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU; use cpu"):
+            resolve_device("cuda")
+
+
+def test_sources_tsv_keeps_three_fields_for_any_file_name():
+    from comsl_fairseq.cli.translate import tsv_field
+
+    for name in ("plain.wav", "tab\there.wav", "new\nline.wav", "back\\slash\r.wav"):
+        field = tsv_field(name)
+        assert "\t" not in field and "\n" not in field and "\r" not in field
+        decoded = field.replace("\\\\", "\0").replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r")
+        assert decoded.replace("\0", "\\") == name
+
+
 def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
     status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "xx")
     assert status != 0 and "unknown language code 'xx'" in err

@@ -87,6 +87,12 @@ def test_plot_training_overlays_runs(run_dir, tmp_path, capsys):
     simple.write_text(SIMPLE_LOG, encoding="utf-8")
     assert plot_training.main([str(run_dir / "ckpt"), str(run_dir / "tb"), str(simple), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
+    folder = tmp_path / "figures"  # a folder as --out: the figure goes inside it, not beside it
+    folder.mkdir()
+    assert plot_training.main([str(simple), "--out", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == str(folder / "training.png") and (folder / "training.png").is_file()
+    assert plot_training.main([str(simple), "--out", str(tmp_path / "bare")]) == 0  # no suffix: .png, said so
+    assert capsys.readouterr().out.strip() == str(tmp_path / "bare.png") and (tmp_path / "bare.png").is_file()
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     runs = {"a": read_run(run_dir / "ckpt")}
     from comsl_fairseq.evaluation.plot import panels
@@ -311,6 +317,13 @@ def test_score_covost_reports_chrf_and_normalised_asr_error(tmp_path):
         _generate_log(gen / f"generate-test_{lang}_en.txt", st)
         _generate_log(gen / "asr" / f"generate-test_{lang}_en.txt", asr)
         _generate_log(gen / "mt" / f"generate-test_{lang}_en.txt", st)
+    assert score_covost.main(["--gen-dir", str(gen), "--data", str(data), "--langs", "fr,zh-CN",
+                              "--out", str(tmp_path / "scores")]) == 0  # a new prefix: scores.{json,md}
+    assert (tmp_path / "scores.json").is_file()
+    (tmp_path / "folder").mkdir()
+    assert score_covost.main(["--gen-dir", str(gen), "--data", str(data), "--langs", "fr,zh-CN",
+                              "--out", str(tmp_path / "folder")]) == 0  # a folder: inside it, not beside it
+    assert (tmp_path / "folder" / "results.json").is_file() and not (tmp_path / "folder.json").exists()
     assert score_covost.main(["--gen-dir", str(gen), "--data", str(data), "--langs", "fr,zh-CN"]) == 0
     result = json.loads((gen / "results.json").read_text())
     fr, zh = result["per_language"]["fr"], result["per_language"]["zh-CN"]

@@ -26,6 +26,7 @@ def bad(tmp_path_factory, mbart_dir):
     (d / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     torch.save({"weights": torch.zeros(2)}, d / "foreign.pt")
     torch.save({"x": _Evil()}, d / "code.pt")
+    (d / "text.pt").write_text("not a checkpoint\n")
     for name, text in (("yaml_syntax", "vocab_filename: [unclosed\n"),
                        ("yaml_python", "vocab_filename: !!python/object/apply:os.system ['echo no']\n"),
                        ("bad_spm", f"vocab_filename: {mbart_dir / 'dict.txt'}\nbpe_tokenizer:\n  bpe: sentencepiece\n"
@@ -65,7 +66,7 @@ def _cases(d: Path, data_dir: Path) -> list:
     """(tool, argv, the file the message must name)."""
     clip = next((data_dir / "clips").glob("*.wav"))
     cases = []
-    for name in ("empty.pt", "truncated.pt", "foreign.pt", "code.pt"):
+    for name in ("empty.pt", "truncated.pt", "foreign.pt", "code.pt", "text.pt"):
         cases += [("translate", ["--path", d / name, clip, "--src-lang", "fr"], d / name),
                   ("export", ["--path", d / name, "--out", d / "out"], d / name),
                   ("average_checkpoints", ["--inputs", d / name, d / "foreign.pt", "--out", d / "avg.pt"], d / name)]
@@ -98,6 +99,8 @@ def test_bad_inputs_end_in_one_named_line(bad, data_dir):
         assert "weights_only=False" not in err and "this must never run" not in err
     status, err = _run("export", "--path", bad / "code.pt", "--out", bad / "out")
     assert "would run code when loaded" in err and "is refused" in err
+    status, err = _run("translate", "--path", bad / "text.pt", bad / "text.pt", "--src-lang", "fr")
+    assert "not a torch checkpoint" in err and "would run code" not in err  # not a false security claim
     assert not (bad / "out").exists() and not list(bad.glob(".out*"))
 
 
@@ -121,13 +124,18 @@ def test_every_command_lists_debug_in_its_help(capsys):
         assert exit_info.value.code == 0 and "--debug" in out and "traceback" in out, (ep.name, out[-500:])
 
 
+def _checkpoint(folder: Path, name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64) -> Path:
+    """A small checkpoint with a vocabulary fingerprint, as averaging reads them."""
+    fingerprint = {"dict_txt": {"file": "dict.txt", "symbols": 5, "sha256": dict_sha},
+                   "sentencepiece_model": {"file": "sentence.bpe.model", "sha256": "b" * 64}}
+    torch.save({"model": {"w": torch.ones(2)}, "cfg": {"model": {"_name": arch}},
+                "task_state": {"vocabulary": fingerprint}}, folder / name)
+    return folder / name
+
+
 def test_averaging_refuses_other_vocabularies_and_architectures(tmp_path):
-    def checkpoint(name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64):
-        fingerprint = {"dict_txt": {"file": "dict.txt", "symbols": 5, "sha256": dict_sha},
-                       "sentencepiece_model": {"file": "sentence.bpe.model", "sha256": "b" * 64}}
-        torch.save({"model": {"w": torch.ones(2)}, "cfg": {"model": {"_name": arch}},
-                    "task_state": {"vocabulary": fingerprint}}, tmp_path / name)
-        return tmp_path / name
+    def checkpoint(name, **kwargs):
+        return _checkpoint(tmp_path, name, **kwargs)
 
     a, b = checkpoint("a.pt"), checkpoint("b.pt", dict_sha="c" * 64)
     status, err = _run("average_checkpoints", "--inputs", a, b, "--out", tmp_path / "avg.pt")
@@ -137,3 +145,46 @@ def test_averaging_refuses_other_vocabularies_and_architectures(tmp_path):
     assert status == 2 and "whisper_mbart_composite_medium" in err and not (tmp_path / "avg.pt").exists()
     status, _ = _run("average_checkpoints", "--inputs", a, checkpoint("d.pt"), "--out", tmp_path / "avg.pt")
     assert status == 0 and (tmp_path / "avg.pt").is_file()
+
+
+def test_outputs_stay_inside_the_folder_named(tmp_path):
+    """--out naming an existing folder writes inside it, never beside it; an empty --out (an unset
+    shell variable) is refused instead of writing into the current folder."""
+    from comsl_fairseq.evaluation.logs import write_generate_log
+
+    a, b = _checkpoint(tmp_path, "a.pt"), _checkpoint(tmp_path, "b.pt")
+    folder = tmp_path / "avg"
+    folder.mkdir()
+    status, err = _run("average_checkpoints", "--inputs", a, b, "--out", folder)
+    assert status == 0 and (folder / "checkpoint_avg.pt").is_file(), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "avg", "b.pt"]  # no .tmp, nothing beside
+    log = write_generate_log(tmp_path / "logs" / "generate-test.txt", ["a cat", "the house"], ["a cat", "a house"])
+    (tmp_path / "cmp").mkdir()
+    status, err = _run("compare_systems", log, log, "--samples", "5", "--out", tmp_path / "cmp")
+    assert status == 0 and (tmp_path / "cmp" / "compare.json").is_file(), err
+    for tool, argv in (("translate", ["--path", a, a, "--src-lang", "fr", "--out", ""]),
+                       ("average_checkpoints", ["--inputs", a, b, "--out", " "]),
+                       ("compare_systems", [log, log, "--out", f"{tmp_path}/nowhere/"]),
+                       ("translate", ["--path", a, a, "--src-lang", "fr", "--beam", "0"]),
+                       ("translate", ["--path", a, a, "--src-lang", "fr", "--max-len-b", "-1"]),
+                       ("translate", ["--path", a, a, "--src-lang", "fr", "--batch-size", "0"])):
+        status, err = _run(tool, *argv)
+        assert status == 2 and "Traceback" not in err and ("empty path" in err or "no such folder" in err
+                                                           or "must be at least 1" in err), (tool, argv, err)
+    status, err = _run("translate", "--path", a, a, "--src-lang", "fr", "--out", a)  # a file, not a folder
+    assert status == 2 and f"--out {a} is a file" in err
+
+
+def test_generate_logs_that_cannot_be_scored_are_named(tmp_path):
+    from comsl_fairseq.evaluation.logs import write_generate_log
+
+    good = write_generate_log(tmp_path / "a" / "generate-test.txt", ["a cat", "a house"], ["a cat", "a house"])
+    binary = tmp_path / "b" / "generate-test.txt"
+    binary.parent.mkdir()
+    binary.write_bytes(b"T-0\ta cat\n\xee\xff\x00 not text\n")
+    twice = tmp_path / "c" / "generate-test.txt"
+    twice.parent.mkdir()
+    twice.write_text(good.read_text() + "T-1\ta house\nD-1\t0.0\tanother house\n")  # two runs in one file
+    for other, reason in ((binary, "is not UTF-8 text"), (twice, "sample 1 has two T- lines")):
+        status, err = _run("compare_systems", good, other, "--samples", "5")
+        assert status == 2 and str(other) in err and reason in err and "Traceback" not in err, err

@@ -90,12 +90,13 @@ def load_weights_only(path, what: str = "checkpoint"):
         raise FileNotFoundError(f"{what} {path} not found")
     try:
         return torch.load(path, map_location="cpu")  # weights_only=True (torch >= 2.6)
-    except pickle.UnpicklingError as e:
-        found = _GLOBAL.search(str(e))
-        raise UnsafeCheckpointError(
-            f"{what} {path} would run code when loaded (it pickles {found[1] if found else 'a callable'}, "
-            "which is not a tensor, number or training setting) and is refused; use a checkpoint written by "
-            "fairseq-train or torch.save of tensors only") from None
     except Exception as e:  # noqa: BLE001  (torch raises RuntimeError, EOFError, ... for broken files)
-        problem = checkpoint_problem(path) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        found = _GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:  # the weights-only unpickler met a callable it does not allow
+            raise UnsafeCheckpointError(
+                f"{what} {path} would run code when loaded (it pickles {found[1]}, which is not a tensor, "
+                "number or training setting) and is refused; use a checkpoint written by fairseq-train or "
+                "torch.save of tensors only") from None
+        # anything else is a file that is not (or no longer) a checkpoint: a text file, a truncated copy
+        problem = checkpoint_problem(path) or "not a torch checkpoint (its bytes are not a pickle torch can read)"
         raise ValueError(f"cannot read {what} {path}: {problem}; copy or write it again") from None

@@ -132,7 +132,10 @@ def average_checkpoints(paths: list, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    try:
+        torch.save(state, tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write or rename: no half-written file left
     logger.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(Path(p).name for p in paths), out)
     return out

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from comsl_fairseq.checkpoints.averaging import average_checkpoints, last_checkpoints
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, output_file
 
 
 @command
@@ -25,11 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--updates", action="store_true", help="average update checkpoints instead of epoch ones")
     p.add_argument("--allow-fewer", action="store_true",
                    help="average the ones that exist when fewer than --last are there (logged) instead of failing")
-    p.add_argument("--out", type=Path, required=True, help="averaged checkpoint to write")
+    p.add_argument("--out", type=output_arg, required=True,
+                   help="averaged checkpoint to write (in a folder: FOLDER/checkpoint_avg.pt)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     paths = args.inputs or last_checkpoints(args.save_dir, args.last, "update" if args.updates else "epoch",
                                             args.allow_fewer)
-    average_checkpoints(paths, args.out)
-    print(args.out)
+    out = average_checkpoints(paths, output_file(args.out, "checkpoint_avg.pt"))
+    print(out)
     return 0

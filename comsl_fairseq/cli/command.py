@@ -8,8 +8,10 @@ that its ``--help`` lists the flag.
 """
 import argparse
 import functools
+import os
 import pickle
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -38,6 +40,33 @@ def argument_parser(**kwargs) -> argparse.ArgumentParser:
     p.add_argument(DEBUG_FLAG, action="store_true",
                    help="on an error, show the Python traceback instead of a one-line message")
     return p
+
+
+def output_arg(value: str) -> Path:
+    """argparse type of an ``--out`` the command writes to: an empty value (an unset shell
+    variable) would write into the current folder, and ``DIR/`` names a folder that must exist."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); name the file or folder to write")
+    if value.endswith(("/", os.sep)) and not Path(value).is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such folder; create it first or name a file")
+    return Path(value)
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count that must be at least 1 (beam, batch size, lengths)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
+def output_file(out: Path, default_name: str) -> Path:
+    """The file a command writes for ``--out OUT``: ``OUT/default_name`` when OUT is an existing
+    folder (never a file beside it, nor a failed rename onto it), else OUT itself."""
+    return out / default_name if out.is_dir() else out
 
 
 def command(main):

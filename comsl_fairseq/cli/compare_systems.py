@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, output_file
 from comsl_fairseq.evaluation.scoring import BOOTSTRAP_SAMPLES
 
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=Path, help="system compared with the baseline, decoded on the same test sets")
     p.add_argument("--data", type=Path, help="data folder with SUBSET.tsv manifests (language per utterance)")
     p.add_argument("--samples", type=int, default=BOOTSTRAP_SAMPLES, help="bootstrap resamples (default 1000)")
-    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.add_argument("--out", type=output_arg, help="also write the results as JSON here (a folder: FOLDER/compare.json)")
     return p
 
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     groups = align(read_system(args.a, args.data), read_system(args.b, args.data), str(args.a), str(args.b))
     rows = compare(groups, args.samples)
     if args.out:
-        args.out.write_text(json.dumps({"a": str(args.a), "b": str(args.b), "rows": rows}, indent=1),
-                            encoding="utf-8")
+        result = {"a": str(args.a), "b": str(args.b), "rows": rows}
+        output_file(args.out, "compare.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(table(rows, str(args.a), str(args.b)))
     return 0

@@ -14,13 +14,14 @@ import logging
 import sys
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("logs", type=Path, nargs="+", help="fairseq-train logs, save dirs or TensorBoard folders")
-    p.add_argument("--out", type=Path, required=True, help="figure to write (.png, .pdf, .svg)")
+    p.add_argument("--out", type=output_arg, required=True,
+                   help="figure to write (.png, .pdf, .svg; no suffix: .png; a folder: FOLDER/training.png)")
     p.add_argument("--labels", help="comma-separated run names (default: each log's folder name)")
     p.add_argument("--acc", action="store_true", help="also draw each term's token accuracy")
     return p
@@ -47,7 +48,10 @@ def main(argv=None) -> int:
         while label in runs:
             label += "'"
         runs[label] = records
-    out = plot(runs, args.out, args.acc)
+    out = output_file(args.out, "training.png")
+    if not out.suffix:  # matplotlib would add .png itself, and the printed name would be wrong
+        out = out.with_name(out.name + ".png")
+    out = plot(runs, out, args.acc)
     print(out)
     return 0
 

@@ -17,7 +17,7 @@ zh for Chinese, ja-mecab for Japanese (char, with a warning, where MeCab is not 
 import argparse
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg
 from comsl_fairseq.vocab.languages import COVOST_EN_X_LANGS, COVOST_X_EN_LANGS
 
 
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x-en: --langs are sources into English (default); en-x: --langs are English's targets")
     p.add_argument("--langs", help=f"languages to score (default: all 21 for x-en, {','.join(COVOST_X_EN_LANGS)}; "
                                    f"all 15 for en-x, {','.join(COVOST_EN_X_LANGS)})")
-    p.add_argument("--out", type=Path, help="output prefix for .md and .json (default: GEN_DIR/results)")
+    p.add_argument("--out", type=output_arg,
+                   help="output prefix for .md and .json (default: GEN_DIR/results; a folder: FOLDER/results)")
     return p
 
 
@@ -40,7 +41,10 @@ def main(argv=None) -> int:
     from comsl_fairseq.evaluation.covost import score_covost
 
     langs = args.langs or ",".join(COVOST_X_EN_LANGS if args.direction == "x-en" else COVOST_EN_X_LANGS)
-    table = score_covost(args.gen_dir, args.data, [x for x in langs.split(",") if x],
-                         args.out or args.gen_dir / "results", direction=args.direction)
+    out = args.out or args.gen_dir / "results"
+    if out.is_dir():  # a prefix naming a folder: its files go inside it, not beside it
+        out = out / "results"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = score_covost(args.gen_dir, args.data, [x for x in langs.split(",") if x], out, direction=args.direction)
     print(table)
     return 0

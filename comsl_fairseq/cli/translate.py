@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, positive_int
 from comsl_fairseq.inference.inputs import Problem
 from comsl_fairseq.inference.subtitles import FORMATS, WRITERS, timestamp
 from comsl_fairseq.inference.translator import DTYPES
@@ -27,6 +27,12 @@ from comsl_fairseq.inference.translator import DTYPES
 logger = logging.getLogger(__name__)
 
 SOURCES_FILE = "sources.tsv"  # in --out: output file, source, manifest id
+
+
+def tsv_field(text: str) -> str:
+    """``text`` as one sources.tsv field: backslash, tab, newline and carriage return written as
+    ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (file names may hold any of them), so every row keeps its 3 fields."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,16 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt-lang", default="en", help="target language for --task st (default: en)")
     p.add_argument("--task", choices=("st", "asr"), default="st", help="st: translate; asr: transcribe")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: txt)")
-    p.add_argument("--out", type=Path, help="write OUT/<name>.<format> per input, each file whole when it is "
+    p.add_argument("--out", type=output_arg, help="write OUT/<name>.<format> per input, each file whole when it is "
                                             "done; OUT/sources.tsv maps them to their inputs (names are made "
                                             "safe: no folders, no '..')")
     p.add_argument("--segment", choices=("auto", "always", "never"), default="auto",
                    help="auto: cut only recordings longer than the model's window into speech segments; "
                         "always: segment every input (finer subtitles); never: refuse long recordings")
     p.add_argument("--max-segment-seconds", type=float, help="longest segment (default: the model's window)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
-    p.add_argument("--max-len-b", type=int, default=200, help="maximum output length in tokens")
-    p.add_argument("--batch-size", type=int, default=8, help="clips or segments decoded together")
+    p.add_argument("--beam", type=positive_int, default=5, help="beam size (default: 5)")
+    p.add_argument("--max-len-b", type=positive_int, default=200, help="maximum output length in tokens")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips or segments decoded together")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
@@ -127,7 +133,7 @@ class Run:
         if path.is_file():  # an earlier run into the same folder: its rows stay unless overwritten
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
                 rows[line.split("\t", 1)[0]] = line
-        rows.update((out, f"{out}\t{src}\t{uid}") for out, src, uid in self.written)
+        rows.update((out, "\t".join(map(tsv_field, (out, src, uid)))) for out, src, uid in self.written)
         write_atomic(path, "output\tsource\tid\n" + "".join(f"{r}\n" for r in rows.values()))
 
     def summary(self, imports: float | None, load: float, device) -> None:
@@ -239,12 +245,14 @@ def main(argv=None) -> int:
             try:
                 mbart_tag(code)
             except KeyError as e:
-                raise SystemExit(f"error: {e.args[0]}") from None
+                raise ValueError(e.args[0]) from None
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; --out names the folder that receives one file per input")
     items, problems = collect(args.inputs)
     if args.format in ("srt", "vtt") and args.out is None and len(items) > 1:
-        raise SystemExit(f"error: --format {args.format} with {len(items)} inputs needs --out")
+        raise ValueError(f"--format {args.format} with {len(items)} inputs needs --out")
     if any((i.src_lang or args.src_lang) is None for i in items):
-        raise SystemExit("error: --src-lang is required (only manifests with a src_lang column may omit it)")
+        raise ValueError("--src-lang is required (only manifests with a src_lang column may omit it)")
 
     translator = load_translator(args)
     tgt = None if args.task == "asr" else args.tgt_lang
@@ -319,6 +327,6 @@ def load_translator(args):
                                          require_speech=not args.keep_no_speech)
     if args.max_segment_seconds is not None:
         if not 0 < args.max_segment_seconds <= t.max_seconds:
-            raise SystemExit(f"error: --max-segment-seconds must be in (0, {t.max_seconds:g}]")
+            raise ValueError(f"--max-segment-seconds must be in (0, {t.max_seconds:g}]")
         t.segmenter = SegmenterConfig(max_seconds=args.max_segment_seconds)
     return t

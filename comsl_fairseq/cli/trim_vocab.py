@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manifests of the data folder (names without .tsv) whose text is kept")
     p.add_argument("--manifests", nargs="*", type=Path, default=[],
                    help="more manifests (paths), e.g. the MT stage's training text")
-    p.add_argument("--out", type=Path, default=None, help="keep file to write (default DATA/vocab_keep.txt)")
+    p.add_argument("--out", type=output_arg, default=None,
+                   help="keep file to write (default DATA/vocab_keep.txt; a folder: FOLDER/vocab_keep.txt)")
     return p
 
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     if not texts:
         raise ValueError(f"no usable rows in {', '.join(map(str, paths))}: nothing to keep")
     pieces = pieces_to_keep(load_sentencepiece(data_cfg.sentencepiece_model), dictionary, texts)
-    out = args.out or args.data / "vocab_keep.txt"
+    out = output_file(args.out, "vocab_keep.txt") if args.out else args.data / "vocab_keep.txt"
     write_keep_file(out, pieces)
     n_full = len(dictionary) - dictionary.nspecial - len(always_kept_symbols())
     rows = dictionary.nspecial + len(always_kept_symbols()) + len(pieces)

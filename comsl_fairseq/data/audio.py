@@ -47,6 +47,24 @@ def resolve_audio_path(field: str, audio_root: Path) -> tuple:
     return p, offset, length
 
 
+MIN_SAMPLE_RATE = 1000  # Hz: a header claiming less is damaged (it would make seconds of hours)
+
+
+def _no_audio_file(path: Path) -> "AudioError":
+    """The error for a ``path`` that is not a regular file, saying what it is instead."""
+    if path.is_dir():
+        return AudioError(f"{path} is a folder, not an audio file", "not an audio file")
+    if path.exists():
+        return AudioError(f"{path} is not a regular file (a device, pipe or socket)", "not an audio file")
+    return AudioError(f"audio file not found: {path}", "audio file missing")
+
+
+def _check_rate(path: Path, rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"audio {path} claims a sample rate of {rate} Hz in its header (damaged header?)",
+                         "unreadable audio")
+
+
 def read_audio(field: str, audio_root: Path) -> tuple:
     """Read one clip as float32 mono at 16 kHz.
 
@@ -55,7 +73,7 @@ def read_audio(field: str, audio_root: Path) -> tuple:
     """
     path, offset, length = resolve_audio_path(field, audio_root)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}", "audio file missing")
+        raise _no_audio_file(path)
     try:
         if offset is None:
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -68,6 +86,7 @@ def read_audio(field: str, audio_root: Path) -> tuple:
             data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot decode audio {path}: {e}", "unreadable audio") from None
+    _check_rate(path, sr)
     notes = []
     if data.shape[1] > 1:
         notes.append(f"downmixed {data.shape[1]} channels")
@@ -106,11 +125,12 @@ class AudioSource:
         if self._header is None:
             with self._open() as f:
                 self._header = f.frames, f.samplerate, f.channels
+            _check_rate(self.path, self._header[1])
         return self._header
 
     def _open(self) -> sf.SoundFile:
         if not self.path.is_file():
-            raise AudioError(f"audio file not found: {self.path}", "audio file missing")
+            raise _no_audio_file(self.path)
         try:
             if self.offset is None:
                 return sf.SoundFile(str(self.path))

@@ -44,6 +44,14 @@ class DataConfigError(ValueError):
     """A data config.yaml that cannot be used; the message names the file and key."""
 
 
+class DataConfigNotFound(DataConfigError):
+    """No data config.yaml at ``path`` (callers that know how the user names the folder say so)."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
 @dataclass
 class DataConfig:
     path: Path
@@ -59,8 +67,8 @@ class DataConfig:
     def load(cls, path) -> "DataConfig":
         path = Path(path).resolve()
         if not path.is_file():
-            raise DataConfigError(
-                f"data config {path} not found; pass --config-yaml (relative to the data folder)"
+            raise DataConfigNotFound(
+                f"data config {path} not found; pass --config-yaml (relative to the data folder)", path
             )
         raw = read_yaml(path, DataConfigError) or {}
         if not isinstance(raw, dict):

@@ -141,16 +141,30 @@ def read_run(path: Path) -> list:
                             "event files; pass the log file itself")
 
 
+def generate_log_lines(path) -> list:
+    """The lines of a fairseq-generate log; bytes that are not UTF-8 are an error naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a fairseq-generate log: byte {e.start} is not UTF-8 text (a binary "
+                         "or damaged file?); pass the generate-SUBSET.txt that fairseq-generate wrote") from None
+
+
 def read_generate_log(path) -> tuple:
-    """{sample id: hypothesis}, {sample id: reference} from a fairseq-generate log."""
+    """{sample id: hypothesis}, {sample id: reference} from a fairseq-generate log: the first
+    (best) ``D-`` line of each id (``--nbest`` prints several). An id with two ``T-`` lines
+    means two runs in one file, and is refused."""
     hyps, refs = {}, {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in generate_log_lines(path):
         m = _GENERATE_LINE.match(line)
         if not m:
             continue
         kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
         if kind == "D":  # D-id <tab> score <tab> text (text may be empty)
-            hyps[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+            hyps.setdefault(idx, rest.split("\t", 1)[1] if "\t" in rest else "")
+        elif idx in refs:
+            raise ValueError(f"{path}: sample {idx} has two T- lines (two decodes in one file?); "
+                             "pass one fairseq-generate output per file")
         else:
             refs[idx] = rest
     return hyps, refs
@@ -159,7 +173,7 @@ def read_generate_log(path) -> tuple:
 def read_generate_header(path) -> tuple:
     """(subset, beam) from fairseq-generate's closing ``Generate SUBSET with beam=N`` line,
     (None, None) without one."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in generate_log_lines(path):
         if m := _GENERATE_HEADER.search(line):
             return m[1], int(m[2])
     return None, None

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from comsl_fairseq.data.audio import SAMPLE_RATE, AudioError, AudioSource
+from comsl_fairseq.data.config import DataConfigNotFound
 from comsl_fairseq.inference.languages import LanguageCheck, training_pairs
 from comsl_fairseq.inference.segment import SegmenterConfig, array_blocks, cut_spans, map_speech
 from comsl_fairseq.vocab.languages import mbart_tag, tag_symbol
@@ -180,12 +181,38 @@ def length_batches(pieces: list, batch_size: int, max_padded_samples: int | None
 
 
 def recorded_pairs(folder: Path) -> dict | None:
-    """The training language pairs an exported folder records (model_info.json), or None."""
+    """The training language pairs an exported folder records (model_info.json), or None where
+    it records none (a folder exported before they were recorded). A damaged file is an error:
+    read as "no languages recorded", it would switch the language check off."""
     info = folder / INFO_FILE
-    try:
-        return json.loads(info.read_text(encoding="utf-8"))["training_data"]["pairs"] or None
-    except (OSError, ValueError, KeyError, TypeError):
+    if not info.is_file():
         return None
+    try:
+        recorded = json.loads(info.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{info} is damaged ({e}); copy the model folder again or export it again "
+                         "with comsl-export") from None
+    try:
+        return recorded["training_data"]["pairs"] or None
+    except (KeyError, TypeError):
+        return None
+
+
+def resolve_device(device) -> torch.device:
+    """``device`` (None: cuda when available, else cpu) as a torch.device that this machine has;
+    errors say what to pass instead."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this machine's torch sees no CUDA GPU; use cpu (--cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return resolved
 
 
 class SpeechTranslator:
@@ -270,11 +297,14 @@ class SpeechTranslator:
         except (KeyError, TypeError, AttributeError) as e:  # fairseq looks up entries a foreign file lacks
             raise ValueError(f"{ckpt} is not a comsl_fairseq checkpoint written by fairseq-train "
                              f"({type(e).__name__}: {e})") from None
+        except DataConfigNotFound as e:  # a training checkpoint whose data folder moved or is elsewhere
+            raise DataConfigNotFound(
+                f"{ckpt} was trained with the data config {e.path}, which is not there; pass --data (data= in "
+                "Python) with the training data folder (it holds config.yaml, dict.txt and sentence.bpe.model), "
+                "or use a folder written by comsl-export", e.path) from None
         if pairs is None:
             pairs = training_pairs(cfg, data)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        device = resolve_device(device)
         model = models[0].to(device).eval()
         load_seconds = time.perf_counter() - t0
         logger.info("loaded %s in %.2f s (%s, %s)", path, load_seconds, device, dtype)
@@ -306,7 +336,8 @@ class SpeechTranslator:
     # -------------------------------------------------------------------- audio
     def open_audio(self, item, sample_rate: int = SAMPLE_RATE) -> tuple:
         """(name, source) of an input: a path or :class:`AudioSource` (read lazily, streamed when
-        long) or a 16 kHz mono float array in memory (numpy or torch). Raises AudioError."""
+        long) or a 16 kHz mono array in memory (numpy or torch; float in [-1, 1], or integer PCM
+        such as int16, scaled by its full range). Raises AudioError."""
         if isinstance(item, AudioSource):
             return item.field, item
         if isinstance(item, (str, Path)):
@@ -314,6 +345,12 @@ class SpeechTranslator:
         wav = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
         if wav.ndim != 1:
             raise AudioError(f"an audio array must be 1-D (mono samples), got shape {wav.shape}", "bad array")
+        if np.issubdtype(wav.dtype, np.integer):  # PCM samples (int16 from a WAV): scaled to [-1, 1)
+            bits = np.iinfo(wav.dtype).bits
+            offset = 2 ** (bits - 1) if np.issubdtype(wav.dtype, np.unsignedinteger) else 0
+            wav = (wav.astype(np.float64) - offset) / 2 ** (bits - 1)
+        elif not np.issubdtype(wav.dtype, np.floating):
+            raise AudioError(f"an audio array must hold float or integer PCM samples, not {wav.dtype}", "bad array")
         wav = wav.astype(np.float32)
         if sample_rate != SAMPLE_RATE:
             import soxr

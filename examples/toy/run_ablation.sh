@@ -16,7 +16,7 @@
 #   ABL_LR [5e-4], ABL_WARMUP [30], ABL_TEST_NUMBERS [50] (of the 100 test numbers, evenly spread),
 #   ABL_ROWS [1 2 3 4 5 6 7], ABL_CACHE [data/whisper_cache_ablation] (the frozen rows' Whisper
 #   features: a folder of its own, so that neither this script nor the demo reads entries the other
-#   computed in other batches, whose float rounding differs and moves scores by up to 0.13 BLEU).
+#   computed in other batches, whose float rounding differs and moves the scores).
 # The default budget (450 clips, 304 updates of 12) leaves row 1 below the ceiling on every set;
 # at LR 1e-3 row 7, which unfreezes Whisper after 3 epochs, stayed on the plateau of a decoder
 # that ignores the audio (README, "The ablation in miniature", gives both measurements).
