@@ -394,6 +394,9 @@ def test_cli_refuses_bad_usage(exported, tmp_path, capsys):
     assert status != 0 and "needs --out" in err
     status, _, err = cli(capsys, tmp_path / "nothing", exported["clips"], "--src-lang", "fr")
     assert status != 0 and "not found" in err
+    status, _, err = cli(capsys, exported["model"], exported["clips"], "--src-lang", "fr", "--segment", "always",
+                         "--max-segment-seconds", "0.05")  # pieces of a word: invented text
+    assert status == 2 and "--max-segment-seconds must be in [1," in err
 
 
 def test_fixed_padding_model_segments_at_its_padding_length(translator, long_recording):
@@ -638,3 +641,12 @@ def test_streamed_resampling_matches_reading_whole(tmp_path):
     assert abs(streamed.size - whole.size) <= 1
     n = min(streamed.size, whole.size)
     assert np.abs(streamed[:n] - whole[:n]).max() < 1e-3
+
+
+def test_a_manifest_without_rows_is_named(tmp_path):
+    from comsl_fairseq.inference.inputs import collect
+
+    (tmp_path / "only_header.tsv").write_text("id\taudio\tsrc_lang\n\n")
+    items, problems = collect([str(tmp_path / "only_header.tsv")])
+    assert items == [] and [(p.name, p.reason) for p in problems] == [
+        (str(tmp_path / "only_header.tsv"), "manifest has a header but no rows")]

@@ -27,6 +27,7 @@ from comsl_fairseq.inference.translator import DTYPES
 logger = logging.getLogger(__name__)
 
 SOURCES_FILE = "sources.tsv"  # in --out: output file, source, manifest id
+MIN_SEGMENT_SECONDS = 1.0  # the shortest --max-segment-seconds
 
 
 def tsv_field(text: str) -> str:
@@ -326,7 +327,8 @@ def load_translator(args):
                                          allow_unseen_language=args.allow_unseen_language,
                                          require_speech=not args.keep_no_speech)
     if args.max_segment_seconds is not None:
-        if not 0 < args.max_segment_seconds <= t.max_seconds:
-            raise ValueError(f"--max-segment-seconds must be in (0, {t.max_seconds:g}]")
+        if not MIN_SEGMENT_SECONDS <= args.max_segment_seconds <= t.max_seconds:
+            raise ValueError(f"--max-segment-seconds must be in [{MIN_SEGMENT_SECONDS:g}, {t.max_seconds:g}] "
+                             "(shorter pieces hold a fraction of a word, which a model decodes into invented text)")
         t.segmenter = SegmenterConfig(max_seconds=args.max_segment_seconds)
     return t

@@ -157,9 +157,11 @@ def manifest_items(path: Path, items: list, problems: list) -> None:
         problems.append(Problem(str(path), f"a manifest needs the columns id and audio; its header is {header}",
                                 "unreadable manifest"))
         return
+    rows, known_problems = 0, len(problems)
     for line_no, line in lines:
         if not line.strip():
             continue
+        rows += 1
         where = f"{path}:{line_no}"
         fields = line.split("\t")
         if len(fields) != len(header):
@@ -183,6 +185,8 @@ def manifest_items(path: Path, items: list, problems: list) -> None:
                                     "unsafe name"))
             continue
         items.append(Item(f"{path}:{uid}", audio, root, stem, *langs, uid=uid))
+    if rows == 0 and len(problems) == known_problems:  # (rows that are not text were named already)
+        problems.append(Problem(str(path), "manifest has a header but no rows", "no audio"))
 
 
 def _audio_root(path: Path) -> Path:
