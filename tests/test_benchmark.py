@@ -50,6 +50,7 @@ def test_benchmark_profiles_the_top_operators():
                            "--configs", "ours"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
+    assert any("ran under the profiler" in line for line in lines)  # its timings are marked as such
     head = [i for i, line in enumerate(lines) if line.startswith("ours: top 5 operators by CPU self time")]
     assert len(head) == 1, lines
     ops = [[c.strip() for c in line.strip("|").split("|")] for line in lines[head[0] + 3: head[0] + 8]]

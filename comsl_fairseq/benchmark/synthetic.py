@@ -325,6 +325,9 @@ def print_table(args, device, utts, results: dict) -> None:
     print(f"# ComSL benchmark: arch {args.arch}, device {device}, batch {args.batch_size}, "
           f"{args.steps} timed steps of {what}, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}; "
           f"memory: {memory}")
+    if getattr(args, "profile_ops", 0):
+        print("# the timed steps ran under the profiler (--profile-ops): their times include its overhead, "
+              "most with many small operators; quote speed figures from a run without it")
     print("| config | train utt/s | train audio-s/s | step s | decode utt/s (beam 5) | peak memory | MFU |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
