@@ -17,7 +17,7 @@ zh for Chinese, ja-mecab for Japanese (char, with a warning, where MeCab is not 
 import argparse
 from pathlib import Path
 
-from comsl_fairseq.cli.command import argument_parser, command, output_arg
+from comsl_fairseq.cli.command import argument_parser, command, output_arg, output_file
 from comsl_fairseq.vocab.languages import COVOST_EN_X_LANGS, COVOST_X_EN_LANGS
 
 
@@ -41,9 +41,7 @@ def main(argv=None) -> int:
     from comsl_fairseq.evaluation.covost import score_covost
 
     langs = args.langs or ",".join(COVOST_X_EN_LANGS if args.direction == "x-en" else COVOST_EN_X_LANGS)
-    out = args.out or args.gen_dir / "results"
-    if out.is_dir():  # a prefix naming a folder: its files go inside it, not beside it
-        out = out / "results"
+    out = output_file(args.out or args.gen_dir / "results", "results")  # a folder: FOLDER/results.{md,json}
     out.parent.mkdir(parents=True, exist_ok=True)
     table = score_covost(args.gen_dir, args.data, [x for x in langs.split(",") if x], out, direction=args.direction)
     print(table)
