@@ -53,6 +53,7 @@ RECIPE_OPTIMIZER = ["--optimizer", "adam_grouped", "--adam-betas", "(0.9, 0.98)"
 SWITCHES = {
     "lean output layer": (["--output-layer", "lean"], ["--output-layer", "full"]),
     "foreach Adam": ([], ["--no-foreach"]),
+    "one embedding gradient": ([], ["--embedding-grad", "dense"]),
 }
 
 
@@ -140,7 +141,8 @@ class Config:
 
 PAPER_STYLE = "paper-style (11 s, 7 passes)"
 TRIMMED = "ours + trimmed vocabulary"
-PAPER_STYLE_FLAGS = ["--output-layer", "full"]  # B x T x V log-probabilities, as the original
+# B x T x V log-probabilities and a dense embedding gradient per use, as the original
+PAPER_STYLE_FLAGS = ["--output-layer", "full", "--embedding-grad", "dense"]
 
 
 def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False) -> list:

@@ -162,9 +162,9 @@ class ComslMultitaskCriterion(FairseqCriterion):
                 kwargs["erm_layer"] = self.erm_layer_for(model)
         out = model(**sample["net_input"], branches=branches, features_only=self.lean_output_layer, **kwargs)
         if self.lean_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
-            weight = model.decoder.output_projection.weight
+            weight, step = model.decoder.output_projection.current()  # this forward's view, gradient buffer
             dtype = torch.bfloat16 if model.autocast_bf16 else weight.dtype  # as the model's own output layer
-            out = {name: (ProjectedStates(o[0], weight, dtype), *o[1:]) if name in TOKEN_BRANCHES else o
+            out = {name: (ProjectedStates(o[0], weight, dtype, step), *o[1:]) if name in TOKEN_BRANCHES else o
                    for name, o in out.items()}
         results = self.compute_terms(out, sample, branches, masked, reduce)
         loss = self.weighted_sum(results)

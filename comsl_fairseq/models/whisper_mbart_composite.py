@@ -77,6 +77,12 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     stack_decoder_passes: bool = field(
         default=False, metadata={"help": "run the decoder passes that share a decoder input as one call, stacked "
                                          "along the batch (same result; fewer, larger kernels for launch-bound GPUs)"})
+    embedding_grad: ChoiceEnum(["rows", "dense"]) = field(
+        default="rows", metadata={"help": "rows: every use of the shared token embedding in a training step (text "
+                                          "inputs, tags, decoder inputs, the tied output layer) adds into one "
+                                          "gradient buffer, lookups only the rows they read (same gradient to "
+                                          "float rounding); dense: torch's embedding, a full vocabulary x width "
+                                          "gradient per use (~18 per ComSL step, 1 GB each for mBART-50)"})
     checkpoint_activations: bool = field(
         default=False, metadata={"help": "recompute Whisper blocks and mBART layers in the backward pass instead "
                                          "of storing their activations (less memory, ~30 % more compute)"})
@@ -103,8 +109,9 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
     """Whisper audio encoder + conv adapter + mBART-50, fine-tuned multi-task (ComSL)."""
 
     def __init__(self, encoder, decoder, enc_grad_mult: float = 1.0, stack_decoder_passes: bool = False,
-                 autocast_bf16: bool = False):
+                 autocast_bf16: bool = False, embedding_grad: str = "rows"):
         super().__init__(encoder, decoder)
+        self.embedding_grad = embedding_grad
         self.enc_grad_mult = enc_grad_mult
         self.stack_decoder_passes = stack_decoder_passes
         self.autocast_bf16 = autocast_bf16
@@ -143,7 +150,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
                                              checkpoint_activations=cfg.checkpoint_activations)
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
         model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
-                    stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16)
+                    stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16,
+                    embedding_grad=str(cfg.embedding_grad))
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,
@@ -169,6 +177,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         With ``features_only`` the decoder passes return their final states (B x T x C)
         instead of logits: the caller projects them (criterions/terms.py, chunked).
         """
+        self.decoder.embed_tokens.begin_step(self.embedding_grad == "rows")  # read by every use below
         table = branch_table(branches)
         needed = {b.encoder_output for b in table.values()} | ({SPEECH, CONCAT_SPEECH} if erm_layer > 0 else set())
         device = (src_tokens if src_tokens is not None else src_text_tokens).device

@@ -28,12 +28,15 @@ class ProjectedStates:
 
     features: B x T x C final decoder states; weight: V x C output matrix; ``dtype``: the
     dtype the product runs in (bf16 where the model runs under bf16 autocast, as its own
-    output layer would); the softmax is always fp32.
+    output layer would); the softmax is always fp32. ``step``: the training step's gradient
+    buffer of the shared embedding (modules/tied_embedding.py), which the weight's gradient
+    is added into instead of being returned, or None.
     """
 
     features: torch.Tensor
     weight: torch.Tensor
     dtype: torch.dtype = torch.float32
+    step: object = None
 
     def detach(self) -> "ProjectedStates":
         """The same distribution as a teacher: no gradient flows into it."""
@@ -70,7 +73,7 @@ def token_losses(student: ProjectedStates, target: torch.Tensor, teacher: Projec
         h_t, w_t = teacher.features.detach().reshape(B * T, -1), teacher.weight.detach()
     loss, argmax = _ChunkedTokenLoss.apply(student.features.reshape(B * T, C), student.weight, target.reshape(-1),
                                            h_t, w_t, float(alpha), chunk, student.dtype,
-                                           teacher.dtype if teacher is not None else student.dtype)
+                                           teacher.dtype if teacher is not None else student.dtype, student.step)
     return loss.view(B, T), argmax.view(B, T)
 
 
@@ -78,7 +81,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """h: N x C, w: V x C, target: N, optional teacher h_t: N x C', w_t: V x C'."""
 
     @staticmethod
-    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype):
+    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype, step):
         w_c = w.to(dtype)
         w_tc = w_t.to(teacher_dtype) if w_t is not None else None
         loss = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
@@ -93,7 +96,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             loss[s:e] = nll
             argmax[s:e] = lp.argmax(-1)
         ctx.save_for_backward(h, w, target, h_t, w_t)
-        ctx.alpha, ctx.chunk, ctx.dtype, ctx.teacher_dtype = alpha, chunk, dtype, teacher_dtype
+        ctx.alpha, ctx.chunk, ctx.dtype, ctx.teacher_dtype, ctx.step = alpha, chunk, dtype, teacher_dtype, step
         ctx.mark_non_differentiable(argmax)
         return loss, argmax
 
@@ -118,11 +121,13 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             g.mul_(grad_loss[s:e, None].float())  # dloss/dz, n x V
             if need_h:
                 grad_h[s:e] = (g.to(dtype) @ w_c).to(h.dtype)
-            if need_w:
+            if need_w and ctx.step is not None:  # into the step's one buffer: no V x C tensor per pass
+                ctx.step.add_product(g.t(), h[s:e].float())
+            elif need_w:
                 if grad_w is None:
                     grad_w = g.t() @ h[s:e].float()
                 else:
                     grad_w.addmm_(g.t(), h[s:e].float())
-        if need_w:
+        if need_w and ctx.step is None:
             grad_w = grad_w.to(w.dtype) if grad_w is not None else torch.zeros_like(w)  # (no rows at all)
-        return grad_h, grad_w, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None

@@ -20,6 +20,7 @@ from comsl_fairseq.checkpoints.pretrained import (
     load_mbart_checkpoint,
     load_strict,
 )
+from comsl_fairseq.modules.tied_embedding import SharedTokenEmbedding, TiedOutputProjection
 from comsl_fairseq.vocab.languages import EXTRA_TAGS, ML50_TAGS, tag_symbol
 from comsl_fairseq.vocab.trim import TrimmedDictionary
 
@@ -46,14 +47,16 @@ def mbart_namespace(dims: MbartDims, dropout=0.1, attention_dropout=0.0, activat
 
 def build_mbart(dims: MbartDims, dictionary, **dropouts) -> tuple:
     """(TransformerEncoder, TransformerDecoder) sharing one token embedding, which is also
-    the decoder's output projection."""
+    the decoder's output projection (modules/tied_embedding.py: one gradient buffer per
+    training step when the model opens steps, else torch's embedding)."""
     checkpoint = dropouts.pop("checkpoint_activations", False)
     args = mbart_namespace(dims, **dropouts)  # fairseq's own (re-entrant) checkpoint wrapper stays off
-    embed_tokens = nn.Embedding(len(dictionary), dims.dim, padding_idx=dictionary.pad())
+    embed_tokens = SharedTokenEmbedding(len(dictionary), dims.dim, padding_idx=dictionary.pad())
     nn.init.normal_(embed_tokens.weight, mean=0, std=dims.dim ** -0.5)
     nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
     encoder = TransformerEncoder(args, dictionary, embed_tokens)
     decoder = TransformerDecoder(args, dictionary, embed_tokens)
+    decoder.output_projection = TiedOutputProjection(embed_tokens)  # fairseq's tied nn.Linear, same key
     if checkpoint:
         recompute_in_backward(encoder.layers)
         recompute_in_backward(decoder.layers)

@@ -1,0 +1,150 @@
+"""mBART's shared token embedding, with one gradient buffer per training step.
+
+The V x C token matrix (250,054 x 1024 in mBART-50) is read by every text input of a ComSL
+step (the MT and concatenated encoder passes, the source-language tags, each decoder
+pass's input tokens) and is also the decoder's output layer. Under torch's own embedding,
+each of those reads hands autograd a dense V x C gradient (1 GB in fp32) that is zero-filled,
+written in a few hundred rows and summed into the others: about 18 such tensors per
+ComSL-Medium step, a fifth of a CPU step's time and a GB or two of its peak.
+
+Here a training forward opens a *step*: the weight enters the graph once through
+:class:`_CollectGradient` (an identity), and everything of that forward reads this one view.
+A lookup's backward hands back only the rows it read (ids and B x T x C gradients); the
+chunked output layer (modules/chunked_output.py) adds its products into one fp32 V x C
+buffer; the identity's backward then adds the dense products of the plain output layer,
+scatters the collected rows in with one ``index_add_`` and returns the sum. Autograd sees a
+single gradient for the parameter, computed after every use has finished, so the data
+parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient they see
+with torch's embedding. Rows are summed in another order than torch's, so gradients agree
+to float rounding (tested).
+
+Outside a training forward (evaluation, decoding, anything under ``no_grad``) the module is
+a plain ``nn.Embedding``.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StepGradient:
+    """One training forward's gradient of the shared weight, gathered in pieces: ``ids`` and
+    ``rows`` (N, N x C per lookup) and ``dense``, the fp32 V x C sum the chunked output layer
+    adds into. (It holds no reference to the view, so no reference cycle runs through the graph.)
+    """
+
+    def __init__(self):
+        self.ids, self.rows = [], []
+        self.dense = None
+
+    def add_rows(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
+        """ids N, grads N x C: gradient rows of one lookup."""
+        self.ids.append(ids)
+        self.rows.append(grads)
+
+    def add_product(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add ``a @ b`` (V x n times n x C, fp32) to the dense part, allocating it the first time."""
+        if self.dense is None:
+            self.dense = a @ b
+        else:
+            self.dense.addmm_(a, b)
+
+
+class _CollectGradient(torch.autograd.Function):
+    """Identity on the weight; its backward runs after every use of the view and returns their sum."""
+
+    @staticmethod
+    def forward(ctx, weight, step):
+        ctx.step, ctx.shape, ctx.dtype = step, weight.shape, weight.dtype
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        step = ctx.step
+        total = step.dense  # ours (fp32, allocated by add_product): safe to add into
+        if grad is not None:
+            if total is not None:
+                total.add_(grad)
+            elif grad.is_contiguous() and grad.dtype == torch.float32 and not grad._is_view():
+                total = grad  # a fresh product of the plain output layer
+            else:
+                total = grad.float().clone(memory_format=torch.contiguous_format)
+        if step.ids:
+            ids, rows = torch.cat(step.ids), torch.cat(step.rows)
+            if total is None:  # no output-layer product this step: only rows were read
+                total = torch.zeros(ctx.shape, dtype=torch.float32, device=rows.device)
+            total.index_add_(0, ids, rows.to(total.dtype))
+        step.ids, step.rows, step.dense = [], [], None  # the buffers are the gradient now
+        if total is None:
+            return None, None
+        return total.to(ctx.dtype), None
+
+
+class _GatherRows(torch.autograd.Function):
+    """``F.embedding`` whose backward hands its rows to the step instead of a dense V x C gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, ids, padding_idx, step):
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.step = padding_idx, step
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        flat_ids, flat_grad = ids.reshape(-1), grad.reshape(-1, grad.size(-1))
+        if ctx.padding_idx is not None:  # as torch's embedding: the padding row gets no gradient
+            keep = flat_ids.ne(ctx.padding_idx)
+            flat_ids, flat_grad = flat_ids[keep], flat_grad[keep]
+        ctx.step.add_rows(flat_ids, flat_grad)
+        return None, None, None, None
+
+
+class SharedTokenEmbedding(nn.Embedding):
+    """``nn.Embedding`` (same parameter, same state dict) that reads the open step's view of
+    its weight during a training forward; see the module docstring."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None):
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self._open = None  # (view of the weight, StepGradient) during a training forward
+
+    def begin_step(self, enabled: bool) -> None:
+        """Called at the start of each model forward: open a step when this forward trains
+        the weight and ``enabled`` (--embedding-grad rows), else read the parameter itself."""
+        trains = enabled and torch.is_grad_enabled() and self.weight.requires_grad
+        self._open = None
+        if trains:
+            step = StepGradient()
+            self._open = (_CollectGradient.apply(self.weight, step), step)
+
+    def current(self) -> tuple:
+        """(weight to read, open StepGradient or None) for this forward."""
+        if self._open is not None and torch.is_grad_enabled():
+            return self._open
+        return self.weight, None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight, step = self.current()
+        if step is None:
+            return super().forward(ids)
+        return _GatherRows.apply(weight, ids, self.padding_idx, step)
+
+
+class TiedOutputProjection(nn.Module):
+    """The decoder's output layer ``x @ W^T`` with W the shared token embedding (the same
+    parameter, kept under the key ``weight`` as fairseq's tied ``nn.Linear``), reading the
+    open step's view like the lookups."""
+
+    def __init__(self, embedding: SharedTokenEmbedding):
+        super().__init__()
+        self.weight = embedding.weight
+        self.__dict__["_embedding"] = embedding  # not a submodule: no second state-dict entry
+
+    def current(self) -> tuple:
+        """(weight to project with, open StepGradient or None)."""
+        if self._embedding.weight is not self.weight:  # re-tied from outside: read our own
+            return self.weight, None
+        return self._embedding.current()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.current()[0])
