@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from comsl_fairseq.criterions import terms as T
-from comsl_fairseq.criterions.comsl_multitask import LEAN_MIN_ROWS
 from comsl_fairseq.modules import chunked_output
-from comsl_fairseq.modules.chunked_output import ProjectedStates, token_losses
+from comsl_fairseq.modules.chunked_output import LARGE_VOCABULARY_ROWS, ProjectedStates, token_losses
 from tests.builders import build_task_and_model
 
 PAD = 1
@@ -83,8 +82,9 @@ def pair(data_dir, whisper_pt, mbart_dir):
                                                 "--mt-teacher", str(mbart_dir / "model.pt"), "--erm-layer", "2",
                                                 *extra)
         crits.append(task.build_criterion(cfg.criterion))
-    cfg.criterion.output_layer = "auto"  # the default: lean only from LEAN_MIN_ROWS vocabulary rows on
-    assert len(task.target_dictionary) < LEAN_MIN_ROWS and not task.build_criterion(cfg.criterion).lean_output_layer
+    cfg.criterion.output_layer = "auto"  # the default: lean only from LARGE_VOCABULARY_ROWS vocabulary rows on
+    assert len(task.target_dictionary) < LARGE_VOCABULARY_ROWS
+    assert not task.build_criterion(cfg.criterion).lean_output_layer
     task.load_dataset("test")
     ds = task.dataset("test")
     return crits, model, ds.collater([ds[i] for i in range(4)])

@@ -4,11 +4,18 @@ torch's embedding (--embedding-grad dense): the same gradients, in one tensor pe
 Tolerance: fp32 on both sides; the same products and rows, summed in another order, so
 gradients agree to 1e-5 of each tensor's largest entry.
 """
+import copy
+
 import pytest
 import torch
 
 from comsl_fairseq.modules import chunked_output
-from comsl_fairseq.modules.tied_embedding import SharedTokenEmbedding, TiedOutputProjection
+from comsl_fairseq.modules.tied_embedding import (
+    ROWS_MIN_ELEMENTS,
+    SharedTokenEmbedding,
+    TiedOutputProjection,
+    embedding_grad_mode,
+)
 from tests.builders import build_task_and_model
 from tests.test_chunked_output import assert_close
 
@@ -20,7 +27,7 @@ def built(data_dir, whisper_pt, mbart_dir):
                                             "--mbart-checkpoint", str(mbart_dir / "model.pt"),
                                             "--mt-teacher", str(mbart_dir / "model.pt"), "--erm-layer", "2",
                                             "--embedding-grad", "dense")
-    assert model.embedding_grad == "dense"  # the flag reaches the model (default: rows)
+    assert model.embedding_grad == "dense"  # the flag reaches the model
     task.load_dataset("test")
     ds = task.dataset("test")
     return cfg, task, model, ds.collater([ds[i] for i in range(4)])
@@ -86,3 +93,16 @@ def test_one_gradient_per_step_and_plain_embedding_elsewhere():
         assert emb.current() == (emb.weight, None)
         assert torch.equal(emb(ids), ref(ids))
     assert list(dict(proj.named_parameters())) == ["weight"] and proj.weight is emb.weight
+    emb.begin_step(True)  # a step left open (forward without backward) does not stop a deep copy (--ema)
+    twin = copy.deepcopy(emb)
+    assert twin.current() == (twin.weight, None) and torch.equal(twin.weight, emb.weight)
+
+
+def test_auto_picks_rows_for_large_token_matrices_only(data_dir):
+    _, task, model = build_task_and_model(data_dir)  # the tiny fixture's vocabulary, the default auto
+    weight = model.decoder.embed_tokens.weight
+    assert weight.numel() < ROWS_MIN_ELEMENTS and model.embedding_grad == "dense"
+    assert embedding_grad_mode("auto", 250_056, 1024) == "rows"  # mBART-50
+    assert embedding_grad_mode("auto", 40_061, 1024) == "rows"  # mBART-50 trimmed to 40k rows
+    assert embedding_grad_mode("auto", 8_002, 128) == "dense"  # the tiny arch
+    assert embedding_grad_mode("rows", 8_002, 128) == "rows" and embedding_grad_mode("dense", 250_056, 1024) == "dense"

@@ -38,13 +38,10 @@ from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
 from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
-from comsl_fairseq.modules.chunked_output import ProjectedStates
+from comsl_fairseq.modules.chunked_output import LARGE_VOCABULARY_ROWS, ProjectedStates
 from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
-
-# --output-layer auto: the chunked (lean) output layer from this many vocabulary rows on
-LEAN_MIN_ROWS = 50_000
 
 
 @dataclass
@@ -70,7 +67,7 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "recompute them in the backward (same losses and gradients, one more output-layer product per "
                 "pass); full: keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the "
                 "teachers' probabilities) alive through the backward; auto: lean for vocabularies of "
-                f"{LEAN_MIN_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the memory "
+                f"{LARGE_VOCABULARY_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the memory "
                 "per utterance, full below (README, Speed)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
@@ -97,7 +94,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
         self.lean_output_layer = output_layer == "lean" or (
-            output_layer == "auto" and len(task.target_dictionary) >= LEAN_MIN_ROWS)
+            output_layer == "auto" and len(task.target_dictionary) >= LARGE_VOCABULARY_ROWS)
         self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))

@@ -37,6 +37,7 @@ from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
 from comsl_fairseq.modules.composite_encoder import CompositeEncoder
 from comsl_fairseq.modules.mbart import build_mbart, load_mbart_weights
+from comsl_fairseq.modules.tied_embedding import ROWS_MIN_ELEMENTS, embedding_grad_mode
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
 from comsl_fairseq.optim.adam_grouped import mark_no_weight_decay
 from comsl_fairseq.training.distributed import all_reduce_grads, broadcast_from_first_rank
@@ -77,12 +78,15 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     stack_decoder_passes: bool = field(
         default=False, metadata={"help": "run the decoder passes that share a decoder input as one call, stacked "
                                          "along the batch (same result; fewer, larger kernels for launch-bound GPUs)"})
-    embedding_grad: ChoiceEnum(["rows", "dense"]) = field(
-        default="rows", metadata={"help": "rows: every use of the shared token embedding in a training step (text "
+    embedding_grad: ChoiceEnum(["auto", "rows", "dense"]) = field(
+        default="auto", metadata={"help": "rows: every use of the shared token embedding in a training step (text "
                                           "inputs, tags, decoder inputs, the tied output layer) adds into one "
                                           "gradient buffer, lookups only the rows they read (same gradient to "
                                           "float rounding); dense: torch's embedding, a full vocabulary x width "
-                                          "gradient per use (~18 per ComSL step, 1 GB each for mBART-50)"})
+                                          "gradient per use (~18 per ComSL step, 1 GB each for mBART-50); auto: "
+                                          f"rows for token matrices of {ROWS_MIN_ELEMENTS:,} values or more "
+                                          "(mBART-50's, also trimmed to 40k rows), dense below (no difference "
+                                          "measured at the tiny arch's 8k x 128; README, Speed)"})
     checkpoint_activations: bool = field(
         default=False, metadata={"help": "recompute Whisper blocks and mBART layers in the backward pass instead "
                                          "of storing their activations (less memory, ~30 % more compute)"})
@@ -151,7 +155,7 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         encoder = CompositeEncoder(cfg, dictionary, whisper, adapter, mbart_encoder)
         model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
                     stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16,
-                    embedding_grad=str(cfg.embedding_grad))
+                    embedding_grad=embedding_grad_mode(str(cfg.embedding_grad), len(dictionary), mbart_dims.dim))
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,

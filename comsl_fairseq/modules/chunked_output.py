@@ -48,6 +48,10 @@ class ProjectedStates:
         return F.log_softmax(logits.float(), dim=-1)
 
 
+# --output-layer auto: the chunked output layer from this many vocabulary rows on, where the
+# B x T x V tensors dominate a step's memory (mBART-50's 250k; not the tiny arch's 8k).
+LARGE_VOCABULARY_ROWS = 50_000
+
 # Logit elements per chunk: 2^25 fp32 values (128 MiB; ~134 tokens at 250k rows). A few
 # such slices are alive at once (logits, probabilities, a teacher's).
 DEFAULT_CHUNK_ELEMENTS = 2 ** 25

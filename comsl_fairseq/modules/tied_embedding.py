@@ -25,6 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# --embedding-grad auto: one gradient per step for token matrices from this many values on
+# (64 MB in fp32; mBART-50's is 256 M, 40 M trimmed to 40k rows, the tiny arch's 1 M), where
+# a dense gradient per use costs a measurable share of a step.
+ROWS_MIN_ELEMENTS = 2 ** 24
+
+
+def embedding_grad_mode(setting: str, rows: int, dim: int) -> str:
+    """--embedding-grad resolved for a rows x dim token matrix: "rows" or "dense"."""
+    if setting == "auto":
+        return "rows" if rows * dim >= ROWS_MIN_ELEMENTS else "dense"
+    return setting
+
 
 class StepGradient:
     """One training forward's gradient of the shared weight, gathered in pieces: ``ids`` and
@@ -116,6 +128,13 @@ class SharedTokenEmbedding(nn.Embedding):
         if trains:
             step = StepGradient()
             self._open = (_CollectGradient.apply(self.weight, step), step)
+
+    def __getstate__(self):
+        """Copies and pickles (fairseq's --ema deep-copies the model) leave the open step out:
+        its view is part of a graph and cannot be copied."""
+        state = dict(super().__getstate__())
+        state["_open"] = None
+        return state
 
     def current(self) -> tuple:
         """(weight to read, open StepGradient or None) for this forward."""
