@@ -18,8 +18,8 @@ parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient
 with torch's embedding. Rows are summed in another order than torch's, so gradients agree
 to float rounding (tested).
 
-Outside a training forward (evaluation, decoding, anything under ``no_grad``) the module is
-a plain ``nn.Embedding``.
+With ``--embedding-grad dense``, and in any forward that takes no gradient of the weight
+(evaluation, decoding, anything under ``no_grad``), the module is a plain ``nn.Embedding``.
 """
 import torch
 import torch.nn.functional as F
