@@ -93,6 +93,14 @@ def test_one_gradient_per_step_and_plain_embedding_elsewhere():
         assert emb.current() == (emb.weight, None)
         assert torch.equal(emb(ids), ref(ids))
     assert list(dict(proj.named_parameters())) == ["weight"] and proj.weight is emb.weight
+    emb.begin_step(True)
+    (emb(ids) ** 2).sum().backward()
+    emb.weight.grad = None
+    with torch.no_grad():
+        emb.weight.add_(0.1)  # an optimizer step
+    assert emb.current() == (emb.weight, None)  # after its backward and the update, the step is not read again
+    (emb(ids) ** 2).sum().backward()  # a use outside a model forward: torch's embedding
+    assert emb.weight.grad.shape == (50, 6)
     emb.begin_step(True)  # a step left open (forward without backward) does not stop a deep copy (--ema)
     twin = copy.deepcopy(emb)
     assert twin.current() == (twin.weight, None) and torch.equal(twin.weight, emb.weight)

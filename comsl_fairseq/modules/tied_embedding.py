@@ -20,6 +20,14 @@ to float rounding (tested).
 
 With ``--embedding-grad dense``, and in any forward that takes no gradient of the weight
 (evaluation, decoding, anything under ``no_grad``), the module is a plain ``nn.Embedding``.
+
+Limits (none reached by fairseq-train's loop, which runs one full backward per forward): a
+partial backward that leaves the weight out (``torch.autograd.grad`` of other inputs,
+``backward(inputs=...)``) leaves the step's pieces behind for the next backward of that graph;
+the rows path has no second derivative (``create_graph``); under bf16 autocast each
+plain-output-layer use casts the view anew (the lean output layer, mBART-50's default, does
+not use it); on CUDA, ``index_add_`` sums rows in a nondeterministic order unless
+``torch.use_deterministic_algorithms`` is on (use ``dense`` for bit-repeatable runs).
 """
 import torch
 import torch.nn.functional as F
@@ -44,9 +52,11 @@ class StepGradient:
     adds into. (It holds no reference to the view, so no reference cycle runs through the graph.)
     """
 
-    def __init__(self):
+    def __init__(self, weight_version: int):
         self.ids, self.rows = [], []
         self.dense = None
+        self.weight_version = weight_version  # the weight's version when the step opened
+        self.closed = False  # its gradient has been handed to autograd
 
     def add_rows(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         """ids N, grads N x C: gradient rows of one lookup."""
@@ -78,7 +88,7 @@ class _CollectGradient(torch.autograd.Function):
             if total is not None:
                 total.add_(grad)
             elif grad.is_contiguous() and grad.dtype == torch.float32 and not grad._is_view():
-                total = grad  # a fresh product of the plain output layer
+                total = grad  # the engine's sum of several output-layer products (one alone is a view)
             else:
                 total = grad.float().clone(memory_format=torch.contiguous_format)
         if step.ids:
@@ -87,6 +97,7 @@ class _CollectGradient(torch.autograd.Function):
                 total = torch.zeros(ctx.shape, dtype=torch.float32, device=rows.device)
             total.index_add_(0, ids, rows.to(total.dtype))
         step.ids, step.rows, step.dense = [], [], None  # the buffers are the gradient now
+        step.closed = True
         if total is None:
             return None, None
         return total.to(ctx.dtype), None
@@ -126,7 +137,7 @@ class SharedTokenEmbedding(nn.Embedding):
         trains = enabled and torch.is_grad_enabled() and self.weight.requires_grad
         self._open = None
         if trains:
-            step = StepGradient()
+            step = StepGradient(self.weight._version)
             self._open = (_CollectGradient.apply(self.weight, step), step)
 
     def __getstate__(self):
@@ -139,7 +150,10 @@ class SharedTokenEmbedding(nn.Embedding):
     def current(self) -> tuple:
         """(weight to read, open StepGradient or None) for this forward."""
         if self._open is not None and torch.is_grad_enabled():
-            return self._open
+            step = self._open[1]
+            # a use after the step's backward or after an optimizer step reads the parameter
+            if not step.closed and step.weight_version == self.weight._version:
+                return self._open
         return self.weight, None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
