@@ -27,8 +27,8 @@ def test_benchmark_smoke_mode():
             rows[cells[0]] = cells[1:]
     # a row for paper-style, ours with every switch off, each switch alone, and ours
     assert list(rows) == ["paper-style (11 s, 7 passes)", "ours, switches off", "ours + lean output layer only",
-                          "ours + foreach Adam only", "ours + one embedding gradient only", "ours",
-                          "ours + trimmed vocabulary"], lines
+                          "ours + fused output layer only", "ours + foreach Adam only",
+                          "ours + one embedding gradient only", "ours", "ours + trimmed vocabulary"], lines
     for name, cells in rows.items():
         assert float(cells[0]) > 0 and float(cells[2]) > 0 and cells[4].endswith(" GB"), (name, cells)
     ours, paper = rows["ours"], rows["paper-style (11 s, 7 passes)"]

@@ -76,28 +76,37 @@ def pair(data_dir, whisper_pt, mbart_dir):
     """The same tiny model and batch under both criteria (with an MT teacher: every
     distribution kind, student, DDM teacher and frozen teacher, goes through the chunks)."""
     crits = []
-    for extra in (("--output-layer", "full"), ("--output-layer", "lean")):
+    for extra in (("--output-layer", "full"), ("--output-layer", "lean"), ("--output-layer", "fused")):
         cfg, task, model = build_task_and_model(data_dir, "--whisper-checkpoint", str(whisper_pt),
                                                 "--mbart-checkpoint", str(mbart_dir / "model.pt"),
                                                 "--mt-teacher", str(mbart_dir / "model.pt"), "--erm-layer", "2",
                                                 *extra)
         crits.append(task.build_criterion(cfg.criterion))
-    cfg.criterion.output_layer = "auto"  # the default: lean only from LARGE_VOCABULARY_ROWS vocabulary rows on
+    cfg.criterion.output_layer = "auto"  # the default: fused only from LARGE_VOCABULARY_ROWS vocabulary rows on
     assert len(task.target_dictionary) < LARGE_VOCABULARY_ROWS
-    assert not task.build_criterion(cfg.criterion).lean_output_layer
+    assert task.build_criterion(cfg.criterion).output_layer == "full"
+    cfg.criterion.mt_teacher = None
+    for output_layer in ("full", "fused"):  # and without a teacher (plain CE for MT)
+        cfg.criterion.output_layer = output_layer
+        crits.append(task.build_criterion(cfg.criterion))
     task.load_dataset("test")
     ds = task.dataset("test")
     return crits, model, ds.collater([ds[i] for i in range(4)])
 
 
-def test_criterion_losses_and_gradients_equal(pair, monkeypatch):
-    (full, lean), model, sample = pair
-    assert lean.lean_output_layer and not full.lean_output_layer
+@pytest.mark.parametrize("chunked", ["lean", "fused", "fused, no MT teacher"])
+def test_criterion_losses_and_gradients_equal(pair, chunked, monkeypatch):
+    (full, lean, fused, full_no_teacher, fused_no_teacher), model, sample = pair
+    if chunked == "fused, no MT teacher":
+        assert full_no_teacher.teacher is None
+        full = full_no_teacher
+    chunked = {"lean": lean, "fused": fused, "fused, no MT teacher": fused_no_teacher}[chunked]
+    assert chunked.chunked_output_layer and not full.chunked_output_layer
     V = len(model.decoder.dictionary)
-    monkeypatch.setattr(chunked_output, "DEFAULT_CHUNK_ELEMENTS", 5 * V)  # 5 tokens per chunk
+    monkeypatch.setattr(chunked_output, "DEFAULT_CHUNK_ELEMENTS", 5 * V)  # 5 tokens per chunk (fused: per group)
     model.eval()  # no dropout: both runs see the same network
     results = []
-    for criterion in (full, lean):
+    for criterion in (full, chunked):
         torch.manual_seed(7)  # the same CML masking
         loss, _, log = criterion(model, sample)
         loss.backward()
@@ -113,3 +122,73 @@ def test_criterion_losses_and_gradients_equal(pair, monkeypatch):
     assert g0.keys() == g1.keys() and tied in g0  # the output matrix (tied embedding) is trained
     for name in g0:
         assert_close(g1[name], g0[name], 1e-4)
+
+
+def test_fused_terms_equal_the_term_by_term_chunks():
+    """A step's translation group (MT with an outside teacher, ST and STM-ST taught by MT's p)
+    and a transcript group (one term counting only some positions, one of weight 0) in one
+    fused call, against token_losses term by term: the same total, per-token losses, argmaxes
+    and gradients, under a backward scaled by 3 (as a loss scaler would), in chunks (4 positions of
+    the translation group's 3 trained terms, 12 of the transcript group's 1) that do not
+    divide the 21 tokens."""
+    V = 1000
+    h, w, h_t, y = case(V, L=7)
+    g = torch.Generator().manual_seed(1)
+    feats = {n: torch.randn(h.shape, generator=g).requires_grad_() for n in ("st", "stm_st", "asr", "mtp")}
+    feats["mt"] = h
+    x = torch.randint(4, V, y.shape, generator=g)
+    counted = torch.rand(y.shape, generator=g) < 0.5
+    outside = ProjectedStates(h_t, w.detach() * 0.7)
+    # term -> (target, weight, counted, teacher, alpha)
+    spec = {"st": (y, 0.35, None, "mt", 0.8), "mt": (y, 0.2, None, outside, 0.2), "stm_st": (y, 0.1, None, "mt", 0.8),
+            "asr": (x, 0.35, None, None, 0.0), "mtp": (x, 0.0, counted, None, 0.0)}
+    keep = {n: t.ne(PAD) if c is None else t.ne(PAD) & c for n, (t, _, c, _, _) in spec.items()}
+
+    def grads():
+        out = [w.grad.clone()] + [feats[n].grad.clone() for n in ("st", "mt", "stm_st", "asr")]
+        assert feats["mtp"].grad is None or not feats["mtp"].grad.any()  # weight 0: no gradient
+        for p in (w, *feats.values()):
+            p.grad = None
+        return out
+
+    ref_total, ref = 0.0, {}
+    for n, (t, wt, _, q, a) in spec.items():
+        q = ProjectedStates(feats["mt"], w).detach() if q == "mt" else q
+        ref[n] = token_losses(ProjectedStates(feats[n], w), t, q, a)
+        ref_total = ref_total + wt * ref[n][0].masked_fill(~keep[n], 0.0).sum()
+    (3 * ref_total).backward()
+    ref_grads = grads()
+    terms = {n: chunked_output.TokenTerm(ProjectedStates(feats[n], w), t, wt, keep[n], q, a)
+             for n, (t, wt, _, q, a) in spec.items()}
+    total, per_token = chunked_output.fused_token_losses(terms, chunk_elements=12 * V)
+    (3 * total).backward()
+    assert_close(total.detach(), ref_total.detach(), 1e-5)
+    for n in spec:
+        assert not per_token[n][0].requires_grad
+        assert_close(per_token[n][0], ref[n][0].detach(), 1e-5)
+        assert torch.equal(per_token[n][1], ref[n][1])
+    for a, b in zip(grads(), ref_grads, strict=True):
+        assert_close(a, b, 1e-4)
+    with pytest.raises(RuntimeError, match="already taken"):  # its gradients are handed out once
+        total2, _ = chunked_output.fused_token_losses(terms)
+        total2.backward(retain_graph=True)
+        total2.backward()
+
+
+def test_fused_terms_without_gradient_and_bad_plans():
+    h, w, h_t, y = case(300)
+    keep = y.ne(PAD)
+    with torch.no_grad():  # evaluation: the losses only
+        total, per_token = chunked_output.fused_token_losses(
+            {"ce": chunked_output.TokenTerm(ProjectedStates(h, w), y, 1.0, keep)})
+    assert not total.requires_grad
+    assert_close(total, token_losses(ProjectedStates(h, w), y)[0].detach().masked_fill(~keep, 0.0).sum(), 1e-5)
+    other_targets = y.clone()
+    bad = {"a": chunked_output.TokenTerm(ProjectedStates(h, w), y, 1.0, keep),
+           "b": chunked_output.TokenTerm(ProjectedStates(h_t, w), other_targets, 1.0, keep, "a", 0.5)}
+    with pytest.raises(ValueError, match="same targets"):
+        chunked_output.fused_token_losses(bad)
+    bad = {"a": chunked_output.TokenTerm(ProjectedStates(h, w), y, 1.0, keep),
+           "b": chunked_output.TokenTerm(ProjectedStates(h_t, w.detach().clone()), y, 1.0, keep)}
+    with pytest.raises(ValueError, match="another output matrix"):
+        chunked_output.fused_token_losses(bad)

@@ -47,7 +47,7 @@ def gradients(built, mode: str, output_layer: str) -> tuple:
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("output_layer", ["full", "lean"])
+@pytest.mark.parametrize("output_layer", ["full", "lean", "fused"])
 def test_rows_mode_gives_the_dense_gradients(built, output_layer, monkeypatch):
     monkeypatch.setattr(chunked_output, "DEFAULT_CHUNK_ELEMENTS", 5 * len(built[1].target_dictionary))
     l_rows, g_rows = gradients(built, "rows", output_layer)

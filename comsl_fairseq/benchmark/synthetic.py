@@ -49,10 +49,11 @@ RECIPE_OPTIMIZER = ["--optimizer", "adam_grouped", "--adam-betas", "(0.9, 0.98)"
 
 # Each speed/memory switch of ours: (fairseq-train flags that turn it on, flags that turn it off).
 # The benchmark times ours with every switch off, with each one on alone, and with the defaults
-# (no switch flags: the lean output layer and the one embedding gradient are on for large
+# (no switch flags: the fused output layer and the one embedding gradient are on for large
 # vocabularies only).
 SWITCHES = {
     "lean output layer": (["--output-layer", "lean"], ["--output-layer", "full"]),
+    "fused output layer": (["--output-layer", "fused"], ["--output-layer", "full"]),
     "foreach Adam": ([], ["--no-foreach"]),
     "one embedding gradient": (["--embedding-grad", "rows"], ["--embedding-grad", "dense"]),
 }

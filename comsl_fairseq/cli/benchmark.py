@@ -9,9 +9,9 @@ utterances for every configuration:
 - ours:        batches of similar length (length-bucketed), padded to the longest clip and
                masked; the full objective's 3 encoder and 6 decoder passes; the recipe's
                optimizer (adam_grouped) and the default speed/memory switches;
-- ours, switches off / + one switch only: the same with the switches (the criterion's lean output layer,
-               adam_grouped's foreach update, the model's one embedding gradient per step) all off,
-               and each alone: a row per switch;
+- ours, switches off / + one switch only: the same with the switches (the criterion's lean and
+               fused output layers, adam_grouped's foreach update, the model's one embedding
+               gradient per step) all off, and each alone: a row per switch;
 - ours + trimmed vocabulary: ours with the data config's trim_vocab (--trim-pieces pieces kept);
 - paper-style: every clip cut or padded to 11 s, no bucketing, the original's unused
                seventh decoder pass (translation from the text part of the concatenation),

@@ -14,10 +14,12 @@ A zero weight (or alpha) means the passes that only that term needs are not run:
 criterion asks the model for exactly the branches it uses, in one forward call. The
 original's seventh decoder pass (translation from H_c^x) feeds no loss and is not run.
 
-With --output-layer lean (auto: for large vocabularies) the decoder passes'
-log-probabilities over the vocabulary are never held whole: each token term computes them
-a chunk of tokens at a time from the passes' final states and the tied output matrix
-(modules/chunked_output.py); full materialises them once per pass (the same losses).
+With --output-layer fused (auto: for large vocabularies) or lean the decoder passes'
+log-probabilities over the vocabulary are never held whole: they are computed a chunk of
+tokens at a time from the passes' final states and the tied output matrix
+(modules/chunked_output.py), fused with every token term's gradient in the forward, lean
+term by term with the gradient recomputed in the backward; full materialises them once
+per pass (the same losses).
 
 ``sample_size`` is the number of target (translation) tokens in the batch. Every term
 is a sum over its own tokens, so fairseq's division by ``sample_size`` turns the total
@@ -38,7 +40,12 @@ from fairseq.logging.meters import safe_round
 
 from comsl_fairseq.criterions import terms as T
 from comsl_fairseq.modules.branches import BRANCHES, FRAMES, branch_table
-from comsl_fairseq.modules.chunked_output import LARGE_VOCABULARY_ROWS, ProjectedStates
+from comsl_fairseq.modules.chunked_output import (
+    LARGE_VOCABULARY_ROWS,
+    ProjectedStates,
+    TokenTerm,
+    fused_token_losses,
+)
 from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
@@ -62,13 +69,16 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "at least one per sentence, none with 0)"})
     erm_layer: int = field(default=4, metadata={
         "help": "mBART encoder layer whose output ERM compares (clamped to the encoder depth)"})
-    output_layer: ChoiceEnum(["auto", "lean", "full"]) = field(default="auto", metadata={
-        "help": "lean: compute the output layer, log-softmax and token losses a chunk of tokens at a time and "
-                "recompute them in the backward (same losses and gradients, one more output-layer product per "
-                "pass); full: keep every decoder pass's B x T x vocabulary fp32 log-probabilities (and the "
-                "teachers' probabilities) alive through the backward; auto: lean for vocabularies of "
-                f"{LARGE_VOCABULARY_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the memory "
-                "per utterance, full below (README, Speed)"})
+    output_layer: ChoiceEnum(["auto", "fused", "lean", "full"]) = field(default="auto", metadata={
+        "help": "fused: compute the output layer, log-softmax, token losses and their gradients a chunk of tokens "
+                "at a time in the forward (the terms on the same targets together, the DDM teacher's "
+                "probabilities once for both its students), so no B x T x vocabulary tensor outlives its chunk "
+                "and nothing is recomputed; lean: the same chunks with the gradients recomputed in the backward "
+                "(one more output-layer product per pass, two with a teacher); full: keep every decoder pass's "
+                "B x T x vocabulary fp32 log-probabilities (and the teachers' probabilities) alive through the "
+                "backward. Losses and gradients are the same to float rounding. auto: fused for vocabularies of "
+                f"{LARGE_VOCABULARY_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the "
+                "memory per utterance, full below (README, Speed)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "weight of an auxiliary CTC loss of the transcript on H_s (our addition, not in the paper; "
                 "helps models trained from scratch align speech early)"})
@@ -93,8 +103,13 @@ class ComslMultitaskCriterion(FairseqCriterion):
             raise ValueError("every loss weight is zero: nothing to train")
         self.ddm_alpha, self.mt_reg_alpha, self.mask_prob = ddm_alpha, mt_reg_alpha, mask_prob
         self.erm_layer = erm_layer
-        self.lean_output_layer = output_layer == "lean" or (
-            output_layer == "auto" and len(task.target_dictionary) >= LARGE_VOCABULARY_ROWS)
+        if output_layer == "auto":
+            output_layer = "fused" if len(task.target_dictionary) >= LARGE_VOCABULARY_ROWS else "full"
+        self.output_layer = output_layer
+        self.chunked_output_layer = output_layer != "full"  # decoder passes kept as states, projected in chunks
+        # each term's coefficient in the loss (what the fused output layer scales its gradients by)
+        self.coefficients = {name: self.weighted_sum({k: T.TermResult(float(k == name), None, None)
+                                                      for k in TERM_NAMES}) for name in TERM_NAMES}
         self._erm_clamp_noted = set()  # encoder depths the --erm-layer clamp was logged for
         self.mask_idx = task.target_dictionary.index(MASK_SYMBOL)
         self.special_ids = torch.tensor(sorted(task.tag_ids | {task.target_dictionary.eos(), self.padding_idx}))
@@ -157,14 +172,16 @@ class ComslMultitaskCriterion(FairseqCriterion):
             kwargs["cml_text_tokens"], masked = self.mask_transcript(sample["transcript"])
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
-        out = model(**sample["net_input"], branches=branches, features_only=self.lean_output_layer, **kwargs)
-        if self.lean_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
+        out = model(**sample["net_input"], branches=branches, features_only=self.chunked_output_layer, **kwargs)
+        if self.chunked_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
             weight, step = model.decoder.output_projection.current()  # this forward's view, gradient buffer
             dtype = torch.bfloat16 if model.autocast_bf16 else weight.dtype  # as the model's own output layer
             out = {name: (ProjectedStates(o[0], weight, dtype, step), *o[1:]) if name in TOKEN_BRANCHES else o
                    for name, o in out.items()}
-        results = self.compute_terms(out, sample, branches, masked, reduce)
+        results, fused_total = self.compute_terms(out, sample, branches, masked, reduce)
         loss = self.weighted_sum(results)
+        if fused_total is not None:  # the token terms' gradient; adds 0 to the value, already in ``results``
+            loss = loss + (fused_total - fused_total.detach())
         if not bool(torch.isfinite(loss).all()):
             self.report_non_finite(results, sample, model)
 
@@ -176,41 +193,58 @@ class ComslMultitaskCriterion(FairseqCriterion):
             log[f"{name}_correct"] = r.n_correct
         return loss, sample["ntokens"], log
 
-    def compute_terms(self, out: dict, sample, branches, masked, reduce: bool) -> dict:
-        """{term: TermResult} from the model's branch outputs.
+    def compute_terms(self, out: dict, sample, branches, masked, reduce: bool) -> tuple:
+        """({term: TermResult}, the fused output layer's differentiable total or None).
 
         The target (and transcript) starts with the language tag that decoding forces with
         --prefix-size 1. It counts in every token loss and accuracy, as in the original
         ComSL code and mBART-50 fine-tuning (fairseq's --ignore-prefix-size 0): its loss
         becomes a near-constant after the first updates, and accuracies include one easy
         token per sentence, so they read a little higher than over words alone.
+
+        With the fused output layer the token terms' losses in the results are values only:
+        their gradient is that of the total, which :meth:`forward` adds to the weighted sum.
         """
-        if self.lean_output_layer:  # ProjectedStates: log p is computed inside each term, chunked
-            lp = {name: out[name][0] for name in branches if name in TOKEN_BRANCHES}
-        else:  # log p once per decoder pass (the largest tensors of a step), shared by the terms
+        if self.output_layer == "full":  # log p once per decoder pass (the largest tensors of a step)
             lp = {name: T.log_probs(out[name][0]) for name in branches if name in TOKEN_BRANCHES}
+        else:  # ProjectedStates: log p is computed a chunk of tokens at a time
+            lp = {name: out[name][0] for name in branches if name in TOKEN_BRANCHES}
         y, x, pad = sample["target"], sample["transcript"], self.padding_idx
         # DDM: the model's own MT pass is the (detached) teacher of ST and STM-ST
-        mt_teacher = None
-        if self.ddm_alpha > 0 and "mt" in lp:
-            mt_teacher = lp["mt"].detach() if self.lean_output_layer else lp["mt"].detach().exp()
-        results = {}
+        ddm = ("mt", self.ddm_alpha) if self.ddm_alpha > 0 and "mt" in lp else (None, 0.0)
+        # term -> (target, positions counted besides non-pad ones, teacher, alpha)
+        spec = {}
         if "st" in branches:
-            results["st"] = T.distilled_cross_entropy(lp["st"], y, pad, mt_teacher, self.ddm_alpha, reduce)
+            spec["st"] = (y, None, *ddm)
         if "asr" in branches:
-            results["asr"] = T.token_cross_entropy(lp["asr"], x, pad, reduce=reduce)
+            spec["asr"] = (x, None, None, 0.0)
         if self.w["mt"] > 0:
-            results["mt"] = T.distilled_cross_entropy(lp["mt"], y, pad, self.teacher_probs(sample), self.mt_reg_alpha,
-                                                      reduce)
+            teacher = self.teacher_probs(sample)
+            spec["mt"] = (y, None, teacher, self.mt_reg_alpha if teacher is not None else 0.0)
         if self.w["cml"] > 0:
-            results["stm_asr"] = T.token_cross_entropy(lp["stm_asr"], x, pad, reduce=reduce)
-            results["stm_st"] = T.distilled_cross_entropy(lp["stm_st"], y, pad, mt_teacher, self.ddm_alpha, reduce)
-            results["mtp"] = T.token_cross_entropy(lp["mtp"], x, pad, count=masked, reduce=reduce)
-            if "erm" in out:
-                results["erm"] = T.embedding_representation_matching(*out["erm"], reduce=reduce)
+            spec.update(stm_asr=(x, None, None, 0.0), stm_st=(y, None, *ddm), mtp=(x, masked, None, 0.0))
+        total, results = None, {}
+        if self.output_layer == "fused" and reduce:
+            keep = {name: t.ne(pad) if count is None else t.ne(pad) & count for name, (t, count, _, _) in spec.items()}
+            tokens = {name: TokenTerm(lp[name], t, self.coefficients[name], keep[name], q, a)
+                      for name, (t, _, q, a) in spec.items()}
+            if ddm[0] and "mt" not in tokens:  # the MT pass only as DDM teacher (--mt-weight 0)
+                tokens["mt"] = TokenTerm(lp["mt"], y, 0.0, y.ne(pad))
+            total, per_token = fused_token_losses(tokens)
+            for name, (t, _, _, _) in spec.items():
+                results[name] = T.chunked_result(*per_token[name], t, keep[name], reduce)
+        else:
+            if ddm[0]:
+                teacher = lp["mt"].detach()
+                ddm_q = teacher if isinstance(teacher, ProjectedStates) else teacher.exp()
+            for name, (t, count, q, a) in spec.items():
+                q = ddm_q if isinstance(q, str) else q
+                results[name] = T.distilled_cross_entropy(lp[name], t, pad, q, a, reduce, count=count)
+        if self.w["cml"] > 0 and "erm" in out:
+            results["erm"] = T.embedding_representation_matching(*out["erm"], reduce=reduce)
         if "ctc" in branches:
             results["ctc"] = T.ctc_on_speech(*out["ctc"], x, self._special_ids_on(x.device), self.blank_idx, reduce)
-        return results
+        return results, total
 
     def teacher_probs(self, sample) -> torch.Tensor | ProjectedStates | None:
         """p_teacher(y | x) of the frozen MT teacher (B x T x V; with the lean output layer its
@@ -221,8 +255,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
         self.teacher.to(sample["target"].device)
         with torch.no_grad():
             out = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"],
-                               features_only=self.lean_output_layer)[0]
-        if self.lean_output_layer:
+                               features_only=self.chunked_output_layer)[0]
+        if self.chunked_output_layer:
             weight = self.teacher.decoder.output_projection.weight
             return ProjectedStates(out, weight, weight.dtype)
         return torch.softmax(out.float(), dim=-1)

@@ -55,7 +55,7 @@ def token_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
     keep = target.ne(pad) if count is None else target.ne(pad) & count
     if isinstance(lprobs, ProjectedStates):
         nll, argmax = token_losses(lprobs, target)
-        return _chunked_result(nll, argmax, target, keep, reduce)
+        return chunked_result(nll, argmax, target, keep, reduce)
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # B x T
     loss = _total(nll.masked_fill(~keep, 0.0), reduce)
     with torch.no_grad():
@@ -72,7 +72,8 @@ def soft_cross_entropy(student_lprobs: torch.Tensor, teacher_probs: torch.Tensor
 
 
 def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int,
-                            teacher_probs: torch.Tensor | None, alpha: float, reduce: bool = True) -> TermResult:
+                            teacher_probs: torch.Tensor | None, alpha: float, reduce: bool = True,
+                            count: torch.Tensor | None = None) -> TermResult:
     """(1 - alpha) CE(p, y) + alpha softCE(p_teacher || p); plain CE without a teacher.
 
     - ST with decoder distribution matching (DDM): p = p(y | H_s), teacher = the same
@@ -80,21 +81,23 @@ def distilled_cross_entropy(lprobs: torch.Tensor, target: torch.Tensor, pad: int
     - STM-ST (CML): the same with p = p(y | H_c^s);
     - MT with regularization: p = p(y | H_x), teacher = the frozen fine-tuned mBART,
       alpha = --mt-reg-alpha (0.2).
-    Accuracy is that of p against the reference. ``lprobs`` and ``teacher_probs`` are
-    B x T x V tensors (log p, q), or both ProjectedStates.
+    Without a teacher it is the plain CE of :func:`token_cross_entropy` (``count`` as
+    there). Accuracy is that of p against the reference. ``lprobs`` and ``teacher_probs``
+    are B x T x V tensors (log p, q), or both ProjectedStates.
     """
-    if isinstance(lprobs, ProjectedStates):
-        a = alpha if teacher_probs is not None else 0.0
-        per_token, argmax = token_losses(lprobs, target, teacher_probs if a else None, a)
-        return _chunked_result(per_token, argmax, target, target.ne(pad), reduce)
-    ce = token_cross_entropy(lprobs, target, pad, reduce=reduce)
     if teacher_probs is None or alpha == 0:
-        return ce
+        return token_cross_entropy(lprobs, target, pad, count, reduce)
+    if count is not None:
+        raise ValueError("a distilled term counts every non-pad token")
+    if isinstance(lprobs, ProjectedStates):
+        per_token, argmax = token_losses(lprobs, target, teacher_probs, alpha)
+        return chunked_result(per_token, argmax, target, target.ne(pad), reduce)
+    ce = token_cross_entropy(lprobs, target, pad, reduce=reduce)
     loss = (1 - alpha) * ce.loss + alpha * soft_cross_entropy(lprobs, teacher_probs, target, pad, reduce)
     return TermResult(loss, ce.n_tokens, ce.n_correct)
 
 
-def _chunked_result(per_token: torch.Tensor, argmax: torch.Tensor, target: torch.Tensor, keep: torch.Tensor,
+def chunked_result(per_token: torch.Tensor, argmax: torch.Tensor, target: torch.Tensor, keep: torch.Tensor,
                     reduce: bool) -> TermResult:
     """A TermResult from per-token losses and argmaxes (B x T), counting ``keep`` only."""
     with torch.no_grad():

@@ -13,8 +13,17 @@ Per token, with p = softmax(z), z = W h, and q a detached teacher distribution:
 
     loss = (1 - a) (-log p_y) + a (-sum_v q_v log p_v),  dloss/dz = p - (1 - a) e_y - a q
 
-(q sums to 1), which the backward applies chunk by chunk: one extra product h W^T per chunk
-(two with a teacher, whose logits are recomputed too) buys the memory of the full tensors.
+(q sums to 1). Two ways to apply it:
+
+- :func:`token_losses` (``--output-layer lean``), one term at a time: the backward
+  recomputes each chunk's logits, one extra product h W^T per chunk (two with a teacher,
+  whose logits are recomputed too);
+- :func:`fused_token_losses` (``--output-layer fused``), all terms of a step at once: the
+  gradients are computed in the forward while each chunk's probabilities are at hand, and
+  terms on the same targets share the chunk loop, so a DDM teacher's probabilities are
+  computed once for its students and nothing is recomputed. Per ComSL step with an MT
+  teacher that is 19 output-layer products of a pass's size where the lean way needs 30
+  (full B x T x V tensors: 19, kept through the backward).
 """
 from dataclasses import dataclass
 
@@ -135,3 +144,180 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         if need_w and ctx.step is None:
             grad_w = grad_w.to(w.dtype) if grad_w is not None else torch.zeros_like(w)  # (no rows at all)
         return grad_h, grad_w, None, None, None, None, None, None, None, None
+
+
+@dataclass
+class TokenTerm:
+    """One token loss of a training step, for :func:`fused_token_losses`.
+
+    ``(1 - alpha) CE(p, target) + alpha softCE(q || p)`` per token, p = ``student``; q is
+    ``teacher``: a detached outside distribution (a ProjectedStates), the name of another
+    term of the same call whose p (detached) teaches this one, or None (``alpha`` 0).
+    ``weight``: the term's coefficient in the step's loss; ``keep``: B x T bool, the tokens
+    it counts. A named teacher must share this term's ``target`` tensor (the same positions).
+    """
+
+    student: ProjectedStates
+    target: torch.Tensor
+    weight: float
+    keep: torch.Tensor
+    teacher: "ProjectedStates | str | None" = None
+    alpha: float = 0.0
+
+
+def fused_token_losses(terms: dict, chunk_elements: int | None = None) -> tuple:
+    """The step's token terms in one pass over the vocabulary, gradients computed on the way.
+
+    Returns ``(total, {name: (loss B x T, argmax B x T)})``: ``total`` = sum over terms of
+    ``weight`` x the term's loss summed over its ``keep`` tokens, differentiable w.r.t. the
+    students' features and the shared output matrix; the per-token losses are values only.
+
+    Unlike :func:`token_losses`, whose backward recomputes each chunk's logits, the
+    gradients are computed in the forward while each chunk's probabilities are at hand
+    (dloss/dz = weight (p - (1 - a) e_y - a q), times 1 at tokens kept, 0 elsewhere), and
+    the backward only scales them by the gradient of ``total``; this is exact because the
+    total is linear in the per-token losses and the teachers are detached. Terms on the same
+    targets are taken a chunk of positions at a time together: a named teacher's
+    probabilities are computed once per chunk for all its students (the DDM teacher,
+    the MT pass, has two), and the weight gradient of the group is one product. Per pass
+    that is 3 output-layer products (4 with an outside teacher) where :func:`token_losses`
+    needs 4 (6 with a teacher).
+
+    Every student must read the same output matrix (the tied weight: one ``step``, one
+    dtype). The gradient is taken once: a second backward through ``total`` raises.
+    """
+    if not terms:
+        raise ValueError("no token terms")
+    first = next(iter(terms.values())).student
+    groups = {}  # id(target) -> [names], terms that teach others first
+    for name, t in terms.items():
+        s = t.student
+        if s.weight is not first.weight or s.dtype != first.dtype or s.step is not first.step:
+            raise ValueError(f"term {name!r} reads another output matrix than {next(iter(terms))!r}")
+        if t.teacher is None and t.alpha != 0:
+            raise ValueError(f"term {name!r}: alpha > 0 needs a teacher distribution")
+        if isinstance(t.teacher, str) and (t.teacher not in terms or terms[t.teacher].target is not t.target
+                                           or isinstance(terms[t.teacher].teacher, str)):
+            raise ValueError(f"term {name!r}: teacher {t.teacher!r} is not a term on the same targets with its "
+                             "own distribution")
+        groups.setdefault(id(t.target), []).append(name)
+    teaching = {t.teacher for t in terms.values() if isinstance(t.teacher, str)}
+    order = [sorted(names, key=lambda n: n not in teaching) for names in groups.values()]
+    grad_on = torch.is_grad_enabled()
+    trains = {n: grad_on and t.weight != 0 and t.student.features.requires_grad for n, t in terms.items()}
+    train_weight = grad_on and first.weight.requires_grad and any(t.weight != 0 for t in terms.values())
+    plan = _FusedPlan(terms, order, teaching, trains, train_weight, chunk_elements or DEFAULT_CHUNK_ELEMENTS)
+    names = list(terms)
+    out = _FusedTokenLosses.apply(plan, first.weight, *(terms[n].student.features for n in names))
+    total, losses, argmaxes = out[0], out[1:1 + len(names)], out[1 + len(names):]
+    return total, {n: (loss, argmax) for n, loss, argmax in zip(names, losses, argmaxes, strict=True)}
+
+
+@dataclass
+class _FusedPlan:
+    terms: dict
+    groups: list  # [[term names]] sharing one target tensor, teachers first
+    teaching: set  # names of the terms whose p teaches another
+    trains: dict  # name -> the term's features get a gradient
+    train_weight: bool  # the output matrix gets a gradient
+    chunk_elements: int
+
+
+class _FusedTokenLosses(torch.autograd.Function):
+    """inputs: the plan, the output matrix V x C, each term's features (B x T x C, plan order)."""
+
+    @staticmethod
+    def forward(ctx, plan, w, *features):
+        terms, names = plan.terms, list(plan.terms)
+        dtype, step = terms[names[0]].student.dtype, terms[names[0]].student.step
+        V = w.size(0)
+        w_c = w.to(dtype)
+        flat = {n: f.reshape(-1, f.size(-1)) for n, f in zip(names, features, strict=True)}
+        grad_h = {n: torch.empty_like(flat[n]) for n in names if plan.trains[n]}
+        grad_w = None  # fp32 V x C, allocated by the first product
+        loss = {n: torch.empty(flat[n].size(0), dtype=torch.float32, device=w.device) for n in names}
+        argmax = {n: torch.empty(flat[n].size(0), dtype=torch.long, device=w.device) for n in names}
+        outside = {}  # id(teacher) -> (its flat features, its matrix in its dtype)
+        for t in terms.values():
+            if isinstance(t.teacher, ProjectedStates) and id(t.teacher) not in outside:
+                q = t.teacher
+                outside[id(q)] = (q.features.detach().reshape(-1, q.features.size(-1)), q.weight.detach().to(q.dtype),
+                                  q.dtype)
+        for group in plan.groups:
+            target = terms[group[0]].target.reshape(-1)
+            scale = {n: terms[n].keep.reshape(-1).float() * terms[n].weight for n in group}
+            gets_grad = [n for n in group if plan.trains[n] or (plan.train_weight and terms[n].weight != 0)]
+            chunk = max(1, plan.chunk_elements // (V * max(1, len(gets_grad))))
+            for s in range(0, target.size(0), chunk):
+                e = min(s + chunk, target.size(0))
+                y = target[s:e, None]
+                probs = {}  # this chunk's p of the terms that teach, and q of outside teachers
+                g_all = torch.empty(len(gets_grad) * (e - s), V, dtype=torch.float32, device=w.device) \
+                    if gets_grad else None
+                h_all = []
+                for n in group:
+                    t = terms[n]
+                    lp = F.log_softmax(F.linear(flat[n][s:e].to(dtype), w_c).float(), dim=-1)  # (e-s) x V
+                    nll = -lp.gather(1, y).squeeze(1)
+                    q = None
+                    if isinstance(t.teacher, str):
+                        q = probs[t.teacher]
+                    elif t.teacher is not None:
+                        key = id(t.teacher)
+                        if key not in probs:
+                            h_t, w_t, dtype_t = outside[key]
+                            probs[key] = torch.softmax(F.linear(h_t[s:e].to(dtype_t), w_t).float(), dim=-1)
+                        q = probs[key]
+                    if q is not None and t.alpha != 0:
+                        nll = (1 - t.alpha) * nll + t.alpha * -(q * lp).sum(-1)
+                    loss[n][s:e] = nll
+                    argmax[n][s:e] = lp.argmax(-1)
+                    if n in gets_grad:
+                        k = gets_grad.index(n)
+                        g = g_all[k * (e - s):(k + 1) * (e - s)]
+                        torch.exp(lp, out=g)  # p
+                        if n in plan.teaching:
+                            probs[n] = g.clone()
+                        g.scatter_add_(1, y, torch.full((e - s, 1), t.alpha - 1, dtype=g.dtype, device=g.device))
+                        if q is not None and t.alpha != 0:
+                            g.sub_(q, alpha=t.alpha)
+                        g.mul_(scale[n][s:e, None])  # dtotal/dz
+                        if plan.trains[n]:
+                            grad_h[n][s:e] = (g.to(dtype) @ w_c).to(grad_h[n].dtype)
+                        h_all.append(flat[n][s:e].float())
+                    elif n in plan.teaching:
+                        probs[n] = lp.exp()
+                    del lp
+                if plan.train_weight and h_all:  # the group's chunk in one product
+                    h_cat = torch.cat(h_all)
+                    if grad_w is None:
+                        grad_w = g_all.t() @ h_cat
+                    else:
+                        grad_w.addmm_(g_all.t(), h_cat)
+        total = sum(terms[n].weight * loss[n].masked_fill(~terms[n].keep.reshape(-1), 0.0).sum() for n in names)
+        ctx.grad_h = [grad_h.get(n) for n in names]
+        ctx.shapes = [f.shape for f in features]
+        ctx.grad_w, ctx.step, ctx.w_dtype = grad_w, step, w.dtype
+        shaped = [loss[n].view(terms[n].target.shape) for n in names] + \
+                 [argmax[n].view(terms[n].target.shape) for n in names]
+        ctx.mark_non_differentiable(*shaped)
+        return (torch.as_tensor(total, dtype=torch.float32, device=w.device), *shaped)
+
+    @staticmethod
+    def backward(ctx, grad_total, *_):
+        if ctx.grad_h is None:
+            raise RuntimeError("the fused output layer's gradient was already taken (a second backward)")
+        c = grad_total.float()
+        unit = c.device.type == "cpu" and float(c) == 1.0  # fairseq's backward of an unscaled loss
+        grads_h = [None if g is None else (g if unit else g * c.to(g.dtype)).view(shape)
+                   for g, shape in zip(ctx.grad_h, ctx.shapes, strict=True)]
+        grad_w = ctx.grad_w
+        ctx.grad_h = ctx.grad_w = None
+        if grad_w is not None and not unit:
+            grad_w.mul_(c)
+        if grad_w is not None and ctx.step is not None:  # into the step's one buffer (tied_embedding.py)
+            ctx.step.add_dense(grad_w)
+            grad_w = None
+        elif grad_w is not None:
+            grad_w = grad_w.to(ctx.w_dtype)
+        return (None, grad_w, *grads_h)

@@ -10,9 +10,9 @@ ComSL-Medium step, a fifth of a CPU step's time and a GB or two of its peak.
 Here a training forward opens a *step*: the weight enters the graph once through
 :class:`_CollectGradient` (an identity), and everything of that forward reads this one view.
 A lookup's backward hands back only the rows it read (ids and B x T x C gradients); the
-chunked output layer (modules/chunked_output.py) adds its products into one fp32 V x C
-buffer; the identity's backward then adds the dense products of the plain output layer,
-scatters the collected rows in with one ``index_add_`` and returns the sum. Autograd sees a
+chunked output layer (modules/chunked_output.py) adds its products, or the fused one its
+finished product, into one fp32 V x C buffer; the identity's backward then adds the dense
+products of the plain output layer, scatters the collected rows in with one ``index_add_`` and returns the sum. Autograd sees a
 single gradient for the parameter, computed after every use has finished, so the data
 parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient they see
 with torch's embedding. Rows are summed in another order than torch's, so gradients agree
@@ -25,8 +25,8 @@ Limits (none reached by fairseq-train's loop, which runs one full backward per f
 partial backward that leaves the weight out (``torch.autograd.grad`` of other inputs,
 ``backward(inputs=...)``) leaves the step's pieces behind for the next backward of that graph;
 the rows path has no second derivative (``create_graph``); under bf16 autocast each
-plain-output-layer use casts the view anew (the lean output layer, mBART-50's default, does
-not use it); on CUDA, ``index_add_`` sums rows in a nondeterministic order unless
+plain-output-layer use casts the view anew (the chunked output layers, fused being
+mBART-50's default, do not use it); on CUDA, ``index_add_`` sums rows in a nondeterministic order unless
 ``torch.use_deterministic_algorithms`` is on (use ``dense`` for bit-repeatable runs).
 """
 import torch
@@ -69,6 +69,13 @@ class StepGradient:
             self.dense = a @ b
         else:
             self.dense.addmm_(a, b)
+
+    def add_dense(self, product: torch.Tensor) -> None:
+        """Add a V x C fp32 tensor of the caller's (it may become the buffer itself)."""
+        if self.dense is None:
+            self.dense = product
+        else:
+            self.dense.add_(product)
 
 
 class _CollectGradient(torch.autograd.Function):
