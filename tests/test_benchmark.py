@@ -61,3 +61,23 @@ def test_benchmark_profiles_the_top_operators():
     shares = [float(op[3][:-2]) for op in ops]
     assert 0 < sum(shares) <= 100.05
     assert any(op[0].startswith("`aten::") for op in ops), ops
+
+
+def test_each_switch_row_turns_on_its_switch_alone():
+    """The rows' fairseq-train flags, parsed as fairseq-train parses them: two switches set
+    --output-layer, and a row's own switch must win over the other's "off"."""
+    from comsl_fairseq.benchmark.synthetic import RECIPE_OPTIMIZER, configs
+    from comsl_fairseq.training.fairseq_setup import train_cfg
+
+    seen = {}
+    for conf in configs(stack_decoder_passes=False):
+        if conf.flags is not None:
+            cfg = train_cfg(["data", "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny",
+                             "--criterion", "comsl_multitask", *RECIPE_OPTIMIZER, *conf.flags])
+            seen[conf.name] = (cfg.criterion.output_layer, cfg.model.embedding_grad, not cfg.optimizer.no_foreach)
+    assert seen == {"ours, switches off": ("full", "dense", False),
+                    "ours + lean output layer only": ("lean", "dense", False),
+                    "ours + fused output layer only": ("fused", "dense", False),
+                    "ours + foreach Adam only": ("full", "dense", True),
+                    "ours + one embedding gradient only": ("full", "rows", False),
+                    "ours": ("auto", "auto", True)}

@@ -151,8 +151,9 @@ def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False) -> li
     """Paper-style, ours with every switch off, each switch alone, ours with the defaults
     (the row ``speedup_vs_fixed11`` reads), and with ``trimmed`` ours with the defaults and a
     trimmed vocabulary (a data config switch, not a flag); ``names`` selects among them."""
-    def ours(on: tuple) -> list:
-        return [f for name, (yes, no) in SWITCHES.items() for f in (yes if name in on else no)]
+    def ours(on: tuple) -> list:  # the "on" flags last: they win where two switches set one option
+        return [f for name, (_, no) in SWITCHES.items() if name not in on for f in no] + \
+            [f for name, (yes, _) in SWITCHES.items() if name in on for f in yes]
 
     rows = [Config(PAPER_STYLE, 11.0, False, original_unused_pass(), False),
             Config("ours, switches off", 0.0, True, {}, stack_decoder_passes, ours(()))]

@@ -12,9 +12,9 @@ Here a training forward opens a *step*: the weight enters the graph once through
 A lookup's backward hands back only the rows it read (ids and B x T x C gradients); the
 chunked output layer (modules/chunked_output.py) adds its products, or the fused one its
 finished product, into one fp32 V x C buffer; the identity's backward then adds the dense
-products of the plain output layer, scatters the collected rows in with one ``index_add_`` and returns the sum. Autograd sees a
-single gradient for the parameter, computed after every use has finished, so the data
-parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient they see
+products of the plain output layer, scatters the collected rows in with one ``index_add_``
+and returns the sum. Autograd sees a single gradient for the parameter, computed after every
+use has finished, so the data parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient they see
 with torch's embedding. Rows are summed in another order than torch's, so gradients agree
 to float rounding (tested).
 
