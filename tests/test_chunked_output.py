@@ -192,3 +192,50 @@ def test_fused_terms_without_gradient_and_bad_plans():
            "b": chunked_output.TokenTerm(ProjectedStates(h_t, w.detach().clone()), y, 1.0, keep)}
     with pytest.raises(ValueError, match="another output matrix"):
         chunked_output.fused_token_losses(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_under_autocast(pair, dtype, monkeypatch):
+    """The criterion under an outside autocast (fairseq's --amp, the benchmark's --bf16), with
+    several chunks: the fused layer runs its products in the autocast dtype, keeps the tied
+    weight's gradient in fp32, and its gradients stay within that dtype's rounding of fp32."""
+    (full, _, fused, _, _), model, sample = pair
+    V = len(model.decoder.dictionary)
+    monkeypatch.setattr(chunked_output, "DEFAULT_CHUNK_ELEMENTS", 5 * V)
+    model.eval()
+    grads = []
+    for criterion, autocast in ((full, False), (fused, True)):
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            loss, _, _ = criterion(model, sample)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    ref, low = grads
+    tied = next(n for n, p in model.named_parameters() if p is model.decoder.output_projection.weight)
+    assert ref.keys() == low.keys() and low[tied].dtype == torch.float32
+    for name in ref:
+        if "k_proj.bias" not in name:  # (zero up to rounding: softmax ignores it)
+            assert_close(low[name], ref[name], 3e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2), (torch.float32, 1e-5)])
+def test_fused_low_precision_products_against_float64(dtype, rtol):
+    """Logits in fp16 / bf16 (a 50k-row vocabulary, where most probabilities are tiny), under a
+    backward scaled as a loss scaler would: the gradients stay within the dtype's rounding of
+    the float64 ones, and no row of the weight's gradient is lost to underflow."""
+    g = torch.Generator().manual_seed(0)
+    V, C = 50_000, 16
+    w0, h0 = torch.randn(V, C, generator=g) * 0.5, torch.randn(2, 6, C, generator=g) * 2
+    y = torch.randint(4, V, (2, 6), generator=g)
+    h, w = h0.double().requires_grad_(), w0.double().requires_grad_()
+    (0.35 * -torch.log_softmax(h @ w.t(), -1).gather(-1, y[..., None]).sum()).backward()
+    ref = (h.grad.float(), w.grad.float())
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    total, _ = chunked_output.fused_token_losses(
+        {"st": chunked_output.TokenTerm(ProjectedStates(h, w, dtype), y, 0.35, torch.ones_like(y, dtype=torch.bool))},
+        chunk_elements=4 * V)
+    (1024 * total).backward()
+    for got, want in zip((h.grad / 1024, w.grad / 1024), ref, strict=True):
+        assert float((got - want).norm() / want.norm()) < rtol
+    assert int((w.grad.abs().sum(1) == 0).sum()) == 0

@@ -76,7 +76,8 @@ class ComslMultitaskConfig(FairseqDataclass):
                 "and nothing is recomputed; lean: the same chunks with the gradients recomputed in the backward "
                 "(one more output-layer product per pass, two with a teacher); full: keep every decoder pass's "
                 "B x T x vocabulary fp32 log-probabilities (and the teachers' probabilities) alive through the "
-                "backward. Losses and gradients are the same to float rounding. auto: fused for vocabularies of "
+                "backward. Losses and gradients agree to float rounding (under autocast the products run in its "
+                "dtype, as the model's own output layer's would). auto: fused for vocabularies of "
                 f"{LARGE_VOCABULARY_ROWS:,} rows or more (mBART-50's 250k), where the full tensors dominate the "
                 "memory per utterance, full below (README, Speed)"})
     ctc_weight: float = field(default=0.0, metadata={
@@ -175,7 +176,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         out = model(**sample["net_input"], branches=branches, features_only=self.chunked_output_layer, **kwargs)
         if self.chunked_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
             weight, step = model.decoder.output_projection.current()  # this forward's view, gradient buffer
-            dtype = torch.bfloat16 if model.autocast_bf16 else weight.dtype  # as the model's own output layer
+            dtype = output_layer_dtype(model, weight)
             out = {name: (ProjectedStates(o[0], weight, dtype, step), *o[1:]) if name in TOKEN_BRANCHES else o
                    for name, o in out.items()}
         results, fused_total = self.compute_terms(out, sample, branches, masked, reduce)
@@ -247,7 +248,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         return results, total
 
     def teacher_probs(self, sample) -> torch.Tensor | ProjectedStates | None:
-        """p_teacher(y | x) of the frozen MT teacher (B x T x V; with the lean output layer its
+        """p_teacher(y | x) of the frozen MT teacher (B x T x V; with a chunked output layer its
         unprojected ProjectedStates), or None without one."""
         if self.teacher is None:
             return None
@@ -319,6 +320,16 @@ class ComslMultitaskCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def output_layer_dtype(model, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the chunked output layer's products run in: the one the model's own output layer
+    would use, i.e. the active autocast's (fairseq's --amp, the benchmark's --bf16), bf16 under
+    the model's --autocast-bf16, else the weight's."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.bfloat16 if model.autocast_bf16 else weight.dtype
 
 
 # The terms a logging output may hold: one per branch, and ERM.

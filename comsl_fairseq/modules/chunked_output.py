@@ -36,8 +36,8 @@ class ProjectedStates:
     """p(. | H) of one decoder pass, not yet projected: ``softmax(features @ weight^T)``.
 
     features: B x T x C final decoder states; weight: V x C output matrix; ``dtype``: the
-    dtype the product runs in (bf16 where the model runs under bf16 autocast, as its own
-    output layer would); the softmax is always fp32. ``step``: the training step's gradient
+    dtype the product runs in (an active autocast's, or bf16 under the model's own bf16
+    autocast, as its output layer would); the softmax is always fp32. ``step``: the training step's gradient
     buffer of the shared embedding (modules/tied_embedding.py), which the weight's gradient
     is added into instead of being returned, or None.
     """
@@ -228,10 +228,18 @@ class _FusedTokenLosses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, w, *features):
+        with torch.autocast(w.device.type, enabled=False):  # the dtypes below are the plan's, not autocast's
+            return _FusedTokenLosses._forward(ctx, plan, w, *features)
+
+    @staticmethod
+    def _forward(ctx, plan, w, *features):
         terms, names = plan.terms, list(plan.terms)
         dtype, step = terms[names[0]].student.dtype, terms[names[0]].student.step
         V = w.size(0)
         w_c = w.to(dtype)
+        # dloss/dz is not yet multiplied by a loss scale here: its products never run in fp16
+        # (whose range it would underflow), bf16 has fp32's
+        w_g = w.float() if dtype == torch.float16 and any(plan.trains.values()) else w_c
         flat = {n: f.reshape(-1, f.size(-1)) for n, f in zip(names, features, strict=True)}
         grad_h = {n: torch.empty_like(flat[n]) for n in names if plan.trains[n]}
         grad_w = None  # fp32 V x C, allocated by the first product
@@ -248,12 +256,14 @@ class _FusedTokenLosses(torch.autograd.Function):
             scale = {n: terms[n].keep.reshape(-1).float() * terms[n].weight for n in group}
             gets_grad = [n for n in group if plan.trains[n] or (plan.train_weight and terms[n].weight != 0)]
             chunk = max(1, plan.chunk_elements // (V * max(1, len(gets_grad))))
+            # dloss/dz of the group's chunk, one buffer for all chunks
+            g_buf = torch.empty(len(gets_grad) * min(chunk, target.size(0)), V, dtype=torch.float32,
+                                device=w.device) if gets_grad else None
             for s in range(0, target.size(0), chunk):
                 e = min(s + chunk, target.size(0))
                 y = target[s:e, None]
                 probs = {}  # this chunk's p of the terms that teach, and q of outside teachers
-                g_all = torch.empty(len(gets_grad) * (e - s), V, dtype=torch.float32, device=w.device) \
-                    if gets_grad else None
+                g_all = g_buf[:len(gets_grad) * (e - s)] if gets_grad else None
                 h_all = []
                 for n in group:
                     t = terms[n]
@@ -283,8 +293,9 @@ class _FusedTokenLosses(torch.autograd.Function):
                             g.sub_(q, alpha=t.alpha)
                         g.mul_(scale[n][s:e, None])  # dtotal/dz
                         if plan.trains[n]:
-                            grad_h[n][s:e] = (g.to(dtype) @ w_c).to(grad_h[n].dtype)
-                        h_all.append(flat[n][s:e].float())
+                            grad_h[n][s:e] = (g.to(w_g.dtype) @ w_g).to(grad_h[n].dtype)
+                        if plan.train_weight:
+                            h_all.append(flat[n][s:e].float())
                     elif n in plan.teaching:
                         probs[n] = lp.exp()
                     del lp
@@ -294,7 +305,8 @@ class _FusedTokenLosses(torch.autograd.Function):
                         grad_w = g_all.t() @ h_cat
                     else:
                         grad_w.addmm_(g_all.t(), h_cat)
-        total = sum(terms[n].weight * loss[n].masked_fill(~terms[n].keep.reshape(-1), 0.0).sum() for n in names)
+        total = sum(terms[n].weight * loss[n].masked_fill(~terms[n].keep.reshape(-1), 0.0).sum()
+                    for n in names if terms[n].weight != 0)  # (a term that only teaches adds nothing)
         ctx.grad_h = [grad_h.get(n) for n in names]
         ctx.shapes = [f.shape for f in features]
         ctx.grad_w, ctx.step, ctx.w_dtype = grad_w, step, w.dtype
@@ -309,7 +321,7 @@ class _FusedTokenLosses(torch.autograd.Function):
             raise RuntimeError("the fused output layer's gradient was already taken (a second backward)")
         c = grad_total.float()
         unit = c.device.type == "cpu" and float(c) == 1.0  # fairseq's backward of an unscaled loss
-        grads_h = [None if g is None else (g if unit else g * c.to(g.dtype)).view(shape)
+        grads_h = [None if g is None else (g if unit else (g.float() * c).to(g.dtype)).view(shape)
                    for g, shape in zip(ctx.grad_h, ctx.shapes, strict=True)]
         grad_w = ctx.grad_w
         ctx.grad_h = ctx.grad_w = None

@@ -90,7 +90,7 @@ class _CollectGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         step = ctx.step
-        total = step.dense  # ours (fp32, allocated by add_product): safe to add into
+        total = step.dense  # ours (fp32, from add_product / add_dense): safe to add into
         if grad is not None:
             if total is not None:
                 total.add_(grad)
