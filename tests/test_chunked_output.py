@@ -1,10 +1,13 @@
-"""The memory-lean output layer: chunked losses and gradients equal the full-tensor path.
+"""The chunked output layers (lean, fused): losses and gradients equal the full-tensor path.
 
 Tolerance: fp32 on both sides, the same log-softmax per row; only the order of the sums
 differs (per chunk vs whole tensor), so losses agree to 1e-5 relative and gradients to
 1e-4 of each tensor's largest entry (+1e-8 absolute, for entries that are zero up to
-rounding).
+rounding). Under autocast and with fp16 / bf16 products the tolerances are those
+dtypes' rounding, stated at each test.
 """
+import copy
+
 import pytest
 import torch
 
@@ -239,3 +242,15 @@ def test_fused_low_precision_products_against_float64(dtype, rtol):
     for got, want in zip((h.grad / 1024, w.grad / 1024), ref, strict=True):
         assert float((got - want).norm() / want.norm()) < rtol
     assert int((w.grad.abs().sum(1) == 0).sum()) == 0
+
+
+def test_fused_criterion_with_no_token_term(pair):
+    """--output-layer fused where only CTC is trained: no decoder pass, so no fused call."""
+    (_, _, fused, _, _), model, sample = pair
+    criterion = copy.copy(fused)  # the same criterion with every decoder-pass weight 0
+    criterion.w = {**fused.w, "st": 0.0, "asr": 0.0, "mt": 0.0, "cml": 0.0, "ctc": 1.0}
+    assert set(criterion.branches()) == {"ctc"}
+    loss, _, log = criterion(model, sample)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    assert set(k for k in log if k.endswith("_loss")) == {"ctc_loss"} and float(log["ctc_loss"]) > 0

@@ -225,7 +225,7 @@ class ComslMultitaskCriterion(FairseqCriterion):
         if self.w["cml"] > 0:
             spec.update(stm_asr=(x, None, None, 0.0), stm_st=(y, None, *ddm), mtp=(x, masked, None, 0.0))
         total, results = None, {}
-        if self.output_layer == "fused" and reduce:
+        if self.output_layer == "fused" and reduce and spec:
             keep = {name: t.ne(pad) if count is None else t.ne(pad) & count for name, (t, count, _, _) in spec.items()}
             tokens = {name: TokenTerm(lp[name], t, self.coefficients[name], keep[name], q, a)
                       for name, (t, _, q, a) in spec.items()}
