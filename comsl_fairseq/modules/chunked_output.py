@@ -90,6 +90,29 @@ def token_losses(student: ProjectedStates, target: torch.Tensor, teacher: Projec
     return loss.view(B, T), argmax.view(B, T)
 
 
+def _token_loss(lp: torch.Tensor, y: torch.Tensor, q: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """Per-token ``(1 - alpha) (-log p_y) + alpha (-sum_v q_v log p_v)`` of a chunk (lp: n x V
+    log p, y: n x 1 targets, q: n x V teacher probabilities or None for plain CE)."""
+    nll = -lp.gather(1, y).squeeze(1)
+    if q is None:
+        return nll
+    return (1 - alpha) * nll + alpha * -(q * lp).sum(-1)
+
+
+def _logit_gradient_(p: torch.Tensor, y: torch.Tensor, q: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """dloss/dz = p - (1 - alpha) e_y - alpha q of :func:`_token_loss`, written into ``p`` (n x V)."""
+    p.scatter_add_(1, y, torch.full((p.size(0), 1), alpha - 1, dtype=p.dtype, device=p.device))
+    if q is not None:
+        p.sub_(q, alpha=alpha)
+    return p
+
+
+def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``total + a @ b``, in place; the first product allocates it (a V x C zero fill first cost
+    as much as a third of a ComSL-Medium CPU step, one per decoder pass)."""
+    return a @ b if total is None else total.addmm_(a, b)
+
+
 class _ChunkedTokenLoss(torch.autograd.Function):
     """h: N x C, w: V x C, target: N, optional teacher h_t: N x C', w_t: V x C'."""
 
@@ -102,11 +125,10 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         for s in range(0, h.size(0), chunk):
             e = min(s + chunk, h.size(0))
             lp = F.log_softmax(F.linear(h[s:e].to(dtype), w_c).float(), dim=-1)  # n x V
-            nll = -lp.gather(1, target[s:e, None]).squeeze(1)
+            q = None
             if h_t is not None:
                 q = torch.softmax(F.linear(h_t[s:e].to(teacher_dtype), w_tc).float(), dim=-1)
-                nll = (1 - alpha) * nll + alpha * -(q * lp).sum(-1)
-            loss[s:e] = nll
+            loss[s:e] = _token_loss(lp, target[s:e, None], q, alpha)
             argmax[s:e] = lp.argmax(-1)
         ctx.save_for_backward(h, w, target, h_t, w_t)
         ctx.alpha, ctx.chunk, ctx.dtype, ctx.teacher_dtype, ctx.step = alpha, chunk, dtype, teacher_dtype, step
@@ -121,26 +143,22 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         w_c = w.to(dtype)
         w_tc = w_t.to(ctx.teacher_dtype) if w_t is not None else None
         grad_h = torch.empty_like(h) if need_h else None
-        grad_w = None  # float32; the first chunk's product allocates it (zero-filling V x D first cost as
-        # much as a third of a ComSL-Medium CPU step, one fill per decoder pass), later chunks add to it
+        grad_w = None  # float32, allocated by the first chunk's product
         for s in range(0, h.size(0), chunk):
             e = min(s + chunk, h.size(0))
             g = torch.softmax(F.linear(h[s:e].to(dtype), w_c).float(), dim=-1)  # p, n x V
-            g.scatter_add_(1, target[s:e, None], torch.full((e - s, 1), alpha - 1, dtype=g.dtype, device=g.device))
+            q = None
             if h_t is not None:
                 q = torch.softmax(F.linear(h_t[s:e].to(ctx.teacher_dtype), w_tc).float(), dim=-1)
-                g.sub_(q, alpha=alpha)
-                del q
+            _logit_gradient_(g, target[s:e, None], q, alpha)
+            del q
             g.mul_(grad_loss[s:e, None].float())  # dloss/dz, n x V
             if need_h:
                 grad_h[s:e] = (g.to(dtype) @ w_c).to(h.dtype)
             if need_w and ctx.step is not None:  # into the step's one buffer: no V x C tensor per pass
                 ctx.step.add_product(g.t(), h[s:e].float())
             elif need_w:
-                if grad_w is None:
-                    grad_w = g.t() @ h[s:e].float()
-                else:
-                    grad_w.addmm_(g.t(), h[s:e].float())
+                grad_w = _add_product(grad_w, g.t(), h[s:e].float())
         if need_w and ctx.step is None:
             grad_w = grad_w.to(w.dtype) if grad_w is not None else torch.zeros_like(w)  # (no rows at all)
         return grad_h, grad_w, None, None, None, None, None, None, None, None
@@ -268,7 +286,6 @@ class _FusedTokenLosses(torch.autograd.Function):
                 for n in group:
                     t = terms[n]
                     lp = F.log_softmax(F.linear(flat[n][s:e].to(dtype), w_c).float(), dim=-1)  # (e-s) x V
-                    nll = -lp.gather(1, y).squeeze(1)
                     q = None
                     if isinstance(t.teacher, str):
                         q = probs[t.teacher]
@@ -278,9 +295,8 @@ class _FusedTokenLosses(torch.autograd.Function):
                             h_t, w_t, dtype_t = outside[key]
                             probs[key] = torch.softmax(F.linear(h_t[s:e].to(dtype_t), w_t).float(), dim=-1)
                         q = probs[key]
-                    if q is not None and t.alpha != 0:
-                        nll = (1 - t.alpha) * nll + t.alpha * -(q * lp).sum(-1)
-                    loss[n][s:e] = nll
+                    q = q if t.alpha != 0 else None
+                    loss[n][s:e] = _token_loss(lp, y, q, t.alpha)
                     argmax[n][s:e] = lp.argmax(-1)
                     if n in gets_grad:
                         k = gets_grad.index(n)
@@ -288,10 +304,7 @@ class _FusedTokenLosses(torch.autograd.Function):
                         torch.exp(lp, out=g)  # p
                         if n in plan.teaching:
                             probs[n] = g.clone()
-                        g.scatter_add_(1, y, torch.full((e - s, 1), t.alpha - 1, dtype=g.dtype, device=g.device))
-                        if q is not None and t.alpha != 0:
-                            g.sub_(q, alpha=t.alpha)
-                        g.mul_(scale[n][s:e, None])  # dtotal/dz
+                        _logit_gradient_(g, y, q, t.alpha).mul_(scale[n][s:e, None])  # dtotal/dz
                         if plan.trains[n]:
                             grad_h[n][s:e] = (g.to(w_g.dtype) @ w_g).to(grad_h[n].dtype)
                         if plan.train_weight:
@@ -300,11 +313,7 @@ class _FusedTokenLosses(torch.autograd.Function):
                         probs[n] = lp.exp()
                     del lp
                 if plan.train_weight and h_all:  # the group's chunk in one product
-                    h_cat = torch.cat(h_all)
-                    if grad_w is None:
-                        grad_w = g_all.t() @ h_cat
-                    else:
-                        grad_w.addmm_(g_all.t(), h_cat)
+                    grad_w = _add_product(grad_w, g_all.t(), torch.cat(h_all))
         total = sum(terms[n].weight * loss[n].masked_fill(~terms[n].keep.reshape(-1), 0.0).sum()
                     for n in names if terms[n].weight != 0)  # (a term that only teaches adds nothing)
         ctx.grad_h = [grad_h.get(n) for n in names]

@@ -14,9 +14,9 @@ chunked output layer (modules/chunked_output.py) adds its products, or the fused
 finished product, into one fp32 V x C buffer; the identity's backward then adds the dense
 products of the plain output layer, scatters the collected rows in with one ``index_add_``
 and returns the sum. Autograd sees a single gradient for the parameter, computed after every
-use has finished, so the data parallel reducers (torch DDP's hooks, legacy_ddp) see the same complete gradient they see
-with torch's embedding. Rows are summed in another order than torch's, so gradients agree
-to float rounding (tested).
+use has finished, so the data parallel reducers (torch DDP's hooks, legacy_ddp) see the same
+complete gradient they see with torch's embedding. Rows are summed in another order than
+torch's, so gradients agree to float rounding (tested).
 
 With ``--embedding-grad dense``, and in any forward that takes no gradient of the weight
 (evaluation, decoding, anything under ``no_grad``), the module is a plain ``nn.Embedding``.
@@ -26,8 +26,9 @@ partial backward that leaves the weight out (``torch.autograd.grad`` of other in
 ``backward(inputs=...)``) leaves the step's pieces behind for the next backward of that graph;
 the rows path has no second derivative (``create_graph``); under bf16 autocast each
 plain-output-layer use casts the view anew (the chunked output layers, fused being
-mBART-50's default, do not use it); on CUDA, ``index_add_`` sums rows in a nondeterministic order unless
-``torch.use_deterministic_algorithms`` is on (use ``dense`` for bit-repeatable runs).
+mBART-50's default, do not use it); on CUDA, ``index_add_`` sums rows in a nondeterministic
+order unless ``torch.use_deterministic_algorithms`` is on (use ``dense`` for bit-repeatable
+runs).
 """
 import torch
 import torch.nn.functional as F
