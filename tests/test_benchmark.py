@@ -28,7 +28,8 @@ def test_benchmark_smoke_mode():
     # a row for paper-style, ours with every switch off, each switch alone, and ours
     assert list(rows) == ["paper-style (11 s, 7 passes)", "ours, switches off", "ours + lean output layer only",
                           "ours + fused output layer only", "ours + foreach Adam only",
-                          "ours + one embedding gradient only", "ours", "ours + trimmed vocabulary"], lines
+                          "ours + one embedding gradient only", "ours + oneDNN CPU products only", "ours",
+                          "ours + trimmed vocabulary"], lines
     for name, cells in rows.items():
         assert float(cells[0]) > 0 and float(cells[2]) > 0 and cells[4].endswith(" GB"), (name, cells)
     ours, paper = rows["ours"], rows["paper-style (11 s, 7 passes)"]
@@ -74,10 +75,12 @@ def test_each_switch_row_turns_on_its_switch_alone():
         if conf.flags is not None:
             cfg = train_cfg(["data", "--task", "comsl_speech_to_text", "--arch", "whisper_mbart_composite_tiny",
                              "--criterion", "comsl_multitask", *RECIPE_OPTIMIZER, *conf.flags])
-            seen[conf.name] = (cfg.criterion.output_layer, cfg.model.embedding_grad, not cfg.optimizer.no_foreach)
-    assert seen == {"ours, switches off": ("full", "dense", False),
-                    "ours + lean output layer only": ("lean", "dense", False),
-                    "ours + fused output layer only": ("fused", "dense", False),
-                    "ours + foreach Adam only": ("full", "dense", True),
-                    "ours + one embedding gradient only": ("full", "rows", False),
-                    "ours": ("auto", "auto", True)}
+            seen[conf.name] = (cfg.criterion.output_layer, cfg.model.embedding_grad, not cfg.optimizer.no_foreach,
+                               cfg.model.cpu_matmul)
+    assert seen == {"ours, switches off": ("full", "dense", False, "torch"),
+                    "ours + lean output layer only": ("lean", "dense", False, "torch"),
+                    "ours + fused output layer only": ("fused", "dense", False, "torch"),
+                    "ours + foreach Adam only": ("full", "dense", True, "torch"),
+                    "ours + one embedding gradient only": ("full", "rows", False, "torch"),
+                    "ours + oneDNN CPU products only": ("full", "dense", False, "auto"),
+                    "ours": ("auto", "auto", True, "auto")}

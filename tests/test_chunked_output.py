@@ -7,12 +7,13 @@ rounding). Under autocast and with fp16 / bf16 products the tolerances are those
 dtypes' rounding, stated at each test.
 """
 import copy
+from unittest import mock
 
 import pytest
 import torch
 
 from comsl_fairseq.criterions import terms as T
-from comsl_fairseq.modules import chunked_output
+from comsl_fairseq.modules import chunked_output, cpu_matmul
 from comsl_fairseq.modules.chunked_output import LARGE_VOCABULARY_ROWS, ProjectedStates, token_losses
 from tests.builders import build_task_and_model
 
@@ -97,12 +98,22 @@ def pair(data_dir, whisper_pt, mbart_dir):
     return crits, model, ds.collater([ds[i] for i in range(4)])
 
 
-@pytest.mark.parametrize("chunked", ["lean", "fused", "fused, no MT teacher"])
+@pytest.mark.parametrize("chunked", ["lean", "fused", "fused, no MT teacher", "lean, oneDNN", "fused, oneDNN"])
 def test_criterion_losses_and_gradients_equal(pair, chunked, monkeypatch):
+    """"oneDNN": the chunked layers' products through modules/cpu_matmul.py (--cpu-matmul auto,
+    its size threshold lowered so that the tiny model's matrix qualifies), on x86 CPUs."""
     (full, lean, fused, full_no_teacher, fused_no_teacher), model, sample = pair
     if chunked == "fused, no MT teacher":
         assert full_no_teacher.teacher is None
         full = full_no_teacher
+    onednn = chunked.endswith("oneDNN")
+    if onednn:
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):
+            pytest.skip("oneDNN's products are used on x86 CPUs only")
+        assert model.decoder.output_projection.onednn  # the default, --cpu-matmul auto
+        monkeypatch.setattr(cpu_matmul, "MIN_ELEMENTS", 1)
+        monkeypatch.setattr(cpu_matmul, "_onednn", mock.Mock(wraps=cpu_matmul._onednn))  # counts the calls
+        chunked = chunked.split(",")[0]
     chunked = {"lean": lean, "fused": fused, "fused, no MT teacher": fused_no_teacher}[chunked]
     assert chunked.chunked_output_layer and not full.chunked_output_layer
     V = len(model.decoder.dictionary)
@@ -125,6 +136,8 @@ def test_criterion_losses_and_gradients_equal(pair, chunked, monkeypatch):
     assert g0.keys() == g1.keys() and tied in g0  # the output matrix (tied embedding) is trained
     for name in g0:
         assert_close(g1[name], g0[name], 1e-4)
+    if onednn:
+        assert cpu_matmul._onednn.call_count > 0
 
 
 def test_fused_terms_equal_the_term_by_term_chunks():

@@ -56,6 +56,7 @@ SWITCHES = {
     "fused output layer": (["--output-layer", "fused"], ["--output-layer", "full"]),
     "foreach Adam": ([], ["--no-foreach"]),
     "one embedding gradient": (["--embedding-grad", "rows"], ["--embedding-grad", "dense"]),
+    "oneDNN CPU products": (["--cpu-matmul", "auto"], ["--cpu-matmul", "torch"]),
 }
 
 
@@ -143,8 +144,8 @@ class Config:
 
 PAPER_STYLE = "paper-style (11 s, 7 passes)"
 TRIMMED = "ours + trimmed vocabulary"
-# B x T x V log-probabilities and a dense embedding gradient per use, as the original
-PAPER_STYLE_FLAGS = ["--output-layer", "full", "--embedding-grad", "dense"]
+# B x T x V log-probabilities, a dense embedding gradient per use and torch's CPU kernels, as the original
+PAPER_STYLE_FLAGS = ["--output-layer", "full", "--embedding-grad", "dense", "--cpu-matmul", "torch"]
 
 
 def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False) -> list:
@@ -271,8 +272,8 @@ def _train_child(conf, args, data, device_type, utts, seed):
 def decode_throughput(conf, args, data, device, utts, rng):
     from fairseq.sequence_generator import SequenceGenerator
 
-    data_flags = ["--config-yaml", TRIMMED_CONFIG] if conf.name == TRIMMED else []
-    model, _, task = build(args.arch, conf.pad_seconds, data, device, flags=data_flags)
+    flags = conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS  # (the trimmed row's flags: its data config)
+    model, _, task = build(args.arch, conf.pad_seconds, data, device, flags=flags)
     d = task.target_dictionary
     model.eval()
     max_len = args.decode_len

@@ -175,10 +175,11 @@ class ComslMultitaskCriterion(FairseqCriterion):
                 kwargs["erm_layer"] = self.erm_layer_for(model)
         out = model(**sample["net_input"], branches=branches, features_only=self.chunked_output_layer, **kwargs)
         if self.chunked_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
-            weight, step = model.decoder.output_projection.current()  # this forward's view, gradient buffer
+            projection = model.decoder.output_projection
+            weight, step = projection.current()  # this forward's view, gradient buffer
             dtype = output_layer_dtype(model, weight)
-            out = {name: (ProjectedStates(o[0], weight, dtype, step), *o[1:]) if name in TOKEN_BRANCHES else o
-                   for name, o in out.items()}
+            out = {name: (ProjectedStates(o[0], weight, dtype, step, projection.onednn), *o[1:])
+                   if name in TOKEN_BRANCHES else o for name, o in out.items()}
         results, fused_total = self.compute_terms(out, sample, branches, masked, reduce)
         loss = self.weighted_sum(results)
         if fused_total is not None:  # the token terms' gradient; adds 0 to the value, already in ``results``
@@ -258,8 +259,8 @@ class ComslMultitaskCriterion(FairseqCriterion):
             out = self.teacher(net_input["src_text_tokens"], prev_output_tokens=net_input["prev_output_tokens"],
                                features_only=self.chunked_output_layer)[0]
         if self.chunked_output_layer:
-            weight = self.teacher.decoder.output_projection.weight
-            return ProjectedStates(out, weight, weight.dtype)
+            projection = self.teacher.decoder.output_projection
+            return ProjectedStates(out, projection.weight, projection.weight.dtype, onednn=projection.onednn)
         return torch.softmax(out.float(), dim=-1)
 
     def weighted_sum(self, results: dict) -> torch.Tensor:

@@ -36,6 +36,7 @@ from comsl_fairseq.checkpoints.pretrained import (
 from comsl_fairseq.modules.adapter import ADAPTER_ACTIVATIONS, Adapter
 from comsl_fairseq.modules.branches import CONCAT_SPEECH, FRAMES, SPEECH, TEXT, TRANSCRIPT, TRANSLATION, branch_table
 from comsl_fairseq.modules.composite_encoder import CompositeEncoder
+from comsl_fairseq.modules.cpu_matmul import MIN_ELEMENTS, use_onednn
 from comsl_fairseq.modules.mbart import build_mbart, load_mbart_weights
 from comsl_fairseq.modules.tied_embedding import ROWS_MIN_ELEMENTS, embedding_grad_mode
 from comsl_fairseq.modules.whisper_encoder import MaskedWhisperEncoder
@@ -87,6 +88,13 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
                                           f"rows for token matrices of {ROWS_MIN_ELEMENTS:,} values or more "
                                           "(mBART-50's, also trimmed to 40k rows), dense below (no difference "
                                           "measured at the tiny arch's 8k x 128; README, Speed)"})
+    cpu_matmul: ChoiceEnum(["auto", "torch"]) = field(
+        default="auto", metadata={"help": "auto: on x86 CPUs, fp32 products that take no gradient with matrices "
+                                          f"of {MIN_ELEMENTS:,} values or more run through oneDNN's kernel, "
+                                          "1.3-4x faster than torch's MKL one at few rows: the decoder's linear "
+                                          "layers and tied output layer in beam search and validation, the chunked "
+                                          "output layer's products in training (README, Speed); torch: torch's "
+                                          "kernels everywhere. Results differ in the last bits; GPUs unaffected"})
     checkpoint_activations: bool = field(
         default=False, metadata={"help": "recompute Whisper blocks and mBART layers in the backward pass instead "
                                          "of storing their activations (less memory, ~30 % more compute)"})
@@ -156,6 +164,8 @@ class WhisperMbartCompositeModel(FairseqEncoderDecoderModel):
         model = cls(encoder, decoder, enc_grad_mult=cfg.enc_grad_mult,
                     stack_decoder_passes=cfg.stack_decoder_passes, autocast_bf16=cfg.autocast_bf16,
                     embedding_grad=embedding_grad_mode(str(cfg.embedding_grad), len(dictionary), mbart_dims.dim))
+        if str(cfg.cpu_matmul) == "auto":
+            use_onednn(decoder)  # its layers and the tied output layer; the encoders keep torch's kernels
         if whisper_state is not None:
             load_strict(whisper, whisper_state, cfg.whisper_checkpoint, "Whisper encoder")
             logger.info("loaded Whisper encoder from %s (%d layers, d=%d, %d mels)", cfg.whisper_checkpoint,

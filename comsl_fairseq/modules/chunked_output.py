@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from comsl_fairseq.modules.cpu_matmul import linear
+
 
 @dataclass
 class ProjectedStates:
@@ -39,21 +41,23 @@ class ProjectedStates:
     dtype the product runs in (an active autocast's, or bf16 under the model's own bf16
     autocast, as its output layer would); the softmax is always fp32. ``step``: the training step's gradient
     buffer of the shared embedding (modules/tied_embedding.py), which the weight's gradient
-    is added into instead of being returned, or None.
+    is added into instead of being returned, or None. ``onednn``: the products may run
+    through modules/cpu_matmul.py (the model's ``--cpu-matmul auto``).
     """
 
     features: torch.Tensor
     weight: torch.Tensor
     dtype: torch.dtype = torch.float32
     step: object = None
+    onednn: bool = False
 
     def detach(self) -> "ProjectedStates":
         """The same distribution as a teacher: no gradient flows into it."""
-        return ProjectedStates(self.features.detach(), self.weight.detach(), self.dtype)
+        return ProjectedStates(self.features.detach(), self.weight.detach(), self.dtype, onednn=self.onednn)
 
     def log_probs(self) -> torch.Tensor:
         """The full B x T x V fp32 log-probabilities (what the chunked path avoids)."""
-        logits = F.linear(self.features.to(self.dtype), self.weight.to(self.dtype))
+        logits = linear(self.features.to(self.dtype), self.weight.to(self.dtype), onednn=self.onednn)
         return F.log_softmax(logits.float(), dim=-1)
 
 
@@ -86,7 +90,8 @@ def token_losses(student: ProjectedStates, target: torch.Tensor, teacher: Projec
         h_t, w_t = teacher.features.detach().reshape(B * T, -1), teacher.weight.detach()
     loss, argmax = _ChunkedTokenLoss.apply(student.features.reshape(B * T, C), student.weight, target.reshape(-1),
                                            h_t, w_t, float(alpha), chunk, student.dtype,
-                                           teacher.dtype if teacher is not None else student.dtype, student.step)
+                                           teacher.dtype if teacher is not None else student.dtype, student.step,
+                                           student.onednn)
     return loss.view(B, T), argmax.view(B, T)
 
 
@@ -117,28 +122,29 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """h: N x C, w: V x C, target: N, optional teacher h_t: N x C', w_t: V x C'."""
 
     @staticmethod
-    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype, step):
+    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype, step, onednn):
         w_c = w.to(dtype)
         w_tc = w_t.to(teacher_dtype) if w_t is not None else None
         loss = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
         argmax = torch.empty(h.size(0), dtype=torch.long, device=h.device)
         for s in range(0, h.size(0), chunk):
             e = min(s + chunk, h.size(0))
-            lp = F.log_softmax(F.linear(h[s:e].to(dtype), w_c).float(), dim=-1)  # n x V
+            lp = F.log_softmax(linear(h[s:e].to(dtype), w_c, onednn=onednn).float(), dim=-1)  # n x V
             q = None
             if h_t is not None:
-                q = torch.softmax(F.linear(h_t[s:e].to(teacher_dtype), w_tc).float(), dim=-1)
+                q = torch.softmax(linear(h_t[s:e].to(teacher_dtype), w_tc, onednn=onednn).float(), dim=-1)
             loss[s:e] = _token_loss(lp, target[s:e, None], q, alpha)
             argmax[s:e] = lp.argmax(-1)
         ctx.save_for_backward(h, w, target, h_t, w_t)
         ctx.alpha, ctx.chunk, ctx.dtype, ctx.teacher_dtype, ctx.step = alpha, chunk, dtype, teacher_dtype, step
+        ctx.onednn = onednn
         ctx.mark_non_differentiable(argmax)
         return loss, argmax
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_argmax):
         h, w, target, h_t, w_t = ctx.saved_tensors
-        alpha, chunk, dtype = ctx.alpha, ctx.chunk, ctx.dtype
+        alpha, chunk, dtype, onednn = ctx.alpha, ctx.chunk, ctx.dtype, ctx.onednn
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w_c = w.to(dtype)
         w_tc = w_t.to(ctx.teacher_dtype) if w_t is not None else None
@@ -146,22 +152,22 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         grad_w = None  # float32, allocated by the first chunk's product
         for s in range(0, h.size(0), chunk):
             e = min(s + chunk, h.size(0))
-            g = torch.softmax(F.linear(h[s:e].to(dtype), w_c).float(), dim=-1)  # p, n x V
+            g = torch.softmax(linear(h[s:e].to(dtype), w_c, onednn=onednn).float(), dim=-1)  # p, n x V
             q = None
             if h_t is not None:
-                q = torch.softmax(F.linear(h_t[s:e].to(ctx.teacher_dtype), w_tc).float(), dim=-1)
+                q = torch.softmax(linear(h_t[s:e].to(ctx.teacher_dtype), w_tc, onednn=onednn).float(), dim=-1)
             _logit_gradient_(g, target[s:e, None], q, alpha)
             del q
             g.mul_(grad_loss[s:e, None].float())  # dloss/dz, n x V
             if need_h:
-                grad_h[s:e] = (g.to(dtype) @ w_c).to(h.dtype)
+                grad_h[s:e] = linear(g.to(dtype), w_c.t(), onednn=onednn).to(h.dtype)  # g @ w
             if need_w and ctx.step is not None:  # into the step's one buffer: no V x C tensor per pass
                 ctx.step.add_product(g.t(), h[s:e].float())
             elif need_w:
                 grad_w = _add_product(grad_w, g.t(), h[s:e].float())
         if need_w and ctx.step is None:
             grad_w = grad_w.to(w.dtype) if grad_w is not None else torch.zeros_like(w)  # (no rows at all)
-        return grad_h, grad_w, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None, None
 
 
 @dataclass
@@ -210,7 +216,8 @@ def fused_token_losses(terms: dict, chunk_elements: int | None = None) -> tuple:
     groups = {}  # id(target) -> [names], terms that teach others first
     for name, t in terms.items():
         s = t.student
-        if s.weight is not first.weight or s.dtype != first.dtype or s.step is not first.step:
+        if s.weight is not first.weight or s.dtype != first.dtype or s.step is not first.step or \
+                s.onednn != first.onednn:
             raise ValueError(f"term {name!r} reads another output matrix than {next(iter(terms))!r}")
         if t.teacher is None and t.alpha != 0:
             raise ValueError(f"term {name!r}: alpha > 0 needs a teacher distribution")
@@ -252,7 +259,8 @@ class _FusedTokenLosses(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, plan, w, *features):
         terms, names = plan.terms, list(plan.terms)
-        dtype, step = terms[names[0]].student.dtype, terms[names[0]].student.step
+        first = terms[names[0]].student
+        dtype, step, onednn = first.dtype, first.step, first.onednn
         V = w.size(0)
         w_c = w.to(dtype)
         # dloss/dz is not yet multiplied by a loss scale here: its products never run in fp16
@@ -268,7 +276,7 @@ class _FusedTokenLosses(torch.autograd.Function):
             if isinstance(t.teacher, ProjectedStates) and id(t.teacher) not in outside:
                 q = t.teacher
                 outside[id(q)] = (q.features.detach().reshape(-1, q.features.size(-1)), q.weight.detach().to(q.dtype),
-                                  q.dtype)
+                                  q.dtype, q.onednn)
         for group in plan.groups:
             target = terms[group[0]].target.reshape(-1)
             scale = {n: terms[n].keep.reshape(-1).float() * terms[n].weight for n in group}
@@ -285,15 +293,16 @@ class _FusedTokenLosses(torch.autograd.Function):
                 h_all = []
                 for n in group:
                     t = terms[n]
-                    lp = F.log_softmax(F.linear(flat[n][s:e].to(dtype), w_c).float(), dim=-1)  # (e-s) x V
+                    lp = F.log_softmax(linear(flat[n][s:e].to(dtype), w_c, onednn=onednn).float(), dim=-1)  # (e-s) x V
                     q = None
                     if isinstance(t.teacher, str):
                         q = probs[t.teacher]
                     elif t.teacher is not None:
                         key = id(t.teacher)
                         if key not in probs:
-                            h_t, w_t, dtype_t = outside[key]
-                            probs[key] = torch.softmax(F.linear(h_t[s:e].to(dtype_t), w_t).float(), dim=-1)
+                            h_t, w_t, dtype_t, onednn_t = outside[key]
+                            probs[key] = torch.softmax(linear(h_t[s:e].to(dtype_t), w_t, onednn=onednn_t).float(),
+                                                       dim=-1)
                         q = probs[key]
                     q = q if t.alpha != 0 else None
                     loss[n][s:e] = _token_loss(lp, y, q, t.alpha)
@@ -306,7 +315,7 @@ class _FusedTokenLosses(torch.autograd.Function):
                             probs[n] = g.clone()
                         _logit_gradient_(g, y, q, t.alpha).mul_(scale[n][s:e, None])  # dtotal/dz
                         if plan.trains[n]:
-                            grad_h[n][s:e] = (g.to(w_g.dtype) @ w_g).to(grad_h[n].dtype)
+                            grad_h[n][s:e] = linear(g.to(w_g.dtype), w_g.t(), onednn=onednn).to(grad_h[n].dtype)
                         if plan.train_weight:
                             h_all.append(flat[n][s:e].float())
                     elif n in plan.teaching:

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comsl_fairseq.modules.cpu_matmul import linear
+
 # --embedding-grad auto: one gradient per step for token matrices from this many values on
 # (64 MB in fp32; mBART-50's is 256 M, 40 M trimmed to 40k rows, the tiny arch's 1 M), where
 # a dense gradient per use costs a measurable share of a step.
@@ -174,7 +176,10 @@ class SharedTokenEmbedding(nn.Embedding):
 class TiedOutputProjection(nn.Module):
     """The decoder's output layer ``x @ W^T`` with W the shared token embedding (the same
     parameter, kept under the key ``weight`` as fairseq's tied ``nn.Linear``), reading the
-    open step's view like the lookups."""
+    open step's view like the lookups. ``onednn``: calls that take no gradient go through
+    modules/cpu_matmul.py (set by the model's ``--cpu-matmul auto``)."""
+
+    onednn = False
 
     def __init__(self, embedding: SharedTokenEmbedding):
         super().__init__()
@@ -188,4 +193,4 @@ class TiedOutputProjection(nn.Module):
         return self._embedding.current()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.current()[0])
+        return linear(x, self.current()[0], onednn=self.onednn)
