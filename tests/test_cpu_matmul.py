@@ -41,7 +41,9 @@ def test_products_equal_torch_where_onednn_takes_them(spy):
     x = torch.randn(10, 256, generator=g)
     rows = torch.randn(37, 4096, generator=g)
     steps = torch.randn(5, 3, 256, generator=g).transpose(0, 1)  # time-major, not contiguous
-    cases = [(x, w, None), (x, w, b), (rows, w.t(), None), (steps, w, b)]  # w.t(): rows @ w
+    full = torch.randn(cpu_matmul.MAX_ROWS, 256, generator=g)
+    # rows padded to 12, 12, 40, 16 and none; w.t(): rows @ w
+    cases = [(x, w, None), (x, w, b), (rows, w.t(), None), (steps, w, b), (full, w, b)]
     for inp, mat, bias in cases:
         assert takes_onednn(inp, mat, bias)
         out = linear(inp, mat, bias)
@@ -65,6 +67,7 @@ def test_torch_kernel_elsewhere(spy):
         assert torch.equal(linear(x, w), F.linear(x, w))
     assert not takes_onednn(x.bfloat16(), w.bfloat16())
     assert not takes_onednn(x[:, :16], w[:1000, :16])  # below MIN_ELEMENTS
+    assert not takes_onednn(torch.randn(cpu_matmul.MAX_ROWS + 1, 256), w)  # more rows than MAX_ROWS
     assert torch.equal(linear(x, w, onednn=False), F.linear(x, w))
     assert torch.equal(linear(x[:0], w), F.linear(x[:0], w))  # no rows
     assert spy.call_count == 0

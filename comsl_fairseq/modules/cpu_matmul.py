@@ -17,13 +17,25 @@ chunked output layer's products with mBART-50's 250k x 1024 matrix (a chunk of t
 and was never slower among the shapes measured (up to 1,100 rows). Both accumulate in fp32;
 the results differ in the last bits (about 2e-6 of values of 3).
 
+oneDNN compiles and keeps a kernel per shape, and memory grows with them: cycling through
+every row count from 1 to 256 with six matrices of a decoder layer's sizes left the process
+1.86 GB larger (torch's kernel: 44 MB). So the rows are rounded up, with zero rows that are
+sliced off again, to a multiple of 4 up to 32 and of 8 up to :data:`MAX_ROWS` (36 shapes per
+matrix: 178 MB in the same test), and calls with more rows keep torch's kernel. Beam search
+(batch x beam rows) and the chunked output layer (at most 134 rows at 250k) stay below it.
+
 :func:`linear` takes oneDNN's kernel only where no gradient is taken through the call (no
 autograd formula is needed), in fp32, outside autocast, for matrices of
-:data:`MIN_ELEMENTS` values or more and on x86; everything else is ``F.linear`` as before.
+:data:`MIN_ELEMENTS` values or more, at most :data:`MAX_ROWS` rows, and on x86; everything
+else is ``F.linear`` as before.
+
 The model option ``--cpu-matmul auto|torch`` decides: auto sends the decoder's linear layers
-and its tied output layer here (beam search, validation) and the chunked output layer's
-products (training). Models narrower than 1024 (the tiny arch, the toy demo's) have no
-matrix this large, so their results do not change.
+and its tied output layer here (beam search; validation where its batches have few tokens)
+and the chunked output layer's products (training). It also holds where
+``torch.backends.mkldnn`` is disabled (the translator disables it for convolutions, whose
+kernels depend on the audio's length: the decoder's shapes depend only on batch x beam).
+Models narrower than 1024 (the tiny arch, the toy demo's) have no matrix this large, so
+their results do not change.
 """
 import logging
 
@@ -34,8 +46,10 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 # Matrices with at least this many values go to oneDNN (mBART-large's 1024 x 1024 and up;
-# not the tiny arch's 128-wide layers, nor Whisper base's).
+# not the tiny arch's 128-wide layers).
 MIN_ELEMENTS = 2 ** 20
+# ... and products of at most this many rows (see the module's docstring).
+MAX_ROWS = 256
 
 _available = None  # decided on first use: see onednn_available
 
@@ -57,12 +71,18 @@ def onednn_available() -> bool:
 
 
 def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, bias, "none", [], "")
+    rows = x.reshape(-1, x.size(-1))
+    n = rows.size(0)
+    padded = -(-n // 4) * 4 if n <= 32 else -(-n // 8) * 8  # a few shapes, a few compiled kernels
+    if padded > n:
+        rows = torch.cat([rows, rows.new_zeros(padded - n, rows.size(1))])
+    out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), w, bias, "none", [], "")
+    return out[:n].view(*x.shape[:-1], w.size(0))
 
 
 def takes_onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether :func:`linear` computes ``x @ w^T`` through oneDNN."""
-    if w.numel() < MIN_ELEMENTS or x.numel() == 0 or w.dim() != 2:
+    if w.numel() < MIN_ELEMENTS or x.numel() == 0 or w.dim() != 2 or x.numel() > MAX_ROWS * x.size(-1):
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
