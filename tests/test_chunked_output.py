@@ -138,6 +138,8 @@ def test_criterion_losses_and_gradients_equal(pair, chunked, monkeypatch):
         assert_close(g1[name], g0[name], 1e-4)
     if onednn:
         assert cpu_matmul._onednn.call_count > 0
+        if chunked.teacher is not None:  # the frozen MT teacher follows the model's --cpu-matmul
+            assert chunked.teacher.decoder.output_projection.onednn
 
 
 def test_fused_terms_equal_the_term_by_term_chunks():

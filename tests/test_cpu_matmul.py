@@ -42,14 +42,26 @@ def test_products_equal_torch_where_onednn_takes_them(spy):
     rows = torch.randn(37, 4096, generator=g)
     steps = torch.randn(5, 3, 256, generator=g).transpose(0, 1)  # time-major, not contiguous
     full = torch.randn(cpu_matmul.MAX_ROWS, 256, generator=g)
+    strided = torch.randn(2 * 4096, generator=g)[::2]  # biases that are views, not dense memory
+    broadcast = torch.randn(1, generator=g).expand(4096)
     # rows padded to 12, 12, 40, 16 and none; w.t(): rows @ w
-    cases = [(x, w, None), (x, w, b), (rows, w.t(), None), (steps, w, b), (full, w, b)]
+    cases = [(x, w, None), (x, w, b), (rows, w.t(), None), (steps, w, b), (full, w, b), (x, w, strided),
+             (x, w, broadcast)]
     for inp, mat, bias in cases:
         assert takes_onednn(inp, mat, bias)
         out = linear(inp, mat, bias)
         assert out.shape == F.linear(inp, mat, bias).shape
         assert_close(out, F.linear(inp, mat, bias))
     assert spy.call_count == len(cases)
+
+
+def test_availability_check_leaves_the_random_generator_alone(monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "_available", None)  # checked anew
+    torch.manual_seed(3)
+    cpu_matmul.onednn_available()
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_torch_kernel_elsewhere(spy):
@@ -68,6 +80,8 @@ def test_torch_kernel_elsewhere(spy):
     assert not takes_onednn(x.bfloat16(), w.bfloat16())
     assert not takes_onednn(x[:, :16], w[:1000, :16])  # below MIN_ELEMENTS
     assert not takes_onednn(torch.randn(cpu_matmul.MAX_ROWS + 1, 256), w)  # more rows than MAX_ROWS
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # torch's own error for a wrong width
+        linear(torch.randn(6, 255), w)
     assert torch.equal(linear(x, w, onednn=False), F.linear(x, w))
     assert torch.equal(linear(x[:0], w), F.linear(x[:0], w))  # no rows
     assert spy.call_count == 0

@@ -46,6 +46,7 @@ from comsl_fairseq.modules.chunked_output import (
     TokenTerm,
     fused_token_losses,
 )
+from comsl_fairseq.modules.cpu_matmul import use_onednn
 from comsl_fairseq.vocab.languages import MASK_SYMBOL
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,10 @@ class ComslMultitaskCriterion(FairseqCriterion):
             kwargs["cml_text_tokens"], masked = self.mask_transcript(sample["transcript"])
             if self.w["erm"] > 0:
                 kwargs["erm_layer"] = self.erm_layer_for(model)
+        teacher = self.teacher
+        if teacher is not None and model.decoder.output_projection.onednn and \
+                not teacher.decoder.output_projection.onednn:  # the frozen teacher follows --cpu-matmul
+            use_onednn(teacher.decoder)
         out = model(**sample["net_input"], branches=branches, features_only=self.chunked_output_layer, **kwargs)
         if self.chunked_output_layer:  # decoder states + the tied output matrix, projected chunk by chunk
             projection = model.decoder.output_projection

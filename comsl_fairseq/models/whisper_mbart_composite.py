@@ -91,7 +91,7 @@ class WhisperMbartCompositeConfig(FairseqDataclass):
     cpu_matmul: ChoiceEnum(["auto", "torch"]) = field(
         default="auto", metadata={"help": "auto: on x86 CPUs, fp32 products that take no gradient with matrices "
                                           f"of {MIN_ELEMENTS:,} values or more run through oneDNN's kernel, "
-                                          "1.3-4x faster than torch's MKL one at few rows: the decoder's linear "
+                                          "1.2-4x faster than torch's MKL one at few rows: the decoder's linear "
                                           "layers and tied output layer in beam search and validation, the chunked "
                                           "output layer's products in training (README, Speed); torch: torch's "
                                           "kernels everywhere. Results differ in the last bits; GPUs unaffected"})

@@ -91,7 +91,7 @@ def token_losses(student: ProjectedStates, target: torch.Tensor, teacher: Projec
     loss, argmax = _ChunkedTokenLoss.apply(student.features.reshape(B * T, C), student.weight, target.reshape(-1),
                                            h_t, w_t, float(alpha), chunk, student.dtype,
                                            teacher.dtype if teacher is not None else student.dtype, student.step,
-                                           student.onednn)
+                                           student.onednn, teacher is not None and teacher.onednn)
     return loss.view(B, T), argmax.view(B, T)
 
 
@@ -122,7 +122,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """h: N x C, w: V x C, target: N, optional teacher h_t: N x C', w_t: V x C'."""
 
     @staticmethod
-    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype, step, onednn):
+    def forward(ctx, h, w, target, h_t, w_t, alpha, chunk, dtype, teacher_dtype, step, onednn, teacher_onednn):
         w_c = w.to(dtype)
         w_tc = w_t.to(teacher_dtype) if w_t is not None else None
         loss = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
@@ -132,12 +132,12 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             lp = F.log_softmax(linear(h[s:e].to(dtype), w_c, onednn=onednn).float(), dim=-1)  # n x V
             q = None
             if h_t is not None:
-                q = torch.softmax(linear(h_t[s:e].to(teacher_dtype), w_tc, onednn=onednn).float(), dim=-1)
+                q = torch.softmax(linear(h_t[s:e].to(teacher_dtype), w_tc, onednn=teacher_onednn).float(), dim=-1)
             loss[s:e] = _token_loss(lp, target[s:e, None], q, alpha)
             argmax[s:e] = lp.argmax(-1)
         ctx.save_for_backward(h, w, target, h_t, w_t)
         ctx.alpha, ctx.chunk, ctx.dtype, ctx.teacher_dtype, ctx.step = alpha, chunk, dtype, teacher_dtype, step
-        ctx.onednn = onednn
+        ctx.onednn, ctx.teacher_onednn = onednn, teacher_onednn
         ctx.mark_non_differentiable(argmax)
         return loss, argmax
 
@@ -155,7 +155,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             g = torch.softmax(linear(h[s:e].to(dtype), w_c, onednn=onednn).float(), dim=-1)  # p, n x V
             q = None
             if h_t is not None:
-                q = torch.softmax(linear(h_t[s:e].to(ctx.teacher_dtype), w_tc, onednn=onednn).float(), dim=-1)
+                q = torch.softmax(linear(h_t[s:e].to(ctx.teacher_dtype), w_tc, onednn=ctx.teacher_onednn).float(),
+                                  dim=-1)
             _logit_gradient_(g, target[s:e, None], q, alpha)
             del q
             g.mul_(grad_loss[s:e, None].float())  # dloss/dz, n x V
@@ -167,7 +168,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
                 grad_w = _add_product(grad_w, g.t(), h[s:e].float())
         if need_w and ctx.step is None:
             grad_w = grad_w.to(w.dtype) if grad_w is not None else torch.zeros_like(w)  # (no rows at all)
-        return grad_h, grad_w, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None
 
 
 @dataclass

@@ -30,8 +30,9 @@ autograd formula is needed), in fp32, outside autocast, for matrices of
 else is ``F.linear`` as before.
 
 The model option ``--cpu-matmul auto|torch`` decides: auto sends the decoder's linear layers
-and its tied output layer here (beam search; validation where its batches have few tokens)
-and the chunked output layer's products (training). It also holds where
+and its tied output layer here (beam search; validation batches of few tokens, except the
+self-attention projections, which fairseq's attention reads directly outside beam search), the
+frozen MT teacher's decoder likewise, and the chunked output layer's products (training). It also holds where
 ``torch.backends.mkldnn`` is disabled (the translator disables it for convolutions, whose
 kernels depend on the audio's length: the decoder's shapes depend only on batch x beam).
 Models narrower than 1024 (the tiny arch, the toy demo's) have no matrix this large, so
@@ -55,18 +56,21 @@ _available = None  # decided on first use: see onednn_available
 
 
 def onednn_available() -> bool:
-    """oneDNN's fp32 linear runs here and agrees with ``F.linear`` (checked once per process)."""
+    """oneDNN's fp32 linear runs here (x86 with AVX2 or AVX-512) and agrees with ``F.linear``
+    (checked once per process, on fixed values: the random generators are not touched)."""
     global _available
     if _available is None:
-        _available = False
+        ok = False
         capability = torch.backends.cpu.get_cpu_capability()
         if torch.backends.mkldnn.is_available() and capability.startswith("AVX") and \
                 hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             try:
-                x, w = torch.randn(3, 64), torch.randn(32, 64)
-                _available = torch.allclose(_onednn(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+                x = torch.arange(3 * 64, dtype=torch.float32).view(3, 64).sin()
+                w = torch.arange(32 * 64, dtype=torch.float32).view(32, 64).cos()
+                ok = torch.allclose(_onednn(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
             except RuntimeError as e:  # a build without the op's CPU kernel
                 logger.info("oneDNN linear not usable here (%s): torch's kernels are used", e)
+        _available = ok  # set once decided: a caller meanwhile checks for itself
     return _available
 
 
@@ -76,13 +80,17 @@ def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) 
     padded = -(-n // 4) * 4 if n <= 32 else -(-n // 8) * 8  # a few shapes, a few compiled kernels
     if padded > n:
         rows = torch.cat([rows, rows.new_zeros(padded - n, rows.size(1))])
+    bias = bias.contiguous() if bias is not None else None  # (the op reads it as dense memory)
     out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), w, bias, "none", [], "")
     return out[:n].view(*x.shape[:-1], w.size(0))
 
 
 def takes_onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether :func:`linear` computes ``x @ w^T`` through oneDNN."""
-    if w.numel() < MIN_ELEMENTS or x.numel() == 0 or w.dim() != 2 or x.numel() > MAX_ROWS * x.size(-1):
+    if w.numel() < MIN_ELEMENTS or x.numel() == 0 or w.dim() != 2 or x.size(-1) != w.size(1) or \
+            x.numel() > MAX_ROWS * x.size(-1):
+        return False  # (a width that does not match gets F.linear's own error)
+    if bias is not None and tuple(bias.shape) != (w.size(0),):
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
