@@ -32,8 +32,8 @@ else is ``F.linear`` as before.
 The model option ``--cpu-matmul auto|torch`` decides: auto sends the decoder's linear layers
 and its tied output layer here (beam search; validation batches of few tokens, except the
 self-attention projections, which fairseq's attention reads directly outside beam search), the
-frozen MT teacher's decoder likewise, and the chunked output layer's products (training). It also holds where
-``torch.backends.mkldnn`` is disabled (the translator disables it for convolutions, whose
+frozen MT teacher's decoder likewise, and the chunked output layer's products (training). It
+also holds where ``torch.backends.mkldnn`` is disabled (the translator disables it for convolutions, whose
 kernels depend on the audio's length: the decoder's shapes depend only on batch x beam).
 Models narrower than 1024 (the tiny arch, the toy demo's) have no matrix this large, so
 their results do not change.
@@ -90,11 +90,9 @@ def takes_onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = N
     if w.numel() < MIN_ELEMENTS or x.numel() == 0 or w.dim() != 2 or x.size(-1) != w.size(1) or \
             x.numel() > MAX_ROWS * x.size(-1):
         return False  # (a width that does not match gets F.linear's own error)
-    if bias is not None and tuple(bias.shape) != (w.size(0),):
-        return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
-    if bias is not None and bias.dtype != torch.float32:
+    if bias is not None and (tuple(bias.shape) != (w.size(0),) or bias.dtype != torch.float32):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)):
         return False
