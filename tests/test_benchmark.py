@@ -1,6 +1,7 @@
 """comsl-benchmark in its seconds-long smoke mode (the real figures are in the README)."""
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,57 @@ def test_each_switch_row_turns_on_its_switch_alone():
                     "ours + one embedding gradient only": ("full", "rows", False, "torch"),
                     "ours + oneDNN CPU products only": ("full", "dense", False, "auto"),
                     "ours": ("auto", "auto", True, "auto")}
+
+
+@pytest.mark.subprocess
+def test_benchmark_times_the_frozen_whisper_epochs():
+    """--frozen-whisper: every row frozen, ours reading the feature cache (every timed clip
+    read, none computed), a row that fills it (every clip computed), and the ratios named
+    frozen_* (no decoding: freezing changes training only)."""
+    proc = subprocess.run([str(BIN / "comsl-benchmark"), "--arch", "tiny", "--smoke", "--frozen-whisper",
+                           "--configs", "paper-style (11 s, 7 passes)", "ours + Whisper feature cache only",
+                           "ours, first frozen epoch (fills the feature cache)"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines
+                                  if line.startswith("| ") and not line.startswith("| config"))}
+    assert list(rows) == ["paper-style (11 s, 7 passes)", "ours + Whisper feature cache only", "ours",
+                          "ours, first frozen epoch (fills the feature cache)"], lines
+    assert all(cells[3] == "-" for cells in rows.values())  # no decoding
+    use = dict(re.fullmatch(r"# (.+): Whisper feature cache over the timed steps: (\d+ clips read, \d+ computed)"
+                            r" and stored", line).groups() for line in lines if "feature cache over" in line)
+    assert use == {"ours + Whisper feature cache only": "2 clips read, 0 computed",
+                   "ours": "2 clips read, 0 computed",
+                   "ours, first frozen epoch (fills the feature cache)": "0 clips read, 2 computed"}, lines
+    ratios = dict(line.split(": ") for line in lines if "_vs_fixed11: " in line)
+    assert ratios.keys() == {"frozen_fill_memory_vs_fixed11", "frozen_fill_speedup_vs_fixed11",
+                             "frozen_memory_vs_fixed11", "frozen_speedup_vs_fixed11"}, lines
+    paper = rows["paper-style (11 s, 7 passes)"]
+    assert float(ratios["frozen_speedup_vs_fixed11"]) == ratio_of(rows["ours"][0], paper[0])
+    assert float(ratios["frozen_fill_speedup_vs_fixed11"]) == ratio_of(
+        rows["ours, first frozen epoch (fills the feature cache)"][0], paper[0])
+
+
+def test_frozen_rows_freeze_whisper_and_name_their_cache(tmp_path):
+    """Under --frozen-whisper every row's flags freeze Whisper; the cache rows share one folder
+    to read and the filling row gets an empty one of its own; without it nothing changes."""
+    from types import SimpleNamespace
+
+    from comsl_fairseq.benchmark.synthetic import FEATURE_CACHE, FILLING, PAPER_STYLE, configs, row_flags
+
+    def cache_of(flags):
+        return flags[flags.index("--whisper-feature-cache") + 1] if "--whisper-feature-cache" in flags else None
+
+    frozen, trained = SimpleNamespace(frozen_whisper=True), SimpleNamespace(frozen_whisper=False)
+    rows = {c.name: c for c in configs(False, trimmed=True, frozen=True)}
+    flags = {name: row_flags(c, frozen, tmp_path) for name, c in rows.items()}
+    assert all("--freeze-whisper-updates" in f for f in flags.values())
+    read = {name for name, f in flags.items() if cache_of(f) == str(tmp_path / "whisper_feature_cache")}
+    assert read == {FEATURE_CACHE, "ours", "ours + trimmed vocabulary"}
+    assert cache_of(flags[PAPER_STYLE]) is None and cache_of(flags["ours, switches off"]) is None
+    fill = Path(cache_of(flags[FILLING]))
+    assert fill.parent == tmp_path and fill.is_dir() and not any(fill.iterdir())
+    assert FEATURE_CACHE not in {c.name for c in configs(False)}
+    assert all(c.feature_cache is None and "--freeze-whisper-updates" not in row_flags(c, trained, tmp_path)
+               for c in configs(False, trimmed=True))

@@ -134,35 +134,75 @@ def make_batches(utts, batch_size: int, bucketed: bool, rng):
 
 class Config:
     """One benchmarked setup. ``flags``: fairseq-train flags of ours (None: the paper-style
-    setup, stepped with torch's AdamW as the original code is)."""
+    setup, stepped with torch's AdamW as the original code is). ``feature_cache`` (timed with
+    Whisper frozen only): None, "read" (each clip's features stored before the timed steps, as
+    in the second and later frozen epochs) or "fill" (an empty cache: the first frozen epoch)."""
 
-    def __init__(self, name, pad_seconds, bucketed, extra_branches, stack_decoder_passes, flags=None):
+    def __init__(self, name, pad_seconds, bucketed, extra_branches, stack_decoder_passes, flags=None,
+                 feature_cache=None):
         self.name, self.pad_seconds, self.bucketed, self.extra_branches = name, pad_seconds, bucketed, extra_branches
         self.stack_decoder_passes = stack_decoder_passes
         self.flags = flags
+        self.feature_cache = feature_cache
 
 
 PAPER_STYLE = "paper-style (11 s, 7 passes)"
 TRIMMED = "ours + trimmed vocabulary"
+FEATURE_CACHE = "ours + Whisper feature cache only"
+FILLING = "ours, first frozen epoch (fills the feature cache)"
+# With --frozen-whisper every row freezes Whisper for longer than any benchmark runs (the
+# recipes freeze it by epochs; the benchmark has none).
+FROZEN_UPDATES = 10 ** 9
 # B x T x V log-probabilities, a dense embedding gradient per use and torch's CPU kernels, as the original
 PAPER_STYLE_FLAGS = ["--output-layer", "full", "--embedding-grad", "dense", "--cpu-matmul", "torch"]
 
 
-def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False) -> list:
+def configs(stack_decoder_passes: bool, names=None, trimmed: bool = False, frozen: bool = False) -> list:
     """Paper-style, ours with every switch off, each switch alone, ours with the defaults
     (the row ``speedup_vs_fixed11`` reads), and with ``trimmed`` ours with the defaults and a
-    trimmed vocabulary (a data config switch, not a flag); ``names`` selects among them."""
+    trimmed vocabulary (a data config switch, not a flag); ``names`` selects among them.
+    ``frozen`` (Whisper frozen in every row): the Whisper feature cache is one more switch, on
+    in ours and the trimmed row, and a row times ours while it fills the cache."""
     def ours(on: tuple) -> list:  # the "on" flags last: they win where two switches set one option
         return [f for name, (_, no) in SWITCHES.items() if name not in on for f in no] + \
             [f for name, (yes, _) in SWITCHES.items() if name in on for f in yes]
 
+    cache = "read" if frozen else None
     rows = [Config(PAPER_STYLE, 11.0, False, original_unused_pass(), False),
             Config("ours, switches off", 0.0, True, {}, stack_decoder_passes, ours(()))]
     rows += [Config(f"ours + {name} only", 0.0, True, {}, stack_decoder_passes, ours((name,))) for name in SWITCHES]
-    rows.append(Config("ours", 0.0, True, {}, stack_decoder_passes, []))
+    if frozen:
+        rows.append(Config(FEATURE_CACHE, 0.0, True, {}, stack_decoder_passes, ours(()), feature_cache="read"))
+    rows.append(Config("ours", 0.0, True, {}, stack_decoder_passes, [], feature_cache=cache))
+    if frozen:
+        rows.append(Config(FILLING, 0.0, True, {}, stack_decoder_passes, [], feature_cache="fill"))
     if trimmed:
-        rows.append(Config(TRIMMED, 0.0, True, {}, stack_decoder_passes, ["--config-yaml", TRIMMED_CONFIG]))
+        rows.append(Config(TRIMMED, 0.0, True, {}, stack_decoder_passes, ["--config-yaml", TRIMMED_CONFIG],
+                           feature_cache=cache))
     return [c for c in rows if names is None or c.name in names or c.name == "ours"]
+
+
+def row_flags(conf, args, data: Path) -> list:
+    """A row's fairseq-train flags, with Whisper frozen and the row's feature cache folder
+    under ``--frozen-whisper``: one folder that "read" rows share (its entries are keyed by
+    clip, Whisper weights and input settings, the same in each row's process), a new empty one
+    for a "fill" row."""
+    flags = list(conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS)
+    if getattr(args, "frozen_whisper", False):
+        flags += ["--freeze-whisper-updates", str(FROZEN_UPDATES)]
+        if conf.feature_cache == "read":
+            flags += ["--whisper-feature-cache", str(data / "whisper_feature_cache")]
+        elif conf.feature_cache == "fill":
+            flags += ["--whisper-feature-cache", tempfile.mkdtemp(prefix="whisper_feature_cache_", dir=data)]
+    return flags
+
+
+def fill_feature_cache(model, batches) -> None:
+    """Each clip's frozen Whisper features into the model's cache (computed where absent),
+    untimed: the state of the cache in the second and later frozen epochs."""
+    with torch.no_grad():
+        for batch in batches:
+            model.encoder.whisper_features(batch["net_input"]["src_tokens"], batch["net_input"]["src_lengths"])
 
 
 def sync(device):
@@ -188,9 +228,8 @@ def timed_step(model, criterion, batch, opt, autocast, device) -> float:
 
 
 def train_throughput(conf, args, data, device, utts, rng):
-    flags = conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS
     model, criterion, task, cfg = build(args.arch, conf.pad_seconds, data, device, conf.stack_decoder_passes,
-                                        flags, with_cfg=True)
+                                        row_flags(conf, args, data), with_cfg=True)
     d = task.target_dictionary
     if conf.extra_branches:
         base = criterion.branches
@@ -204,9 +243,14 @@ def train_throughput(conf, args, data, device, utts, rng):
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else torch.autocast(device.type, enabled=False)
     batches = [to_device(collate(b, d, rng), device) for b in make_batches(utts, args.batch_size, conf.bucketed, rng)]
+    batches = batches[: args.warmup + args.steps]
+    cache = model.encoder.feature_cache
+    if conf.feature_cache == "read":
+        fill_feature_cache(model, batches)
     flops = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda" and conf.feature_cache != "fill":  # (a counted pass would fill the cache)
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter, autocast:
@@ -216,9 +260,11 @@ def train_throughput(conf, args, data, device, utts, rng):
     n_utt = audio_s = 0.0
     elapsed = 0.0
     profiler = op_profiler(device) if getattr(args, "profile_ops", 0) else None
-    for step, batch in enumerate(batches[: args.warmup + args.steps]):
-        if profiler is not None and step == args.warmup:
-            profiler.__enter__()  # the timed steps only
+    for step, batch in enumerate(batches):
+        if step == args.warmup:
+            counts = (cache.hits, cache.misses + cache.stale) if cache is not None else None
+            if profiler is not None:
+                profiler.__enter__()  # the timed steps only
         seconds = timed_step(model, criterion, batch, opt, autocast, device)
         if step >= args.warmup:
             elapsed += seconds
@@ -232,9 +278,16 @@ def train_throughput(conf, args, data, device, utts, rng):
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:  # this configuration's own process (see run)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    cache_use = None
+    if cache is not None:  # what the timed steps found: "read" rows must read, "fill" rows compute
+        cache_use = (cache.hits - counts[0], cache.misses + cache.stale - counts[1])  # (read, computed)
+        if cache_use != ((int(n_utt), 0) if conf.feature_cache == "read" else (0, int(n_utt))):
+            raise RuntimeError(f"{conf.name}: the Whisper feature cache read {cache_use[0]} clips and computed "
+                               f"{cache_use[1]} over the timed steps, where every clip should be "
+                               f"{'read' if conf.feature_cache == 'read' else 'computed'}")
     del model, opt, batches
     return {"utt_s": n_utt / elapsed, "audio_s": audio_s / elapsed, "peak_gb": peak, "flops_per_utt": flops,
-            "step_s": elapsed / max(1, args.steps), "top_ops": top_ops}
+            "step_s": elapsed / max(1, args.steps), "top_ops": top_ops, "cache_use": cache_use}
 
 
 def op_profiler(device):
@@ -272,8 +325,8 @@ def _train_child(conf, args, data, device_type, utts, seed):
 def decode_throughput(conf, args, data, device, utts, rng):
     from fairseq.sequence_generator import SequenceGenerator
 
-    flags = conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS  # (the trimmed row's flags: its data config)
-    model, _, task = build(args.arch, conf.pad_seconds, data, device, flags=flags)
+    # (the trimmed row's flags: its data config)
+    model, _, task = build(args.arch, conf.pad_seconds, data, device, flags=row_flags(conf, args, data))
     d = task.target_dictionary
     model.eval()
     max_len = args.decode_len
@@ -308,14 +361,16 @@ def run(args) -> int:
     max_seconds = 3.0 if args.smoke else 15.0
     utts = utterances(args.batch_size * (args.warmup + args.steps), rng, max_seconds)
     dec_utts = utterances(args.batch_size * args.decode_batches, rng, max_seconds)
-    rows = configs(args.stack_decoder_passes, args.configs, trimmed=args.trim_pieces > 0)
+    frozen = getattr(args, "frozen_whisper", False)
+    rows = configs(args.stack_decoder_passes, args.configs, trimmed=args.trim_pieces > 0, frozen=frozen)
     results = {}
     for conf in rows:
         if device.type == "cpu" and not args.smoke:
             r = train_in_own_process(conf, args, data, device, utts, args.seed)
         else:
             r = train_throughput(conf, args, data, device, utts, np.random.default_rng(args.seed))
-        if conf.name in ("ours", PAPER_STYLE, TRIMMED) and args.decode_batches > 0:  # the flags leave decoding
+        # the flags leave decoding; freezing changes training only
+        if conf.name in ("ours", PAPER_STYLE, TRIMMED) and args.decode_batches > 0 and not frozen:
             r["decode_utt_s"] = decode_throughput(conf, args, data, device, dec_utts,
                                                   np.random.default_rng(args.seed))
         results[conf.name] = r
@@ -331,6 +386,12 @@ def print_table(args, device, utts, results: dict) -> None:
     print(f"# ComSL benchmark: arch {args.arch}, device {device}, batch {args.batch_size}, "
           f"{args.steps} timed steps of {what}, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}; "
           f"memory: {memory}")
+    frozen = getattr(args, "frozen_whisper", False)
+    if frozen:
+        print("# Whisper frozen in every row (--frozen-whisper: the recipes' first epochs): paper-style runs its "
+              "forward at every step, as the original does; ours reads each clip's features from the Whisper "
+              f"feature cache, filled before the timed steps (the second and later frozen epochs); '{FILLING}' "
+              "starts from an empty cache")
     if getattr(args, "profile_ops", 0):
         print("# the timed steps ran under the profiler (--profile-ops): their times include its overhead, "
               "most with many small operators; quote speed figures from a run without it")
@@ -344,6 +405,10 @@ def print_table(args, device, utts, results: dict) -> None:
         print(f"| {name} | {r['utt_s']:.2f} | {r['audio_s']:.1f} | {r['step_s']:.2f} | {decode} | "
               f"{r['peak_gb']:.2f} GB | {mfu} |")
     for name, r in results.items():
+        if r.get("cache_use"):
+            print(f"# {name}: Whisper feature cache over the timed steps: {r['cache_use'][0]} clips read, "
+                  f"{r['cache_use'][1]} computed and stored")
+    for name, r in results.items():
         if r.get("top_ops"):
             where = "GPU" if device.type == "cuda" else "CPU"
             print(f"\n{name}: top {len(r['top_ops'])} operators by {where} self time over the timed steps "
@@ -355,13 +420,18 @@ def print_table(args, device, utts, results: dict) -> None:
     ours, paper = results.get("ours"), results.get(PAPER_STYLE)
     if ours is None or paper is None:
         return
+    pre = "frozen_" if frozen else ""  # the frozen phase's ratios are named as such
+    filling = results.get(FILLING)
+    if filling is not None:
+        print(f"{pre}fill_memory_vs_fixed11: {filling['peak_gb'] / paper['peak_gb']:.2f}")
+        print(f"{pre}fill_speedup_vs_fixed11: {filling['utt_s'] / paper['utt_s']:.2f}")
     trimmed = results.get(TRIMMED)
     if trimmed is not None:
-        print(f"trimmed_memory_vs_fixed11: {trimmed['peak_gb'] / paper['peak_gb']:.2f}")
+        print(f"{pre}trimmed_memory_vs_fixed11: {trimmed['peak_gb'] / paper['peak_gb']:.2f}")
         if "decode_utt_s" in trimmed and "decode_utt_s" in paper:
             print(f"trimmed_decode_speedup_vs_fixed11: {trimmed['decode_utt_s'] / paper['decode_utt_s']:.2f}")
-        print(f"trimmed_speedup_vs_fixed11: {trimmed['utt_s'] / paper['utt_s']:.2f}")
-    print(f"memory_vs_fixed11: {ours['peak_gb'] / paper['peak_gb']:.2f}")
+        print(f"{pre}trimmed_speedup_vs_fixed11: {trimmed['utt_s'] / paper['utt_s']:.2f}")
+    print(f"{pre}memory_vs_fixed11: {ours['peak_gb'] / paper['peak_gb']:.2f}")
     if "decode_utt_s" in ours and "decode_utt_s" in paper:
         print(f"decode_speedup_vs_fixed11: {ours['decode_utt_s'] / paper['decode_utt_s']:.2f}")
-    print(f"speedup_vs_fixed11: {ours['utt_s'] / paper['utt_s']:.2f}")
+    print(f"{pre}speedup_vs_fixed11: {ours['utt_s'] / paper['utt_s']:.2f}")

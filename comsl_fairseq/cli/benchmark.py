@@ -11,11 +11,15 @@ utterances for every configuration:
                optimizer (adam_grouped) and the default speed/memory switches;
 - ours, switches off / + one switch only: the same with the switches (the criterion's lean and
                fused output layers, adam_grouped's foreach update, the model's one embedding
-               gradient per step) all off, and each alone: a row per switch;
+               gradient per step and oneDNN CPU products) all off, and each alone: a row per switch;
 - ours + trimmed vocabulary: ours with the data config's trim_vocab (--trim-pieces pieces kept);
 - paper-style: every clip cut or padded to 11 s, no bucketing, the original's unused
                seventh decoder pass (translation from the text part of the concatenation),
                the full output layer, a dense embedding gradient per use, and torch's AdamW.
+
+With --frozen-whisper every row trains with Whisper frozen, as the recipes' first epochs do:
+paper-style runs frozen Whisper's forward at every step, as the original does, and ours reads
+the Whisper feature cache (one more switch row, and a row for the epoch that fills the cache).
 
 On CPU each configuration trains in its own process, so that its peak RSS is its own.
 
@@ -55,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pieces kept in the 'ours + trimmed vocabulary' row (plus specials and the 54 tags); "
                         "default 2000 for tiny (of 8,000 rows), 40000 for medium/large (of 250,054: an estimate "
                         "for CoVoST 2 X->En; comsl-trim-vocab prints a corpus's own count); 0: no such row")
+    p.add_argument("--frozen-whisper", action="store_true",
+                   help="time the recipes' frozen-Whisper epochs (rows 5-8 freeze it for 5 of 15): Whisper\n"
+                        "frozen in every row; paper-style runs its forward at every step, ours reads the\n"
+                        "Whisper feature cache, filled before the timed steps, with a row for the epoch that\n"
+                        "fills it; training only (decoding does not change), ratios named frozen_*")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-ops", type=int, default=0, metavar="N",
                    help="also print each configuration's N operators with the most self time over the timed\n"
