@@ -188,7 +188,7 @@ def row_flags(conf, args, data: Path) -> list:
     clip, Whisper weights and input settings, the same in each row's process), a new empty one
     for a "fill" row."""
     flags = list(conf.flags if conf.flags is not None else PAPER_STYLE_FLAGS)
-    if getattr(args, "frozen_whisper", False):
+    if args.frozen_whisper:
         flags += ["--freeze-whisper-updates", str(FROZEN_UPDATES)]
         if conf.feature_cache == "read":
             flags += ["--whisper-feature-cache", str(data / "whisper_feature_cache")]
@@ -361,7 +361,7 @@ def run(args) -> int:
     max_seconds = 3.0 if args.smoke else 15.0
     utts = utterances(args.batch_size * (args.warmup + args.steps), rng, max_seconds)
     dec_utts = utterances(args.batch_size * args.decode_batches, rng, max_seconds)
-    frozen = getattr(args, "frozen_whisper", False)
+    frozen = args.frozen_whisper
     rows = configs(args.stack_decoder_passes, args.configs, trimmed=args.trim_pieces > 0, frozen=frozen)
     results = {}
     for conf in rows:
@@ -386,7 +386,7 @@ def print_table(args, device, utts, results: dict) -> None:
     print(f"# ComSL benchmark: arch {args.arch}, device {device}, batch {args.batch_size}, "
           f"{args.steps} timed steps of {what}, mean clip {mean_s:.1f} s, bf16 {args.bf16}, torch {torch.__version__}; "
           f"memory: {memory}")
-    frozen = getattr(args, "frozen_whisper", False)
+    frozen = args.frozen_whisper
     if frozen:
         print("# Whisper frozen in every row (--frozen-whisper: the recipes' first epochs): paper-style runs its "
               "forward at every step, as the original does; ours reads each clip's features from the Whisper "
