@@ -150,7 +150,7 @@ def test_normalised_wer_cer_and_chrf():
 def test_paired_bootstrap_separates_signal_from_noise():
     import random
 
-    from comsl_fairseq.evaluation.scoring import paired_bootstrap
+    from comsl_fairseq.evaluation.scoring import paired_bootstrap, stratified_bootstrap_mean
 
     rng = random.Random(0)
     words = "the a cat dog red blue house big small eats sees my friend".split()
@@ -165,6 +165,14 @@ def test_paired_bootstrap_separates_signal_from_noise():
     assert better.delta_low <= better.delta <= better.delta_high
     same = paired_bootstrap(weak, weak, refs)
     assert same.delta == 0 and same.p_value == 1.0 and "bs:1000" in same.signature
+
+    # the mean over languages, as comsl-compare-systems --out writes it: plain numbers, JSON-ready
+    # (chrF computed from float32 statistics returned numpy floats, and json.dumps refused them)
+    groups = {"fr": (weak[:30], strong[:30], refs[:30]), "de": (weak[30:], strong[30:], refs[30:])}
+    for metric in ("bleu", "chrf"):
+        mean = stratified_bootstrap_mean(groups, metric, 200).as_dict()
+        assert mean["delta"] > 0 and all(type(v) in (int, float, str) for v in mean.values()), mean
+        json.dumps(mean)
 
 
 class _Page(HTMLParser):

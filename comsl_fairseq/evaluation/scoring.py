@@ -190,8 +190,9 @@ def paired_bootstrap(hyps_a: list, hyps_b: list, refs: list, metric_name: str = 
     # sacreBLEU gives identical systems p = 1/(samples+1) (no resample differs "more" than 0);
     # the honest answer there is that nothing distinguishes them
     p_value = 1.0 if list(hyps_a) == list(hyps_b) else float(res_b.p_value)
-    return PairedResult(metric_name, res_a.score, res_b.score, res_b.score - res_a.score, float(low),
-                        float(high), p_value, len(refs), samples, str(signatures[key]))
+    a, b = float(res_a.score), float(res_b.score)
+    return PairedResult(metric_name, a, b, b - a, float(low), float(high), p_value, len(refs), samples,
+                        str(signatures[key]))
 
 
 def bootstrap_interval(hyps: list, refs: list, metric_name: str = "bleu",
@@ -228,7 +229,8 @@ def stratified_bootstrap_mean(groups: dict, metric_name: str = "bleu",
         n += len(refs)
         for name, hyps in (("A", hyps_a), ("B", hyps_b)):
             st = np.array(metric._extract_corpus_statistics(hyps, [refs]), dtype="float32")
-            full[name] += metric._compute_score_from_stats(st.sum(0)).score / len(groups)
+            # float(): chrF's score from float32 statistics is a numpy float32
+            full[name] += float(metric._compute_score_from_stats(st.sum(0)).score) / len(groups)
             totals[name] += np.array([metric._compute_score_from_stats(st[row].sum(0)).score
                                       for row in idx]) / len(groups)
     deltas = totals["B"] - totals["A"]
