@@ -9,7 +9,10 @@ the two softmaxes are equal up to the order of the sums. Tolerances: losses 1e-5
 fairseq-generate's hypotheses identical (ids, pieces and detokenized text), its scores within
 1e-3 (printed with 4 decimals).
 """
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import yaml
 from comsl_fairseq.checkpoints.allowlist import load_weights_only
 from comsl_fairseq.data.config import DataConfig
 from comsl_fairseq.data.manifest import SkipLog, read_manifest, read_table, write_manifest
+from comsl_fairseq.hf.standalone import WITHOUT_OUR_STACK
 from comsl_fairseq.vocab.fingerprint import KEY as VOCABULARY_KEY
 from comsl_fairseq.vocab.trim import TrimError, TrimmedDictionary, read_keep_file
 from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary
@@ -211,11 +215,28 @@ def test_fairseq_generate_prints_the_same_hypotheses(pair, data_dir):
                        zip(trim[key][0].split(), fields[0].split(), strict=True)), key
 
 
+# Run in a fresh interpreter on the Hugging Face folder; fairseq, comsl_fairseq and whisper cannot be imported.
+HF_TRANSLATE = WITHOUT_OUR_STACK + r'''
+import json, sys
+import soundfile as sf, torch
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+folder, clip, text = sys.argv[1], sys.argv[2], sys.argv[3]
+model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+wav, sr = sf.read(clip, dtype="float32")
+inputs = processor([wav], sampling_rate=sr, src_lang=["fr"], return_tensors="pt")
+with torch.no_grad():
+    ids = model.generate(**inputs, num_beams=2, max_new_tokens=7, tgt_lang="en")
+labels = processor([wav], sampling_rate=sr, src_lang=["fr"], text=[text], tgt_lang="en")["labels"]
+print(json.dumps({"text": processor.batch_decode(ids)[0], "rows": model.config.vocab_size,
+                  "labels": [int(i) for i in labels[0]]}))
+'''
+
+
 @pytest.mark.subprocess
-def test_export_carries_the_keep_file_and_hf_export_refuses(pair, tmp_path):
+def test_export_carries_the_keep_file_also_to_transformers(pair, tmp_path):
     from comsl_fairseq import SpeechTranslator
     from comsl_fairseq.cli.export import main as export_main
-    from comsl_fairseq.inference.export import ExportError
 
     assert export_main(["--path", str(pair["trimmed"]), "--out", str(tmp_path / "model"),
                         "--data", str(pair["data"])]) == 0
@@ -231,8 +252,17 @@ def test_export_carries_the_keep_file_and_hf_export_refuses(pair, tmp_path):
     pytest.importorskip("transformers")
     from comsl_fairseq.hf.export import export_hf
 
-    with pytest.raises(ExportError, match="trimmed vocabulary"):
-        export_hf(pair["trimmed"], tmp_path / "hf", data=pair["data"])
+    # the transformers folder: the kept rows, a tokenizer that segments with them only, the same text
+    export_hf(pair["trimmed"], tmp_path / "hf", data=pair["data"])
+    text = "the black cattle eats"  # "cattle" is no training word: segmented into kept pieces
+    proc = subprocess.run([sys.executable, "-c", HF_TRANSLATE, str(tmp_path / "hf"), str(clip), text],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rows"] == len(translator.dictionary) < translator.dictionary.full_size
+    assert out["text"] == texts[0]
+    assert out["labels"] == translator.task.tokenizer.encode(text, "en_XX").tolist()
+    assert translator.dictionary.unk() not in out["labels"][1:-1]
 
 
 def test_checkpoint_and_data_config_must_agree(pair, data_dir):

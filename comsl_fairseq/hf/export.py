@@ -7,6 +7,7 @@
     OUT/processor_config.json       the processor (feature extractor + tokenizer)
     OUT/tokenizer_config.json, vocab.json, sentencepiece.bpe.model
                                     the training dictionary, id for id, and its SentencePiece model
+                                    (a trimmed vocabulary: its rows, and the model segmenting with them)
     OUT/*_comsl.py                  the model, configuration, feature-extraction, tokenizer and
                                     processor code (transformers, torch, numpy, sentencepiece only)
     OUT/README.md                   model card with Hugging Face metadata
@@ -163,9 +164,6 @@ def export_hf(path, out_dir, data=None, score_logs=(), overwrite: bool = False,
     translator = SpeechTranslator.from_pretrained(path, device="cpu", data=data)
     model, task, cfg = translator.model, translator.task, translator.cfg
     dictionary = task.target_dictionary
-    if isinstance(dictionary, TrimmedDictionary):
-        raise ExportError(f"{path} was trained with a trimmed vocabulary (trim_vocab {dictionary.keep_file}); the "
-                          "Hugging Face export supports full-vocabulary models only (use comsl-export)")
     config = build_config(model, dictionary, cfg)
     config.auto_map = dict(AUTO_MAP)
     hf_model = ComslForSpeechSeq2Seq(config).eval()
@@ -190,7 +188,12 @@ def export_hf(path, out_dir, data=None, score_logs=(), overwrite: bool = False,
 
         vocab = {dictionary[i]: i for i in range(len(dictionary))}
         (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-        shutil.copyfile(task.data_cfg.sentencepiece_model, tmp / "sentencepiece.bpe.model")
+        if isinstance(dictionary, TrimmedDictionary):
+            # vocab.json holds the kept rows only, and the SentencePiece model must segment with
+            # them only, as our tokenizer does: the copy in which every other piece is unused
+            (tmp / "sentencepiece.bpe.model").write_bytes(task.tokenizer.sp.serialized_model_proto())
+        else:
+            shutil.copyfile(task.data_cfg.sentencepiece_model, tmp / "sentencepiece.bpe.model")
         tokenizer = ComslTokenizer(str(tmp / "vocab.json"), str(tmp / "sentencepiece.bpe.model"),
                                    language_codes=config.language_codes)
         extractor = ComslFeatureExtractor(feature_size=config.whisper_config.num_mel_bins,
