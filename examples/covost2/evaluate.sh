@@ -7,6 +7,7 @@
 #              test_en_{lang} for the target languages LANGS (default: all 15); each row's own
 #              target tag is forced (--prefix-size 1). A model trained on both directions is
 #              evaluated once per direction, into two EVAL_DIRs.
+#              CONFIG_YAML [config.yaml] the data config, relative to DATA (the one training used),
 #              DECODE_ASR=1 (also ASR WER: speech -> transcript), DECODE_MT=1 (also MT BLEU on gold
 #              transcripts), BATCH_SIZE [16], EXTRA (more fairseq-generate flags, e.g. --cpu),
 #              AVERAGE_LAST [1]: N > 1 averages the last N epoch checkpoints in CKPT's folder
@@ -38,7 +39,7 @@ decode() {  # decode_task subdir lang
   name="$(test_set "$3")"
   mkdir -p "$dir"
   # --required-batch-size-multiple 1: never drop a last partial batch (the score checks the count)
-  fairseq-generate "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
+  fairseq-generate "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml "${CONFIG_YAML:-config.yaml}" \
     --gen-subset "$name" --path "$ckpt" --beam 5 --prefix-size 1 --batch-size "$BATCH_SIZE" \
     --required-batch-size-multiple 1 --decode-task "$task" --scoring sacrebleu ${EXTRA:-} \
     > "$dir/generate-$name.txt" 2> "$dir/generate-$name.log"

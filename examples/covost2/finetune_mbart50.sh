@@ -19,7 +19,8 @@
 # Usage: DATA=... MBART=mbart50/model.pt SAVE_DIR=... finetune_mbart50.sh [more fairseq-train flags]
 # (MT_ARCH=mbart50_text_tiny without MBART: a tiny random-init mBART, the toy demo's MT stage)
 # Environment (MT_ names, so that the ComSL stage's settings never leak in): TRAIN_SUBSET [train],
-#   VALID_SUBSET [dev], MT_BATCH_SIZE [20], MT_UPDATE_FREQ [2], MT_MAX_EPOCH [5],
+#   VALID_SUBSET [dev], CONFIG_YAML [config.yaml, relative to DATA], MT_BATCH_SIZE [20],
+#   MT_UPDATE_FREQ [2], MT_MAX_EPOCH [5],
 #   MT_LR [2e-5], MT_WARMUP [2500], MT_DROPOUT [0.3], MT_ATTENTION_DROPOUT [0.1], MT_ARCH [mbart50_text]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,7 +40,7 @@ IFS=',' read -ra subsets <<< "$TRAIN_SUBSET"
 for s in "${subsets[@]}"; do
   [ -f "$DATA/$s.tsv" ] || { echo "missing manifest $DATA/$s.tsv" >&2; exit 2; }
 done
-exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml config.yaml \
+exec fairseq-train "$DATA" --user-dir "$root/comsl_fairseq" --task comsl_speech_to_text --config-yaml "${CONFIG_YAML:-config.yaml}" \
   --text-only --train-subset "$TRAIN_SUBSET" --valid-subset "${VALID_SUBSET:-dev}" \
   --arch "${MT_ARCH:-mbart50_text}" "${pretrained[@]}" \
   --dropout "${MT_DROPOUT:-0.3}" --attention-dropout "${MT_ATTENTION_DROPOUT:-0.1}" \

@@ -15,11 +15,11 @@ spaces collapsed) is that of any CoVoST 2 dev or test clip: newer releases hold 
 recordings of the same sentences, which would otherwise leak test sentences into training.
 The pool size, the path matches and the sentence leaks are logged per language.
 
-OUT is the folder prep_covost2.py wrote (its config.yaml gives the dictionary and the
-SentencePiece model). Writes OUT/pseudo_{lang}_en.tsv and decodes the clips into
-OUT/clips/{lang}/ like the prep does; every dropped clip is named in OUT/pseudo_dropped.tsv
-and the counts are logged. Train on them with TRAIN_SUBSET=train_..._en and
-PSEUDO_SUBSETS=pseudo_..._en (ablation row 8).
+OUT is the folder prep_covost2.py wrote: its config.yaml (or --config-yaml, the one the MT
+stage trained with) gives the dictionary, the SentencePiece model and any trimmed vocabulary.
+Writes OUT/pseudo_{lang}_en.tsv and decodes the clips into OUT/clips/{lang}/ like the prep
+does; every dropped clip is named in OUT/pseudo_dropped.tsv and the counts are logged. Train
+on them with TRAIN_SUBSET=train_..._en and PSEUDO_SUBSETS=pseudo_..._en (ablation row 8).
 """
 import argparse
 import logging
@@ -42,7 +42,8 @@ logger = logging.getLogger("make_pseudo_st")
 class Translator:
     """Beam search with the fine-tuned mBART's text path, target tag forced, tags stripped."""
 
-    def __init__(self, out_root: Path, checkpoint: Path, beam: int, device: torch.device):
+    def __init__(self, out_root: Path, checkpoint: Path, beam: int, device: torch.device,
+                 config_yaml: str = "config.yaml"):
         from fairseq.sequence_generator import SequenceGenerator
 
         import comsl_fairseq  # noqa: F401  (checkpoint allowlist)
@@ -50,7 +51,7 @@ class Translator:
         from comsl_fairseq.modules.mbart import load_mbart_text_model
         from comsl_fairseq.vocab.vocabulary import TextTokenizer, build_dictionary, language_tag_ids
 
-        data_cfg = DataConfig.load(out_root / "config.yaml")
+        data_cfg = DataConfig.load(out_root / config_yaml)
         self.dictionary, n_pretrained = build_dictionary(data_cfg.vocab_filename, data_cfg.trim_vocab)
         self.tokenizer = TextTokenizer(data_cfg.sentencepiece_model, self.dictionary)
         self.model = load_mbart_text_model(checkpoint, self.dictionary, n_pretrained,
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--covost-tsv-root", type=Path, required=True, help="folder with covost_v2.{lang}_en.tsv")
     p.add_argument("--out-root", type=Path, required=True, help="the folder prep_covost2.py wrote")
     p.add_argument("--mt-checkpoint", type=Path, required=True, help="fine-tuned mBART (finetune_mbart50.sh)")
+    p.add_argument("--config-yaml", default="config.yaml",
+                   help="data config the MT stage trained with, relative to --out-root (default config.yaml)")
     p.add_argument("--langs", default=",".join(COVOST_X_EN), help="source languages (default: all 21)")
     p.add_argument("--beam", type=int, default=5, help="beam size (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="transcripts translated together")
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
 
     out = args.out_root.resolve()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    translate = Translator(out, args.mt_checkpoint, args.beam, device)
+    translate = Translator(out, args.mt_checkpoint, args.beam, device, args.config_yaml)
     dropped = []
     pseudo_root = (args.pseudo_cv_root or args.cv_root).resolve()
     for lang in [x for x in args.langs.split(",") if x]:

@@ -7,6 +7,7 @@
 #
 # Environment (defaults in brackets):
 #   DATA          folder with the manifests and config.yaml (required)
+#   CONFIG_YAML   [config.yaml] the data config, relative to DATA (e.g. one with trim_vocab)
 #   SAVE_DIR      checkpoint folder (required)
 #   ARCH          [whisper_mbart_composite_medium]; _large for ComSL Large, _tiny for smoke tests
 #   WHISPER       openai-whisper checkpoint (medium.pt / large-v2.pt); required except for _tiny
@@ -142,7 +143,7 @@ fi
 run=(exec)
 if [ "${DRY_RUN:-0}" = 1 ]; then run=(printf '%q '); fi  # print the command instead of running it
 "${run[@]}" "${launch[@]}" "$DATA" --user-dir "$root/comsl_fairseq" "${distributed[@]}" \
-  --task comsl_speech_to_text --config-yaml config.yaml \
+  --task comsl_speech_to_text --config-yaml "${CONFIG_YAML:-config.yaml}" \
   --train-subset "$TRAIN_SUBSET" --valid-subset "$VALID_SUBSET" \
   --arch "$ARCH" "${pretrained[@]}" --dropout 0.1 \
   --criterion comsl_multitask "${strategy[@]}" \

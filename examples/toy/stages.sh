@@ -88,6 +88,7 @@ cache_ahead_stop() {
 # decode_one SAVE_DIR SET: beam 5 on one set, one thread: SAVE_DIR/generate-SET.{txt,log}
 decode_one() {
   fairseq-generate "$CORPUS" --user-dir comsl_fairseq --task comsl_speech_to_text --gen-subset "$2" \
+    --config-yaml "${CONFIG_YAML:-config.yaml}" \
     --path "$1/checkpoint_last.pt" --beam 5 --prefix-size 1 --batch-size 32 --required-batch-size-multiple 1 \
     --scoring sacrebleu --cpu > "$1/generate-$2.txt" 2> "$1/generate-$2.log"
 }
