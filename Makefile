@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # Debian package:command pairs. espeak-ng synthesizes the toy corpus (demo and its tests).
 SYSTEM_PACKAGES ?= espeak-ng:espeak-ng
 
-.PHONY: install system-packages test test-quick test-all demo demo-both-ways ablation lint clean
+.PHONY: install system-packages test test-quick test-all demo demo-both-ways ablation trim-vocab-ab lint clean
 
 install: system-packages $(VENV)/.installed
 
@@ -67,6 +67,10 @@ demo-both-ways: install
 
 ablation: install
 	PY=$(PY) bash examples/toy/run_ablation.sh
+
+# the demo's pipeline twice on a toy with a multilingual dictionary: the full vocabulary against a trimmed one
+trim-vocab-ab: install
+	PY=$(PY) bash examples/toy/run_trim_vocab.sh
 
 # ruff, then the import rules of .importlinter (which folder may import which)
 lint: install

@@ -195,3 +195,31 @@ def test_ablation_report_tables_rows_with_intervals_and_paired_deltas(tmp_path):
     result = json.loads((tmp_path / "out" / "ablation.json").read_text())
     assert result["rows"]["row1_st_only"]["set_a"]["bleu"] > result["rows"]["row2_mt"]["set_a"]["bleu"]
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 0
+
+
+def test_multilingual_toy_vocabulary_is_mostly_unused_and_trims_without_losing_text(tmp_path):
+    """The premise of `make trim-vocab-ab`: with --vocab-languages the toy's dictionary is
+    multilingual and its own text uses a small part of it; the trimmed tokenizer still spells
+    held-out numbers exactly."""
+    from comsl_fairseq.vocab.trim import pieces_to_keep, restrict_sentencepiece, write_keep_file
+    from comsl_fairseq.vocab.vocabulary import load_sentencepiece, train_sentencepiece
+
+    builder = load_corpus_builder()
+    texts = builder.vocabulary_texts("fr,de,es,en,ru,it,pl,tr", 400)
+    assert len(texts) == 8 * 400 and texts[400] == "null"  # German's 0, in the order asked
+    assert len(builder.vocabulary_texts("all", 2)) >= 2 * 40  # every num2words language that can spell
+    with pytest.raises(SystemExit, match="no language 'xx'"):
+        builder.vocabulary_texts("fr,xx", 2)
+    train_sentencepiece(texts, tmp_path, 1000)
+    sp = load_sentencepiece(tmp_path / "sentence.bpe.model")
+    dictionary, _ = build_dictionary(tmp_path / "dict.txt")
+    train_text = [builder.spell(n, lang) for n in range(0, 100, 3) for lang in ("fr", "de", "es", "en")]
+    kept = pieces_to_keep(sp, dictionary, train_text)
+    assert len(kept) < 0.3 * sp.get_piece_size()
+    write_keep_file(tmp_path / "keep.txt", kept)
+    restricted = restrict_sentencepiece(load_sentencepiece(tmp_path / "sentence.bpe.model"), kept)
+    for n in (101, 245, 399):  # never in the kept text: spelled with the kept pieces, never <unk>
+        for lang in ("fr", "de", "es", "en"):
+            text = builder.spell(n, lang)
+            pieces = restricted.encode(text, out_type=str)
+            assert set(pieces) <= set(kept) and restricted.decode(pieces) == text, (lang, n, pieces)

@@ -66,6 +66,26 @@ def spell(number: int, lang: str) -> str:
     return num2words(number, lang=lang)
 
 
+def vocabulary_texts(languages: str, n: int) -> list:
+    """The number words 0..n-1 of ``languages`` (comma-separated, or 'all': every language
+    num2words has, regional variants aside) for a multilingual SentencePiece model; a language
+    num2words cannot spell is skipped with a warning."""
+    import num2words
+
+    names = [x.strip() for x in languages.split(",") if x.strip()]
+    if names == ["all"]:
+        names = sorted(c for c in num2words.CONVERTER_CLASSES if "_" not in c)
+    texts = []
+    for lang in names:
+        try:
+            texts += [spell(number, lang) for number in range(n)]
+        except Exception as err:  # num2words raises anything from NotImplementedError to TypeError
+            if lang not in num2words.CONVERTER_CLASSES:
+                raise SystemExit(f"--vocab-languages: num2words has no language {lang!r}") from None
+            logger.warning("--vocab-languages: num2words cannot spell %s (%s): skipped", lang, err)
+    return texts
+
+
 def trim_silence(wav: np.ndarray, keep_seconds: float, floor_db: float = -40.0) -> np.ndarray:
     """Cut leading and trailing silence (10 ms frames whose RMS is ``floor_db`` below the clip's
     loudest frame), keeping ``keep_seconds`` of it at each end. espeak-ng ends every utterance
@@ -183,6 +203,11 @@ def main(argv=None) -> None:
                    help=f"espeak-ng variants of the unseen_voices set (from {','.join(UNSEEN_VOICES)})")
     p.add_argument("--noise-snr", type=float, default=10.0, help="signal-to-noise ratio of the noisy test set, dB")
     p.add_argument("--vocab-size", type=int, default=160, help="SentencePiece vocabulary size")
+    p.add_argument("--vocab-languages", default="",
+                   help="also train the SentencePiece model on the number words 0..--vocab-numbers-1 of these "
+                        "num2words languages ('all': every one it has), so that the dictionary, like "
+                        "mBART-50's, is multilingual and the corpus uses a small part of it (default: none)")
+    p.add_argument("--vocab-numbers", type=int, default=10000, help="numbers spelled for --vocab-languages")
     p.add_argument("--seed", type=int, default=1, help="seed of the split and of the voice jitter")
     p.add_argument("--keep-silence", type=float, default=0.1,
                    help="seconds of leading/trailing silence kept per clip (-1: keep espeak-ng's as it is)")
@@ -327,7 +352,8 @@ def main(argv=None) -> None:
     train_texts = [src for src, _ in pairs] + [tgt for _, tgt in pairs]
     from comsl_fairseq.vocab.vocabulary import train_sentencepiece
 
-    train_sentencepiece(train_texts, out, args.vocab_size)
+    train_sentencepiece(train_texts + vocabulary_texts(args.vocab_languages, args.vocab_numbers), out,
+                        args.vocab_size)
     config = {"vocab_filename": "dict.txt",
               "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": "sentence.bpe.model"},
               "audio_root": "clips"}
@@ -340,6 +366,9 @@ def main(argv=None) -> None:
             "test_numbers": splits["test"]}
     if en_x:
         info["en_x_targets"] = en_x
+    if args.vocab_languages:
+        info["vocab_languages"] = args.vocab_languages
+        info["vocab_numbers"] = args.vocab_numbers
     (out / "corpus_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     logger.info("corpus ready in %s", out)
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The vocabulary-trimming A/B behind `make trim-vocab-ab`: does training and decoding with a trimmed
+# vocabulary (trim_vocab, comsl-trim-vocab) change BLEU? The demo's own corpus cannot tell: its
+# 160-piece dictionary is trained on the training text and used whole. Here the corpus' SentencePiece
+# model and dict.txt are trained on the number words 0..9,999 of every language num2words spells
+# (about 45), so that, as with mBART-50's 250k pieces and X->En, the toy's text uses a few percent of
+# a multilingual dictionary. Both arms then run the demo's pipeline (run_demo.sh: the MT stage, then
+# row 7 on Whisper base, frozen, with the MT-stage model as initialisation and teacher) with the same
+# seed, clips and cached Whisper features:
+#   full     config.yaml: every row of the dictionary in the embeddings and the output layer;
+#   trimmed  config_trimmed.yaml = config.yaml + trim_vocab: the pieces of the training manifests
+#            (train and train_mt, written by comsl-trim-vocab before the MT stage), tags and specials.
+# Each arm is decoded with beam 5 on the demo's three test sets, and comsl-compare-systems gives
+# trimmed - full with its 95 % paired-bootstrap interval per set: EXP/compare-SET.json.
+#
+# Environment: PY, CORPUS [data/toy_multilingual], EXP [exp/trim_vocab], SEED [1], DEMO_PROCS [2],
+#   TRIM_VOCAB_SIZE [8000] (SentencePiece pieces), TRIM_CACHE [data/whisper_cache_trim_vocab] (the
+#   Whisper features both arms read, in a folder of their own), and the demo's DEMO_* budget variables.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+CORPUS="${CORPUS:-data/toy_multilingual}"
+EXP="${EXP:-exp/trim_vocab}"
+WHISPER="${WHISPER:-data/whisper/base.pt}"
+source examples/toy/stages.sh  # PY, BIN, SEED, PROCS and the stages
+need_espeak_ng
+
+echo "== the toy corpus with a multilingual dictionary in $CORPUS (the demo's clips; the SentencePiece model takes ~30 s)"
+toy_corpus --vocab-languages all --vocab-numbers 10000 --vocab-size "${TRIM_VOCAB_SIZE:-8000}"
+SETS=(test unseen_voices noise_10db)
+"$BIN/comsl-trim-vocab" "$CORPUS" --splits train --manifests "$CORPUS/train_mt.tsv" 2>&1 | grep -v "^INFO"
+{ cat "$CORPUS/config.yaml"; echo "trim_vocab: vocab_keep.txt"; } > "$CORPUS/config_trimmed.yaml"
+"$PY" examples/toy/whisper_base.py --out "$WHISPER"
+
+rm -rf "$EXP"
+mkdir -p "$EXP"
+EPOCHS="${DEMO_EPOCHS:-6}"
+FREEZE_EPOCHS="$EPOCHS"
+BATCH="${DEMO_BATCH:-16}"
+LR="${DEMO_LR:-2e-3}"
+WARMUP="${DEMO_WARMUP:-50}"
+ROW=examples/covost2/ablations/row7_cml.sh
+CACHE=(--whisper-feature-cache "${TRIM_CACHE:-data/whisper_cache_trim_vocab}")
+for arm in full trimmed; do
+  case "$arm" in full) export CONFIG_YAML=config.yaml;; trimmed) export CONFIG_YAML=config_trimmed.yaml;; esac
+  save="$EXP/$arm"
+  MT="$save/mt/checkpoint_last.pt"
+  t0=$SECONDS
+  if [ "$arm" = full ]; then  # the cache is filled once, on the core the first MT stage leaves idle
+    cache_ahead_start "$ROW" "$save" "${CACHE[@]}"
+    mt_stage "$save/mt"
+    cache_ahead_wait "$save/cache_ahead.log"
+  else
+    mt_stage "$save/mt"
+  fi
+  echo "== $arm ($CONFIG_YAML): row 7 on Whisper base (frozen) + adapter + the MT-stage model, $EPOCHS epochs"
+  comsl_row "$ROW" "$save" "${CACHE[@]}"
+  t1=$SECONDS
+  decode_sets "$save" "${SETS[@]}"
+  echo "train $((t1 - t0)) s, decode $((SECONDS - t1)) s" > "$save/time.txt"
+  echo "   $arm: $(cat "$save/time.txt")"
+done
+
+echo "== trimmed - full, per test set (paired bootstrap, 1,000 resamples)"
+for s in "${SETS[@]}"; do
+  echo "-- $s"
+  "$BIN/comsl-compare-systems" "$EXP/full/generate-$s.txt" "$EXP/trimmed/generate-$s.txt" --data "$CORPUS" \
+    --out "$EXP/compare-$s.json"
+done
+echo "== the A/B ran $((SECONDS / 60)) min $((SECONDS % 60)) s"
