@@ -147,6 +147,15 @@ def test_training_used_pseudo_data_and_evaluation_wrote_the_report(chain):
     assert fr["utterances"] == 1 and fr["paper_large"] == 38.8 and "asr_wer" in fr and "mt_bleu" in fr
     assert "chrf" in fr and "nc:6" in results["chrf_signature"]
     assert (root / "exp" / "row8" / "eval" / "checkpoint_avg_last5.pt").is_file()  # AVERAGE_LAST=5 decoded
+    # step 1b trims the X->En vocabulary: the MT stage and row 8 trained with the same kept rows
+    import torch
+
+    from comsl_fairseq.vocab.fingerprint import checkpoint_fingerprint
+
+    trims = [checkpoint_fingerprint(torch.load(root / "exp" / run / "checkpoint_last.pt", map_location="cpu"))["trim"]
+             for run in ("mt", "row8")]
+    assert trims[0]["sha256"] == trims[1]["sha256"] and trims[0]["rows"] < trims[0]["full_rows"]
+    assert trims[0]["file"].endswith("vocab_keep_x_en.txt")
     assert results["summary"]["languages"] == 2 and results["summary"]["high_average"] is not None
     assert "nrefs:1" in results["sacrebleu_signature"]
     md = (root / "exp" / "row8" / "eval" / "results.md").read_text()
