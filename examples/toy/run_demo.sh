@@ -50,12 +50,7 @@ if [ "$INIT" = pretrained ]; then
   WHISPER="${WHISPER:-data/whisper/base.pt}"
   "$PY" examples/toy/whisper_base.py --out "$WHISPER"
   MT="$EXP/mt/checkpoint_last.pt"
-  EPOCHS="${DEMO_EPOCHS:-6}"
-  FREEZE_EPOCHS="$EPOCHS"  # frozen throughout
-  BATCH="${DEMO_BATCH:-16}"
-  LR="${DEMO_LR:-2e-3}"
-  WARMUP="${DEMO_WARMUP:-50}"
-  ROW=examples/covost2/ablations/row7_cml.sh
+  demo_comsl_settings  # ROW (row 7), EPOCHS, FREEZE_EPOCHS (frozen throughout), BATCH, LR, WARMUP
   CACHE=(--whisper-feature-cache "${DEMO_CACHE:-data/whisper_cache}")
   # the MT stage trains on one core: the other fills ComSL's Whisper feature cache meanwhile. The
   # fill runs to its end, so every feature ComSL reads comes from its fixed batches (reproducible).

@@ -33,12 +33,7 @@ SETS=(test unseen_voices noise_10db)
 
 rm -rf "$EXP"
 mkdir -p "$EXP"
-EPOCHS="${DEMO_EPOCHS:-6}"
-FREEZE_EPOCHS="$EPOCHS"
-BATCH="${DEMO_BATCH:-16}"
-LR="${DEMO_LR:-2e-3}"
-WARMUP="${DEMO_WARMUP:-50}"
-ROW=examples/covost2/ablations/row7_cml.sh
+demo_comsl_settings  # the demo's: ROW (row 7), EPOCHS, FREEZE_EPOCHS, BATCH, LR, WARMUP
 CACHE=(--whisper-feature-cache "${TRIM_CACHE:-data/whisper_cache_trim_vocab}")
 for arm in full trimmed; do
   case "$arm" in full) export CONFIG_YAML=config.yaml;; trimmed) export CONFIG_YAML=config_trimmed.yaml;; esac

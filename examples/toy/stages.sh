@@ -39,6 +39,18 @@ mt_stage() {
     | "$PY" examples/toy/train_progress.py --total 0 --log "$save/train.log"
 }
 
+# demo_comsl_settings: the demo's ComSL stage, shared by run_demo.sh and run_trim_vocab.sh: ROW (row 7, the
+# full objective), EPOCHS [DEMO_EPOCHS, 6] with Whisper frozen throughout (FREEZE_EPOCHS), BATCH [DEMO_BATCH,
+# 16] clips per process, LR [DEMO_LR, 2e-3], WARMUP [DEMO_WARMUP, 50]
+demo_comsl_settings() {
+  ROW=examples/covost2/ablations/row7_cml.sh
+  EPOCHS="${DEMO_EPOCHS:-6}"
+  FREEZE_EPOCHS="$EPOCHS"
+  BATCH="${DEMO_BATCH:-16}"
+  LR="${DEMO_LR:-2e-3}"
+  WARMUP="${DEMO_WARMUP:-50}"
+}
+
 # row_command ROW_SCRIPT SAVE_DIR [more fairseq-train flags]: one examples/covost2/ablations row on
 # Whisper base + adapter + the MT-stage model ($MT, also the MT teacher). Environment:
 # EPOCHS, BATCH (clips per process), LR, WARMUP, FREEZE_EPOCHS (rows 5-7), TRAIN_SUBSET.
