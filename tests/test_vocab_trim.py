@@ -265,6 +265,22 @@ def test_export_carries_the_keep_file_also_to_transformers(pair, tmp_path):
     assert translator.dictionary.unk() not in out["labels"][1:-1]
 
 
+@pytest.mark.subprocess
+def test_modality_gap_of_a_trimmed_model(pair, tmp_path):
+    """The ASR -> MT cascade decodes from a copy of the data config in another folder: the keep
+    file, named relative to the data folder, must still be found (it was not: DataConfigError)."""
+    from comsl_fairseq.cli.modality_gap import main as modality_gap
+
+    out = tmp_path / "gap"
+    assert modality_gap(["--path", str(pair["trimmed"]), "--data", str(pair["data"]), "--subsets", "test",
+                         "--out", str(out), "--beam", "2", "--samples", "20",
+                         "--generate-args", "--cpu --max-len-b 6"]) == 0
+    # (this tiny model's ASR outputs are empty, so the cascade decodes no row here: load its config directly)
+    cascade = DataConfig.load(out / "cascade_data" / "config.yaml")
+    assert cascade.trim_vocab == (pair["data"] / "vocab_keep.txt").resolve()
+    assert set(json.loads((out / "modality_gap.json").read_text())) == {"fr", "de"}  # the test set's languages
+
+
 def test_checkpoint_and_data_config_must_agree(pair, data_dir):
     """A trimmed checkpoint under the full vocabulary (no trim_vocab) is refused, naming the rows."""
     with pytest.raises(ValueError, match="trim_vocab"):

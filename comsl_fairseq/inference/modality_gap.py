@@ -51,6 +51,8 @@ def cascade_data(args, subset: str, asr_log: Path, folder: Path) -> tuple:
     raw = yaml.safe_load((args.data / args.config_yaml).read_text(encoding="utf-8"))
     raw.update(vocab_filename=str(cfg.vocab_filename), audio_root=str(cfg.audio_root),
                bpe_tokenizer={"bpe": "sentencepiece", "sentencepiece_model": str(cfg.sentencepiece_model)})
+    if cfg.trim_vocab is not None:  # a relative keep file would point into the copy's folder
+        raw["trim_vocab"] = str(cfg.trim_vocab)
     (folder / args.config_yaml).write_text(yaml.safe_dump(raw), encoding="utf-8")
     _, ids, hyps, _, _ = read_log(asr_log, args.data)
     header, table = read_table(args.data / f"{subset}.tsv")
