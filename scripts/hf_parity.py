@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--path", type=Path, required=True, help="checkpoint written by fairseq-train")
     p.add_argument("--data", type=Path, required=True, help="data folder (config.yaml and SUBSET.tsv)")
     p.add_argument("--subset", default="test", help="manifest to decode (default: test)")
+    p.add_argument("--config-yaml", default="config.yaml",
+                   help="data config the model trained with, relative to --data (e.g. the trimmed config_x_en.yaml)")
     p.add_argument("--out", type=Path, required=True, help="work folder (decodes, export, report.json)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch in both decoders")
     args = p.parse_args(argv)
@@ -70,18 +72,18 @@ def main(argv=None) -> int:
     for mode, beam in (("beam5", 5), ("greedy", 1)):
         log = args.out / f"generate-{mode}.txt"
         with open(log, "w", encoding="utf-8") as f:
-            subprocess.run([str(Path(sys.executable).parent / "fairseq-generate"), str(args.data), "--user-dir",
-                            str(USER_DIR), "--task", "comsl_speech_to_text", "--gen-subset", args.subset, "--path",
-                            str(args.path), "--beam", str(beam), "--prefix-size", "1", "--batch-size",
-                            str(args.batch_size), "--required-batch-size-multiple", "1", "--cpu"],
-                           stdout=f, stderr=subprocess.DEVNULL, check=True)
+            cmd = [str(Path(sys.executable).parent / "fairseq-generate"), str(args.data), "--user-dir", str(USER_DIR),
+                   "--task", "comsl_speech_to_text", "--config-yaml", args.config_yaml, "--gen-subset", args.subset,
+                   "--path", str(args.path), "--beam", str(beam), "--prefix-size", "1", "--batch-size",
+                   str(args.batch_size), "--required-batch-size-multiple", "1", "--cpu"]
+            subprocess.run(cmd, stdout=f, stderr=subprocess.DEVNULL, check=True)
         hyps, _ = read_generate_log(log)
         fairseq[mode] = {order[i]: text for i, text in hyps.items()}
     if export_main(["--path", str(args.path), "--out", str(args.out / "hf"), "--format", "hf"]) != 0:
         return 1
     folder = Path(shutil.copytree(args.out / "hf", args.out / "elsewhere" / "model"))
     shutil.rmtree(args.out / "hf")
-    cfg = DataConfig.load(args.data / "config.yaml")
+    cfg = DataConfig.load(args.data / args.config_yaml)
     np.savez(args.out / "wavs.npz", **{r["id"]: read_audio(r["audio"], cfg.audio_root)[0] for r in rows})
     (args.out / "langs.json").write_text(json.dumps({r["id"]: r["src_lang"] for r in rows}))
     proc = subprocess.run([sys.executable, "-c", HF_DECODE, str(folder), str(args.out / "wavs.npz"),
