@@ -125,10 +125,12 @@ def test_every_command_lists_debug_in_its_help(capsys):
         assert exit_info.value.code == 0 and "--debug" in out and "traceback" in out, (ep.name, out[-500:])
 
 
-def _checkpoint(folder: Path, name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64) -> Path:
+def _checkpoint(folder: Path, name, arch="whisper_mbart_composite_tiny", dict_sha="a" * 64, trim=None) -> Path:
     """A small checkpoint with a vocabulary fingerprint, as averaging reads them."""
     fingerprint = {"dict_txt": {"file": "dict.txt", "symbols": 5, "sha256": dict_sha},
                    "sentencepiece_model": {"file": "sentence.bpe.model", "sha256": "b" * 64}}
+    if trim is not None:
+        fingerprint["trim"] = trim
     torch.save({"model": {"w": torch.ones(2)}, "cfg": {"model": {"_name": arch}},
                 "task_state": {"vocabulary": fingerprint}}, folder / name)
     return folder / name
@@ -141,6 +143,10 @@ def test_averaging_refuses_other_vocabularies_and_architectures(tmp_path):
     a, b = checkpoint("a.pt"), checkpoint("b.pt", dict_sha="c" * 64)
     status, err = _run("average_checkpoints", "--inputs", a, b, "--out", tmp_path / "avg.pt")
     assert status == 2 and "were trained with different vocabularies" in err and str(a) in err and str(b) in err
+    # the same files, trimmed to other rows: the message says how the two differ
+    t = checkpoint("t.pt", trim={"file": "keep.txt", "rows": 4, "full_rows": 5, "sha256": "d" * 64, "full_ids": []})
+    status, err = _run("average_checkpoints", "--inputs", a, t, "--out", tmp_path / "avg.pt")
+    assert status == 2 and "full vocabulary vs" in err and "trimmed to 4 rows" in err
     c = checkpoint("c.pt", arch="whisper_mbart_composite_medium")
     status, err = _run("average_checkpoints", "--inputs", a, c, "--out", tmp_path / "avg.pt")
     assert status == 2 and "whisper_mbart_composite_medium" in err and not (tmp_path / "avg.pt").exists()

@@ -76,7 +76,9 @@ def check_same_training_setup(states: list, names: list) -> None:
                 for part in ("dict_txt", "sentencepiece_model", "trim"))):
             describe = (lambda v: "no fingerprint" if v is None else  # noqa: E731
                         f"dict.txt sha256 {v['dict_txt']['sha256'][:12]}, SentencePiece sha256 "
-                        f"{v['sentencepiece_model']['sha256'][:12]}")
+                        f"{v['sentencepiece_model']['sha256'][:12]}, " + (
+                            f"trimmed to {v['trim']['rows']} rows (sha256 {v['trim']['sha256'][:12]})"
+                            if v.get("trim") else "full vocabulary"))
             raise AveragingError(f"{name} and {names[-1]} were trained with different vocabularies "
                                  f"({describe(vocab)} vs {describe(ref_vocab)}); the same token ids mean other "
                                  "words in each, so their weights cannot be averaged")

@@ -1,10 +1,12 @@
 """The ComSL vocabulary for transformers: SentencePiece pieces -> the training dictionary's ids.
 
 ``vocab.json`` is the fairseq dictionary the model was trained with, written out whole:
-``<s> <pad> </s> <unk>``, mBART-50's ``dict.txt``, the 52 ML50 language tags, ``<mask>``
-and ComSL's added tags (``[cy_GB]``, ``[ca_ES]``), each with its training id. Text is split
-by ``sentencepiece.bpe.model`` and every piece looked up there (``<unk>`` when absent), so
-ids equal the training ids; a sequence is ``[lang tag] pieces </s>``.
+``<s> <pad> </s> <unk>``, mBART-50's ``dict.txt`` (or, for a model trained with a trimmed
+vocabulary, its kept pieces), the 52 ML50 language tags, ``<mask>`` and ComSL's added tags
+(``[cy_GB]``, ``[ca_ES]``), each with its training id. Text is split by
+``sentencepiece.bpe.model`` (for a trimmed vocabulary, a copy that segments with the kept
+pieces only) and every piece looked up there (``<unk>`` when absent), so ids equal the
+training ids; a sequence is ``[lang tag] pieces </s>``.
 """
 import json
 import os
