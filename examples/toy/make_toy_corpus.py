@@ -75,13 +75,14 @@ def vocabulary_texts(languages: str, n: int) -> list:
     names = [x.strip() for x in languages.split(",") if x.strip()]
     if names == ["all"]:
         names = sorted(c for c in num2words.CONVERTER_CLASSES if "_" not in c)
+    unknown = [lang for lang in names if lang not in num2words.CONVERTER_CLASSES]
+    if unknown:
+        raise SystemExit(f"--vocab-languages: num2words has no language {unknown[0]!r}")
     texts = []
     for lang in names:
         try:
             texts += [spell(number, lang) for number in range(n)]
         except Exception as err:  # num2words raises anything from NotImplementedError to TypeError
-            if lang not in num2words.CONVERTER_CLASSES:
-                raise SystemExit(f"--vocab-languages: num2words has no language {lang!r}") from None
             logger.warning("--vocab-languages: num2words cannot spell %s (%s): skipped", lang, err)
     return texts
 
